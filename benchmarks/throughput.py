@@ -1,0 +1,178 @@
+"""Throughput, measured side by side in one run on the same data and thread count.
+
+1. Pipeline overhead: training images/s through the pipeline (Ray Train worker, per-epoch checkpoint,
+   report barrier, MLflow logging) vs a bare PyTorch loop doing the same per-epoch work (train, BN
+   recalibration, evaluation) on the same model. Goal: ratio >= 0.95. Both use 1 process with --threads
+   threads; a 2-worker DDP line is printed for information (on a 2-core machine it mostly measures DDP).
+   Rates are taken from epoch 2 on (the first epoch carries start-up).
+2. Attention cost: parameters and bare-loop training images/s of the paper's attention net vs the plain
+   backbone, SE and CBAM, at the embedded default size and at ResNet-20 size.
+
+    python benchmarks/throughput.py [--epochs 4] [--threads 2] [--images 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline import tracking  # noqa: E402
+from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.data.preprocess import fetch_dataset, preprocess_dataset  # noqa: E402
+from pipeline.models import create_model  # noqa: E402
+from pipeline.spec import RunSpec, build_spec, data_ref  # noqa: E402
+from pipeline.train.engine import (  # noqa: E402
+    Shard,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    recalibrate_bn,
+    train_one_epoch,
+)
+from pipeline.train.worker import load_data  # noqa: E402
+
+
+def bare_loop(spec: RunSpec, threads: int) -> list[float]:
+    """Per-epoch wall times of the same work the worker does, in a plain loop."""
+    torch.set_num_threads(threads)
+    train, val = load_data(spec)
+    mean, std = torch.tensor(spec.dataset.mean), torch.tensor(spec.dataset.std)
+    torch.manual_seed(spec.seed)
+    model = create_model(spec.model, **spec.model_args)
+    cfg = spec.train
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg)
+    times = []
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        train_one_epoch(model, train, opt, cfg, mean, std, spec.seed, epoch, Shard())
+        sched.step()
+        recalibrate_bn(model, train, cfg, mean, std, spec.seed, epoch)
+        evaluate(model, val, mean, std, cfg.eval_batch_size)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def pipeline_run(spec: RunSpec, params: Params, workers: int, threads: int, storage: str) -> list[float]:
+    """Per-epoch wall times through Ray Train + checkpoints + MLflow, from the epochs' end timestamps."""
+    from pipeline.compute import ray_session
+    from pipeline.train.run import fit
+    from pipeline.train.store import UnitStore
+
+    params = params.model_copy(
+        update={
+            "compute": params.compute.model_copy(
+                update={"num_workers": workers, "cpus_per_worker": threads, "storage_path": storage}
+            )
+        }
+    )
+    c = tracking.client()
+    exp = tracking.get_experiment(c, "benchmark")
+    run_id, _ = tracking.find_or_create_run(c, exp, f"benchmark {workers} worker(s)", {"run_key": f"b{workers}"}, {})
+    with ray_session(num_cpus=max(workers * threads, os.cpu_count() or 1)):
+        fit(
+            [spec],
+            params,
+            f"benchmark-{workers}-{time.time_ns()}",
+            {"store": storage, "mlflow_uri": tracking.tracking_uri(), "mlflow_runs": {spec.key(): run_id}},
+        )
+    hist = UnitStore(storage, spec.dataset.name).load(spec.key())["history"]
+    stamps = [h["timestamp_ms"] / 1000 for h in hist]
+    return [hist[0]["epoch_time_s"]] + [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def rate(spec: RunSpec, times: list[float]) -> float:
+    n = len(load_data(spec)[0])
+    steady = times[1:] or times
+    return n * len(steady) / sum(steady)
+
+
+def model_cost(specs: dict[str, tuple[str, dict]], data_spec: RunSpec, threads: int, steps: int = 12) -> None:
+    torch.set_num_threads(threads)
+    train, _ = load_data(data_spec)
+    x = train.images[:64].float() / 255.0
+    y = train.labels[:64]
+    base = None
+    print(f"{'model':<34}{'params':>10}{'vs backbone':>13}{'train img/s':>13}{'vs backbone':>13}")
+    for label, (name, args) in specs.items():
+        torch.manual_seed(0)
+        m = create_model(name, **args, num_classes=10)
+        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+        for i in range(steps + 2):
+            if i == 2:
+                t0 = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        ips = 64 * steps / (time.perf_counter() - t0)
+        n = sum(p.numel() for p in m.parameters())
+        base = base or (n, ips)
+        print(f"{label:<34}{n:>10,}{n / base[0]:>13.4f}{ips:>13.0f}{ips / base[1]:>13.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--images", type=int, default=3000)
+    args = ap.parse_args()
+
+    params = load_params(ROOT / "params.yaml")
+    work = Path(tempfile.mkdtemp(prefix="attncnn-bench-"))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    ds = params.dataset("embedded").model_copy(update={"num_train": args.images, "num_test": 500})
+    fetch_dataset("embedded", ds, work / "raw")
+    preprocess_dataset(work / "raw", work / "data")
+    params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": args.epochs})})
+    spec = build_spec(params, "attn_resnet", data_ref("embedded", work / "data"), seed=0)
+    print(
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, "
+        f"{args.images} train images, {args.epochs} epochs, model attn_resnet {spec.model_args}\n"
+    )
+
+    print("1. pipeline (Ray Train + checkpoints + MLflow) vs bare PyTorch loop, same work per epoch")
+    bare = rate(spec, bare_loop(spec, args.threads))
+    piped = rate(spec, pipeline_run(spec, params, 1, args.threads, str(work / "ray1")))
+    ddp = rate(spec, pipeline_run(spec, params, 2, max(1, args.threads // 2), str(work / "ray2")))
+    print(f"   bare loop, 1 process x {args.threads} threads     {bare:8.0f} img/s")
+    print(
+        f"   pipeline, 1 worker x {args.threads} threads       {piped:8.0f} img/s   ratio {piped / bare:.3f} "
+        f"(goal >= 0.95)"
+    )
+    print(
+        f"   pipeline, 2 DDP workers x {max(1, args.threads // 2)} thread(s)  {ddp:8.0f} img/s   ratio "
+        f"{ddp / bare:.3f} (information)\n"
+    )
+
+    print("2. attention cost (bare loop, batch 64)")
+    small = dict(params.method("resnet").args)
+    big = {"depth": 20, "width": 16}
+    for title, a in (("embedded default size", small), ("ResNet-20 size", big)):
+        print(f"   {title}: {a}")
+        model_cost(
+            {
+                "plain backbone (resnet)": ("resnet", a),
+                "attention, final (default)": ("attn_resnet", {**a, "placement": "final"}),
+                "attention, stage (Sec. 3.1)": ("attn_resnet", {**a, "placement": "stage"}),
+                "SE (se_resnet)": ("se_resnet", a),
+                "CBAM (cbam_resnet)": ("cbam_resnet", a),
+            },
+            spec,
+            args.threads,
+        )
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Shared plumbing of the DVC stage scripts: one clear message for bad settings, no traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from pipeline.config import ConfigError, Params, load_params
+
+PARAMS_FILE = "params.yaml"
+
+
+def usage(doc: str, argv: list[str], n: int) -> None:
+    if len(argv) != n:
+        sys.exit(f"usage error: expected {n} arguments, got {len(argv)}: {argv}\n{doc}")
+
+
+def run_stage(main: Callable[[Params, list[str]], object]) -> NoReturn:
+    """Validate params.yaml, then call ``main(params, argv)``; exit 2 with the message on ``ConfigError``."""
+    try:
+        main(load_params(PARAMS_FILE), sys.argv[1:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(0)

@@ -1,0 +1,351 @@
+"""Typed, frozen settings validated at the edge.
+
+``params.yaml`` is the only place settings live. ``load_params`` reads it once, checks every value (and the
+cross-field rules: milestones inside the run, methods that exist, model arguments the factory accepts) and
+returns frozen models; library code takes these, never a raw dict. Every problem found is reported in one
+``ConfigError`` that names the key, the bad value and what is allowed, before Ray or training starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PAPER_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours", "ablation")
+
+
+class ConfigError(ValueError):
+    """Invalid settings; the message lists every bad key, its value and what is allowed."""
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+PosInt = Annotated[int, Field(gt=0)]
+Seed = Annotated[int, Field(ge=0)]
+
+
+class GridCfg(Frozen):
+    """What `dvc repro` runs: the data set x method x seed grid."""
+
+    datasets: list[str] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)
+
+    @field_validator("datasets", "methods", "seeds")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError(f"entries must be unique, got {v}")
+        return v
+
+
+class EmbeddedDataCfg(Frozen):
+    """The cluttered-glyphs set made locally from a seed (see ``pipeline.data.embedded``)."""
+
+    kind: Literal["embedded"]
+    seed: Seed = 0
+    num_train: PosInt = 4000
+    num_test: PosInt = 1000
+    clutter: Annotated[int, Field(ge=0, le=64)] = 6  # distractor fragments per image
+    noise: Annotated[float, Field(ge=0, le=1)] = 0.25  # background noise amplitude
+
+
+DatasetCfg = EmbeddedDataCfg  # real CIFAR-10/100 and ImageNet join this union (issue 3)
+DATASET_KINDS = ("embedded",)
+
+
+class TrainCfg(Frozen):
+    """The training recipe (paper Sec. 4.1); methods may override any field."""
+
+    epochs: PosInt
+    batch_size: PosInt  # global, split evenly over the data-parallel workers
+    eval_batch_size: PosInt = 500
+    lr: Annotated[float, Field(gt=0)]
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    # Paper Sec. 4.1: step (divide by 10 at the milestones); Sec. 3.2: cosine annealing. Both offered.
+    schedule: Literal["step", "cosine"] = "step"
+    milestones: list[PosInt] = []
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    crop_padding: Annotated[int, Field(ge=0, le=16)] = 4
+    flip: bool = True
+    # Not in the paper: recompute BatchNorm statistics over this many train batches before each evaluation
+    # (0: off). Short runs need it; see pipeline.train.engine.recalibrate_bn.
+    bn_recalibration: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _milestones(self) -> TrainCfg:
+        if self.schedule == "step":
+            ms = self.milestones
+            if ms != sorted(set(ms)):
+                raise ValueError(f"milestones={ms} must be strictly increasing")
+            late = [m for m in ms if m >= self.epochs]
+            if late:
+                raise ValueError(
+                    f"milestones={ms}: {late} at or past the last epoch (epochs={self.epochs}); "
+                    f"allowed: epochs 1..{self.epochs - 1}"
+                )
+        return self
+
+
+class MethodCfg(Frozen):
+    """One row of the paper's tables: a registered model, its arguments and recipe overrides."""
+
+    model: str
+    args: dict[str, Any] = {}
+    label: str
+    paper_row: Literal[PAPER_ROWS] | None = None  # type: ignore[valid-type]
+    train: dict[str, Any] = {}  # overrides of the shared recipe
+    # Take the searched recipe (train.* values only) of another method, so that an ablation differs from
+    # its parent in architecture alone.
+    tuned_from: str | None = None
+
+
+class SearchDim(Frozen):
+    type: Literal["loguniform", "uniform", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchDim:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs a non-empty 'values' list")
+        else:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError(f"{self.type} needs low < high, got low={self.low}, high={self.high}")
+            if self.type == "loguniform" and self.low <= 0:
+                raise ValueError(f"loguniform needs low > 0, got {self.low}")
+        return self
+
+
+class TuneCfg(Frozen):
+    """ASHA search; keys of ``space`` are ``train.<field>`` or ``args.<model argument>``."""
+
+    methods: list[str] = []
+    num_samples: PosInt = 4
+    epochs: PosInt = 3
+    grace_period: PosInt = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 2
+    max_concurrent_trials: PosInt = 2  # each trial takes compute.cpus_per_worker CPUs (or one GPU)
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    train_subset: PosInt | None = None  # train on the first N of the non-validation images
+    seed: Seed = 0
+    space: dict[str, SearchDim] = {}
+
+    @model_validator(mode="after")
+    def _grace(self) -> TuneCfg:
+        if self.grace_period > self.epochs:
+            raise ValueError(f"grace_period={self.grace_period} must be <= epochs={self.epochs}")
+        bad = [k for k in self.space if not (k.startswith("train.") or k.startswith("args."))]
+        if bad:
+            raise ValueError(f"space keys {bad} must start with 'train.' or 'args.'")
+        return self
+
+
+class ComputeCfg(Frozen):
+    """Where and how wide to train. ``auto``: one worker per GPU if the cluster has GPUs, else 2 CPU workers."""
+
+    num_workers: PosInt | Literal["auto"] = "auto"
+    use_gpu: bool | Literal["auto"] = "auto"
+    cpus_per_worker: PosInt = 1
+    storage_path: str = ".ray_results"  # relative to the repository, or s3://bucket/prefix
+    max_failures: Annotated[int, Field(ge=0)] = 0
+    keep_checkpoints: PosInt = 2
+
+
+class MlflowCfg(Frozen):
+    experiment_prefix: str = Field(default="attncnn", min_length=1)
+
+
+class EvaluateCfg(Frozen):
+    batch_size: PosInt = 500
+    attention_images: Annotated[int, Field(ge=0, le=64)] = 6
+
+
+class ReportCfg(Frozen):
+    # The paper prints two versions of its tables (Tables 1/2 and 3/4) that disagree; show either or both.
+    claims: list[Literal["table1", "table3"]] = Field(default=["table1", "table3"], min_length=1)
+
+
+class Params(Frozen):
+    grid: GridCfg
+    datasets: dict[str, DatasetCfg]
+    train: TrainCfg
+    methods: dict[str, MethodCfg]
+    tune: TuneCfg = TuneCfg()
+    compute: ComputeCfg = ComputeCfg()
+    mlflow: MlflowCfg = MlflowCfg()
+    evaluate: EvaluateCfg = EvaluateCfg()
+    report: ReportCfg = ReportCfg()
+
+    def dataset(self, name: str) -> DatasetCfg:
+        return self.datasets[name]
+
+    def method(self, name: str) -> MethodCfg:
+        return self.methods[name]
+
+    def recipe(self, method: str, overrides: dict[str, Any] | None = None) -> TrainCfg:
+        """The shared recipe with the method's overrides (and then ``overrides``) applied, re-validated."""
+        merged = {**self.train.model_dump(), **self.methods[method].train, **(overrides or {})}
+        return TrainCfg.model_validate(merged)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading and the checks that span sections
+
+
+def _fmt_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+_MISSING = object()
+
+
+def _key_loc(raw: dict, loc: tuple) -> tuple:
+    """``loc`` without pydantic's union/validator tags (e.g. ``constrained-int``), which are not keys."""
+    out: list = []
+    cur: Any = raw
+    for p in loc:
+        if (isinstance(cur, dict) and p in cur) or (isinstance(cur, list) and isinstance(p, int) and p < len(cur)):
+            cur = cur[p]
+        elif isinstance(p, str) and ("[" in p or "-" in p):
+            continue
+        else:
+            cur = _MISSING
+        out.append(p)
+    return tuple(out)
+
+
+def _format_errors(source: str, errors: list[str]) -> str:
+    return f"{source}: invalid settings:\n" + "\n".join(f"  - {e}" for e in errors)
+
+
+def _lookup(raw: dict, loc: tuple) -> Any:
+    cur: Any = raw
+    for p in loc:
+        if (isinstance(cur, dict) and p in cur) or (isinstance(cur, list) and isinstance(p, int) and p < len(cur)):
+            cur = cur[p]
+        else:
+            return None
+    return cur
+
+
+def _factory_args(model: str) -> tuple[set[str], bool]:
+    from pipeline.models import registry
+
+    fn = registry._MODELS[model]
+    sig = inspect.signature(fn)
+    return set(sig.parameters) - {"num_classes"}, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _cross_checks(p: Params) -> list[str]:
+    from pipeline.models import create_model, is_model, list_models
+
+    errs: list[str] = []
+    for d in p.grid.datasets:
+        if d not in p.datasets:
+            errs.append(f"grid.datasets: {d!r} has no entry under 'datasets'; defined: {sorted(p.datasets)}")
+    for m in p.grid.methods:
+        if m not in p.methods:
+            errs.append(f"grid.methods: unknown method {m!r}; defined under 'methods': {sorted(p.methods)}")
+    for m in p.tune.methods:
+        if m not in p.methods:
+            errs.append(f"tune.methods: unknown method {m!r}; defined under 'methods': {sorted(p.methods)}")
+    train_fields = set(TrainCfg.model_fields)
+    for name, m in p.methods.items():
+        if m.tuned_from is not None and m.tuned_from not in p.tune.methods:
+            errs.append(
+                f"methods.{name}.tuned_from = {m.tuned_from!r}: not a searched method; "
+                f"allowed: one of tune.methods = {p.tune.methods}"
+            )
+        if not is_model(m.model):
+            errs.append(f"methods.{name}.model = {m.model!r}: unknown model; registered: {list_models()}")
+            continue
+        allowed, var_kw = _factory_args(m.model)
+        bad = sorted(set(m.args) - allowed)
+        if bad and not var_kw:
+            errs.append(f"methods.{name}.args: unknown argument(s) {bad} for {m.model!r}; allowed: {sorted(allowed)}")
+            continue
+        bad_t = sorted(set(m.train) - train_fields)
+        if bad_t:
+            errs.append(f"methods.{name}.train: unknown field(s) {bad_t}; allowed: {sorted(train_fields)}")
+        else:
+            try:
+                p.recipe(name)
+            except ValidationError as e:
+                errs += [
+                    f"methods.{name}.train.{_fmt_loc(x['loc'])} = {x.get('input')!r}: {x['msg']}" for x in e.errors()
+                ]
+        try:  # a real (CPU) build catches depth rules, divisibility and the like before any run starts
+            create_model(m.model, **m.args)
+        except (TypeError, ValueError) as e:
+            errs.append(f"methods.{name}.args = {m.args}: {e}")
+    for key in p.tune.space:
+        section, _, field = key.partition(".")
+        for name in p.tune.methods:
+            if name not in p.methods or not is_model(p.methods[name].model):
+                continue
+            allowed = train_fields if section == "train" else _factory_args(p.methods[name].model)[0]
+            if field not in allowed:
+                errs.append(
+                    f"tune.space.{key}: {field!r} is not a {section} field of method {name!r}; "
+                    f"allowed: {sorted(allowed)}"
+                )
+    if p.compute.num_workers != "auto" and p.train.batch_size % p.compute.num_workers:
+        errs.append(
+            f"train.batch_size = {p.train.batch_size}: must be divisible by "
+            f"compute.num_workers = {p.compute.num_workers}"
+        )
+    return errs
+
+
+def validate_params(raw: dict, source: str = "params.yaml") -> Params:
+    """Validate a raw params mapping; raise one ``ConfigError`` listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        p = Params.model_validate(raw)
+    except ValidationError as e:
+        grouped: dict[tuple, list[str]] = {}
+        for x in e.errors():
+            loc, msg = _key_loc(raw, tuple(x["loc"])), x["msg"].removeprefix("Value error, ")
+            field = re.match(r"(\w+)=", msg)  # a model-level rule names its field first: point at it
+            if x["type"] == "value_error" and field and isinstance(_lookup(raw, loc), dict):
+                loc = (*loc, field.group(1))
+                msg = msg.split(": ", 1)[-1] if ": " in msg else msg
+            shown = "" if x["type"] == "missing" else f" = {_lookup(raw, loc)!r}"
+            grouped.setdefault((loc, shown), []).append(msg)
+        # a union gives one message per alternative: join them into one line
+        errs = [f"{_fmt_loc(loc)}{shown}: {' or '.join(dict.fromkeys(msgs))}" for (loc, shown), msgs in grouped.items()]
+        raise ConfigError(_format_errors(source, errs)) from None
+    errs = _cross_checks(p)
+    if errs:
+        raise ConfigError(_format_errors(source, errs))
+    return p
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file (run from the repository root, or pass its path)")
+    with path.open() as f:
+        raw = yaml.safe_load(f)
+    return validate_params(raw, str(path))
+
+
+def config_hash(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (run names, resume keys)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]

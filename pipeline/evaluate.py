@@ -1,0 +1,144 @@
+"""Evaluation of one trained unit, rebuilt from its checkpoint alone (no params.yaml needed).
+
+Writes test top-1/top-5/loss, parameter count and inference throughput as metrics, a confusion CSV (for
+``dvc plots``), and, for networks with the paper's attention, a picture of the attention maps over a few
+test images. Everything is also logged to the unit's MLflow run.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline import tracking
+from pipeline.config import EvaluateCfg
+from pipeline.data.preprocess import load_manifest, load_split
+from pipeline.io import atomic_path, read_json, write_json
+from pipeline.models import SpatialSoftmax, create_model
+from pipeline.spec import RunSpec
+from pipeline.train.engine import TensorData, normalize, predict
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunSpec, dict[str, Any]]:
+    """Rebuild the trained network from a ``model.pt`` written by the train stage."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    spec = RunSpec.model_validate(ck["spec"])
+    model = create_model(spec.model, **spec.model_args)
+    model.load_state_dict(ck["model"])
+    return model.eval(), spec, ck
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The softmax attention maps (before any scaling) of every attention module for input ``x``:
+    [(module name, (B, M, h, w))], each map summing to 1 over its h*w positions."""
+    maps: list[tuple[str, torch.Tensor]] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, n=n: maps.append((n, o.detach())))
+        for n, m in model.named_modules()
+        if isinstance(m, SpatialSoftmax)
+    ]
+    try:
+        model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return maps
+
+
+def evaluate_unit(
+    unit_dir: Path,
+    man: dict[str, Any],
+    test: TensorData,
+    test_hwc: np.ndarray,
+    cfg: EvaluateCfg,
+    out_dir: Path,
+    confusion_file: Path,
+) -> dict[str, Any]:
+    """Evaluate the unit in ``unit_dir`` (model.pt as the train stage writes it); write its attention picture
+    (if it has attention) and summary to ``out_dir`` and its confusion CSV; return its metrics."""
+    model, spec, ck = load_checkpoint(unit_dir / "model.pt")
+    if man["source_sha256"] != spec.dataset.sha256:
+        raise ValueError(
+            f"{unit_dir}/model.pt was trained on data {spec.dataset.sha256[:12]}, but the test set is "
+            f"{man['source_sha256'][:12]}: re-run the train stage"
+        )
+    mean, std = torch.tensor(spec.dataset.mean), torch.tensor(spec.dataset.std)
+    t0 = time.perf_counter()
+    logits = predict(model, test, mean, std, cfg.batch_size)  # (N, num_classes)
+    seconds = time.perf_counter() - t0
+    y = test.labels
+    topk = logits.topk(min(5, logits.shape[1]), 1).indices
+    pred = topk[:, 0]
+    metrics = {
+        "test_top1": round(100.0 * (pred == y).float().mean().item(), 3),
+        "test_top5": round(100.0 * (topk == y[:, None]).any(1).float().mean().item(), 3),
+        "test_loss": round(torch.nn.functional.cross_entropy(logits, y).item(), 5),
+        "params": sum(p.numel() for p in model.parameters()),
+        "infer_images_per_s": round(len(y) / seconds, 1),
+    }
+    out_dir.mkdir(parents=True)
+    n = min(cfg.attention_images, len(test))
+    maps = attention_maps(model, normalize(test.images[:n], mean, std)) if n else []
+    if maps:
+        from pipeline.plots import attention_grid, save
+
+        names = [f"{name} ({m.shape[-2]}x{m.shape[-1]})" for name, m in maps]
+        titles = [f"{man['classes'][int(y[i])]} -> {man['classes'][int(pred[i])]}" for i in range(n)]
+        fig = attention_grid(
+            test_hwc[:n],
+            [m[:, 0].numpy() for _, m in maps],
+            names,
+            titles,
+            f"{spec.method} seed {spec.seed}: attention maps (map 0 of each module)",
+        )
+        save(fig, out_dir / "attention.png")
+    write_json(out_dir / "summary.json", {"key": ck["key"], "spec": spec.model_dump(), "metrics": metrics})
+    with open(confusion_file, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["actual", "predicted"])
+        w.writerows((man["classes"][int(a)], man["classes"][int(p)]) for a, p in zip(y, pred, strict=True))
+    return metrics
+
+
+def evaluate_method(
+    method_dir: str | Path,
+    data_dir: str | Path,
+    cfg: EvaluateCfg,
+    out_dir: str | Path,
+    confusion_dir: str | Path,
+    metrics_file: str | Path,
+) -> dict[str, Any]:
+    """Evaluate every seed the train stage wrote under ``method_dir`` (``seed<k>/``) on the test split; write
+    ``out_dir/seed<k>/``, ``confusion_dir/seed<k>.csv`` and {seed<k>: metrics} to ``metrics_file``, and log
+    the test metrics and pictures to each unit's MLflow run."""
+    method_dir = Path(method_dir)
+    units = sorted(p for p in method_dir.iterdir() if p.is_dir() and p.name.startswith("seed"))
+    if not units:
+        raise ValueError(f"{method_dir}: no seed<k>/ directories; run the train stage first")
+    man = load_manifest(data_dir)
+    te = load_split(data_dir, "test")
+    test = TensorData.from_numpy(te.images, te.labels)
+    metrics: dict[str, Any] = {}
+    with atomic_path(out_dir) as tmp, atomic_path(confusion_dir) as ctmp:
+        ctmp.mkdir()
+        for u in units:
+            metrics[u.name] = evaluate_unit(u, man, test, te.images, cfg, tmp / u.name, ctmp / f"{u.name}.csv")
+    write_json(metrics_file, metrics)
+
+    c = tracking.client()
+    for u in units:
+        run_id = read_json(u / "mlflow.json")["run_id"]
+        for name, v in metrics[u.name].items():
+            c.log_metric(run_id, name, float(v))
+        c.log_artifact(run_id, str(Path(confusion_dir) / f"{u.name}.csv"), "confusion")
+        picture = Path(out_dir) / u.name / "attention.png"
+        if picture.is_file():
+            c.log_artifact(run_id, str(picture))
+    return metrics

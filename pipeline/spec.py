@@ -1,0 +1,109 @@
+"""The resolved configuration of one training job, built from ``Params`` and stored in every checkpoint.
+
+A ``RunSpec`` holds everything needed to rebuild and judge the model without ``params.yaml``: evaluation
+rebuilds the network from a checkpoint alone (the nanoGPT ``train.py``/``sample.py`` pattern).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from pipeline.config import Frozen, Params, TrainCfg, config_hash
+
+
+class DataRef(Frozen):
+    """A preprocessed data set: where it is and what it is."""
+
+    name: str
+    path: str  # absolute directory (or URI) holding the Parquet files and the manifest
+    sha256: str  # of the source archive (the data's identity)
+    num_classes: int
+    mean: list[float]
+    std: list[float]
+
+
+class RunSpec(Frozen):
+    """One training unit: a (data set, method, seed) with every setting resolved."""
+
+    dataset: DataRef
+    method: str
+    model: str
+    model_args: dict[str, Any]  # includes num_classes
+    train: TrainCfg
+    seed: int = Field(ge=0)
+    val_fraction: float | None = None  # None: validate on the test split; else hold out part of train
+    train_subset: int | None = None
+    tuned: dict[str, Any] = Field(default_factory=dict)  # what a search chose, for the record
+
+    def key(self) -> str:
+        """Content key of this unit: settings, seed, data checksum and code. Equal keys, equal runs."""
+        return config_hash(self.model_dump(), code_digest())
+
+
+def build_spec(
+    params: Params,
+    method: str,
+    data: DataRef,
+    seed: int,
+    tuned: dict[str, Any] | None = None,
+    val_fraction: float | None = None,
+    train_subset: int | None = None,
+) -> RunSpec:
+    """Resolve the method's model and recipe, with tuned values (``train.<f>``/``args.<a>`` keys) applied."""
+    tuned = dict(tuned or {})
+    m = params.method(method)
+    args = {**m.args, **{k[5:]: v for k, v in tuned.items() if k.startswith("args.")}}
+    recipe = params.recipe(method, {k[6:]: v for k, v in tuned.items() if k.startswith("train.")})
+    return RunSpec(
+        dataset=data,
+        method=method,
+        model=m.model,
+        model_args={**args, "num_classes": data.num_classes},
+        train=recipe,
+        seed=seed,
+        val_fraction=val_fraction,
+        train_subset=train_subset,
+        tuned=tuned,
+    )
+
+
+def data_ref(name: str, data_dir: str | Path) -> DataRef:
+    from pipeline.data.preprocess import load_manifest
+
+    data_dir = Path(data_dir).resolve()
+    man = load_manifest(data_dir)
+    return DataRef(
+        name=name,
+        path=str(data_dir),
+        sha256=man["source_sha256"],
+        num_classes=man["num_classes"],
+        mean=man["mean"],
+        std=man["std"],
+    )
+
+
+# The code that decides what a unit's training produces. A change here must not resume or reuse units
+# trained by the old code; a change elsewhere (reports, tracking) must not retrain anything.
+TRAINING_CODE = ("models", "train", "data", "spec.py", "config.py")
+_CODE_DIGEST: str | None = None
+
+
+def code_digest() -> str:
+    """Hash of the training code (``TRAINING_CODE`` under the ``pipeline`` package)."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        root = Path(__file__).parent
+        files = sorted(
+            f
+            for part in TRAINING_CODE
+            for f in ([root / part] if part.endswith(".py") else (root / part).rglob("*.py"))
+        )
+        h = hashlib.sha256()
+        for p in files:
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+        _CODE_DIGEST = h.hexdigest()[:12]
+    return _CODE_DIGEST

@@ -1,0 +1,111 @@
+"""MLflow records: one experiment per data set, one run per (method, seed), nested runs for searches.
+
+The store is ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<repo>/mlflow.db``. Runs carry a ``run_key``
+tag (settings + data + code): a rerun of an interrupted job finds and continues its runs instead of
+creating duplicates, and back-fills any epoch the interruption kept from being logged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DB = "mlflow.db"
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri else f"sqlite:///{Path.cwd().resolve() / DEFAULT_DB}"
+
+
+def client(uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def experiment_name(prefix: str, dataset: str) -> str:
+    return f"{prefix}-{dataset}"
+
+
+def get_experiment(c, name: str) -> str:
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name)
+    except Exception:  # created concurrently by another process
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def find_or_create_run(
+    c,
+    experiment_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    parent_run_id: str | None = None,
+) -> tuple[str, bool]:
+    """The run tagged with this ``run_key`` (and seed, trial) if one exists, else a new one; (run_id, existed)."""
+    from mlflow.entities import Param
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    keys = ("run_key", "seed", "trial")
+    filt = " and ".join(f"tags.{k} = '{tags[k]}'" for k in keys if k in tags)
+    found = c.search_runs([experiment_id], filter_string=filt, max_results=1) if filt else []
+    if found:
+        run_id = found[0].info.run_id
+        c.update_run(run_id, status="RUNNING")
+        return run_id, True
+    all_tags = dict(tags)
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run = c.create_run(experiment_id, tags=all_tags, run_name=run_name)
+    flat = flatten(params)
+    items = [Param(k, v) for k, v in flat.items()]
+    for i in range(0, len(items), 100):
+        c.log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id, False
+
+
+def log_epoch(c, run_id: str, record: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
+    from mlflow.entities import Metric
+
+    ts = timestamp_ms or int(time.time() * 1000)
+    metrics = [Metric(k, float(v), ts, step) for k, v in record.items() if isinstance(v, (int, float)) and k != "epoch"]
+    c.log_batch(run_id, metrics=metrics)
+
+
+def backfill(c, run_id: str, history: Iterable[Mapping[str, float]], probe: str = "val_top1") -> int:
+    """Log the epochs of ``history`` that the run does not hold yet (by ``probe`` metric steps)."""
+    have = {m.step for m in c.get_metric_history(run_id, probe)}
+    n = 0
+    for rec in history:
+        if rec["epoch"] not in have:
+            log_epoch(c, run_id, rec, rec["epoch"], rec.get("timestamp_ms"))
+            n += 1
+    return n
+
+
+def finish(c, run_id: str, status: str = "FINISHED") -> None:
+    c.set_terminated(run_id, status=status)
+
+
+def tags_for(**kw: Any) -> dict[str, str]:
+    return {k: str(v) for k, v in kw.items() if v is not None}

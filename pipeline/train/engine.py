@@ -1,0 +1,225 @@
+"""The training loop as plain functions (in the manner of ConvNeXt's ``engine.py``).
+
+Nothing here knows about Ray or MLflow: the Ray worker (``pipeline.train.worker``) and the benchmark's bare
+loop call the same functions. Data-parallel sharding is by (rank, world_size); metrics are summed across
+ranks with ``torch.distributed`` when it is initialised, so every rank returns the same global numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import TrainCfg
+
+CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """A whole split in memory: uint8 NCHW images and int64 labels (CIFAR-sized sets fit easily)."""
+
+    images: torch.Tensor  # (N, 3, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    @classmethod
+    def from_numpy(cls, images_hwc, labels) -> TensorData:
+        return cls(torch.from_numpy(images_hwc).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: torch.Tensor) -> TensorData:
+        return TensorData(self.images[idx], self.labels[idx])
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world_size: int = 1
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float, standardised per channel (mean/std on the [0, 1] scale)."""
+    return (x.float() / 255.0 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample random crop (zero padding) and horizontal flip, as batched tensor ops."""
+    b, c, h, w = x.shape
+    if padding:
+        xp = F.pad(x, (padding,) * 4)  # (B, C, H+2p, W+2p)
+        dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
+        dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
+        rows = (dy[:, None] + torch.arange(h)).to(x.device)  # (B, H)
+        cols = (dx[:, None] + torch.arange(w)).to(x.device)  # (B, W)
+        bi = torch.arange(b, device=x.device)[:, None, None, None]
+        ci = torch.arange(c, device=x.device)[None, :, None, None]
+        x = xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+    if flip:
+        mask = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def epoch_order(n: int, seed: int, epoch: int, shard: Shard) -> torch.Tensor:
+    """This rank's sample indices for one epoch: a seeded permutation, split evenly (remainder dropped)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    per_rank = n // shard.world_size
+    return perm[shard.rank :: shard.world_size][:per_rank]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainCfg) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainCfg) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch: ``step`` divides by 1/gamma at the milestones, ``cosine`` anneals to 0."""
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+
+
+def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    data: TensorData,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainCfg,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    seed: int,
+    epoch: int,
+    shard: Shard = Shard(),
+    device: torch.device = CPU,
+) -> dict[str, float]:
+    """One pass over this rank's shard; returns global train loss, top-1 and images/s."""
+    model.train()
+    idx = epoch_order(len(data), seed, epoch, shard)
+    per_rank_batch = cfg.batch_size // shard.world_size
+    gen = torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000 + shard.rank)
+    loss_sum, correct, seen = 0.0, 0.0, 0
+    t0 = time.perf_counter()
+    for start in range(0, len(idx), per_rank_batch):
+        b = idx[start : start + per_rank_batch]
+        x = random_crop_flip(data.images[b].to(device, non_blocking=True), cfg.crop_padding, cfg.flip, gen)
+        y = data.labels[b].to(device, non_blocking=True)
+        logits = model(normalize(x, mean, std))  # (B, num_classes)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(b)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(b)
+    seconds = time.perf_counter() - t0
+    loss_sum, correct, seen_all = _sum_across_ranks([loss_sum, correct, seen], device)
+    return {
+        "train_loss": loss_sum / seen_all,
+        "train_top1": 100.0 * correct / seen_all,
+        "images_per_s": seen_all / seconds,
+        "train_time_s": seconds,
+    }
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module,
+    data: TensorData,
+    cfg: TrainCfg,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    seed: int,
+    epoch: int,
+    device: torch.device = CPU,
+) -> None:
+    """Recompute BatchNorm running statistics as plain averages over ``cfg.bn_recalibration`` augmented train
+    batches with the current weights ("precise BN"). Not in the paper: in short runs the exponential running
+    averages lag far behind fast-moving weights and evaluation suffers (measured on the embedded set: ResNet
+    64.6 -> 74.7 % after two epochs)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not cfg.bn_recalibration or not bns:
+        return
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    model.train()
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch + 7)
+    for _ in range(cfg.bn_recalibration):
+        b = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
+        x = random_crop_flip(data.images[b].to(device), cfg.crop_padding, cfg.flip, gen)
+        model(normalize(x, mean, std))
+    for bn, m in zip(bns, saved, strict=True):
+        bn.momentum = m
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: TensorData,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch_size: int = 500,
+    shard: Shard = Shard(),
+    device: torch.device = CPU,
+    prefix: str = "val",
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 (%) over the whole split, each rank taking every world_size-th sample.
+
+    Call it with the unwrapped module (not DDP): ranks may see different batch counts.
+    """
+    model.eval()
+    idx = torch.arange(shard.rank, len(data), shard.world_size)
+    loss_sum, c1, c5, n = 0.0, 0.0, 0.0, 0
+    for start in range(0, len(idx), batch_size):
+        b = idx[start : start + batch_size]
+        y = data.labels[b].to(device)
+        logits = model(normalize(data.images[b].to(device), mean, std))
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices  # (B, k)
+        hit = topk == y[:, None]
+        c1 += hit[:, 0].sum().item()
+        c5 += hit.any(1).sum().item()
+        n += len(b)
+    loss_sum, c1, c5, n = _sum_across_ranks([loss_sum, c1, c5, n], device)
+    n = max(n, 1)
+    out = {f"{prefix}_loss": loss_sum / n, f"{prefix}_top1": 100.0 * c1 / n, f"{prefix}_top5": 100.0 * c5 / n}
+    if any(math.isnan(v) for v in out.values()):
+        raise FloatingPointError(f"evaluation produced NaN: {out}")
+    return out
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    data: TensorData,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch_size: int = 500,
+    device: torch.device = CPU,
+) -> torch.Tensor:
+    """Logits for every sample, in order (single process)."""
+    model.eval()
+    return torch.cat(
+        [
+            model(normalize(data.images[s : s + batch_size].to(device), mean, std)).cpu()
+            for s in range(0, len(data), batch_size)
+        ]
+    )

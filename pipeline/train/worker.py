@@ -1,0 +1,222 @@
+"""Worker-side training: ``train_units`` wires data, model and the engine's plain functions; ``train_worker``
+(Ray Train) and ``tune_trial`` (Ray Tune) only adapt it to their runtime.
+
+A job trains a list of units (one (method, seed) each) one after another. Every epoch each worker trains on
+its shard, all workers agree on global metrics, rank 0 saves a checkpoint of the current unit
+(``ray.train.report`` is a barrier, so all ranks report once per epoch) and logs the epoch to MLflow. A
+finished unit goes to the unit store; a resumed job skips stored units and restarts the current one from its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from pipeline import tracking
+from pipeline.data.preprocess import load_split
+from pipeline.models import create_model
+from pipeline.provenance import provenance
+from pipeline.spec import RunSpec
+from pipeline.train.engine import (
+    Shard,
+    TensorData,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    recalibrate_bn,
+    train_one_epoch,
+)
+from pipeline.train.store import UnitStore
+
+STATE_FILE = "state.pt"
+
+
+def load_data(spec: RunSpec) -> tuple[TensorData, TensorData]:
+    """(train, val): val is the test split, or a held-out tail of a fixed shuffle of train (searches)."""
+    tr = load_split(spec.dataset.path, "train")
+    train = TensorData.from_numpy(tr.images, tr.labels)
+    if spec.val_fraction is None:
+        te = load_split(spec.dataset.path, "test")
+        val = TensorData.from_numpy(te.images, te.labels)
+    else:
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+        n_val = max(1, int(len(train) * spec.val_fraction))
+        train, val = train.subset(perm[n_val:]), train.subset(perm[:n_val])
+    if spec.train_subset:
+        train = train.subset(torch.arange(min(spec.train_subset, len(train))))
+    return train, val
+
+
+def build_model(spec: RunSpec) -> torch.nn.Module:
+    return create_model(spec.model, **spec.model_args)
+
+
+def _load_checkpoint(checkpoint) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+
+
+Reporter = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
+
+
+def train_units(
+    units: list[RunSpec],
+    shard: Shard,
+    device: torch.device,
+    report: Reporter,
+    store: UnitStore | None = None,
+    resume: dict[str, Any] | None = None,
+    mlflow_uri: str | None = None,
+    mlflow_runs: dict[str, str] | None = None,
+    origin: dict[str, Any] | None = None,
+) -> None:
+    """Train ``units`` in order. ``report(metrics, state)`` is called once per epoch on every rank (state: the
+    current unit's checkpoint, or None); units already in ``store`` are skipped, and the unit named in
+    ``resume`` restarts from that state. ``origin`` (git commit, job) goes into each finished unit's record."""
+    runs = mlflow_runs or {}
+    mlflow = tracking.client(mlflow_uri) if shard.rank == 0 and runs else None
+    data_cache: dict[tuple, tuple[TensorData, TensorData]] = {}
+    for spec in units:
+        key = spec.key()
+        if store is not None and store.has(key):
+            continue
+        dkey = (spec.dataset.path, spec.val_fraction, spec.train_subset)
+        if dkey not in data_cache:
+            data_cache = {dkey: load_data(spec)}
+        train, val = data_cache[dkey]
+        mean = torch.tensor(spec.dataset.mean, device=device)
+        std = torch.tensor(spec.dataset.std, device=device)
+        cfg, seed, run_id = spec.train, spec.seed, runs.get(key)
+
+        torch.manual_seed(seed)
+        model = build_model(spec).to(device)
+        optimizer = build_optimizer(model, cfg)
+        scheduler = build_scheduler(optimizer, cfg)
+        history: list[dict[str, Any]] = []
+        resumed_from = None
+        if resume is not None and resume["key"] == key:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            history, resumed_from = resume["history"], len(resume["history"])
+            if mlflow is not None and run_id:
+                tracking.backfill(mlflow, run_id, history)  # epochs saved but not yet logged when cut off
+        start = len(history)
+        tag = f"[{spec.method} seed {seed}]"
+        if shard.rank == 0:
+            print(f"{tag} {'resuming at' if start else 'starting'} epoch {start + 1}/{cfg.epochs}", flush=True)
+        train_model = model
+        if shard.world_size > 1:
+            import ray.train.torch
+
+            train_model = ray.train.torch.prepare_model(model, move_to_device=False)  # DDP
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            rec: dict[str, Any] = train_one_epoch(
+                train_model, train, optimizer, cfg, mean, std, seed, epoch, shard, device
+            )
+            scheduler.step()
+            recalibrate_bn(model, train, cfg, mean, std, seed, epoch, device)
+            if shard.world_size > 1:  # every rank evaluates (and rank 0 saves) the same BN statistics
+                for buf in model.buffers():
+                    torch.distributed.broadcast(buf, src=0)
+            rec.update(evaluate(model, val, mean, std, cfg.eval_batch_size, shard, device, prefix="val"))
+            rec.update(
+                epoch=epoch + 1, lr=lr, epoch_time_s=time.perf_counter() - t0, timestamp_ms=int(time.time() * 1000)
+            )
+            history.append(rec)
+            state = None
+            if store is not None:
+                weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                if epoch + 1 == cfg.epochs:
+                    if shard.rank == 0:  # finished: into the store before the barrier, so a cut-off job skips it
+                        store.save(
+                            key,
+                            {
+                                "spec": spec.model_dump(),
+                                "key": key,
+                                "model": weights,
+                                "history": history,
+                                "resumed_from": resumed_from,
+                                "provenance": provenance(
+                                    **(origin or {}), world_size=shard.world_size, device=str(device)
+                                ),
+                            },
+                        )
+                else:
+                    state = {
+                        "key": key,
+                        "model": weights,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "history": history,
+                    }
+            report({**rec, "seed": seed, "method": spec.method}, state)
+            if mlflow is not None and run_id:
+                tracking.log_epoch(mlflow, run_id, rec, epoch + 1, rec["timestamp_ms"])
+            if shard.rank == 0:
+                print(
+                    f"{tag} epoch {epoch + 1}/{cfg.epochs} loss {rec['train_loss']:.3f} "
+                    f"val top-1 {rec['val_top1']:.1f}% ({rec['images_per_s']:.0f} img/s)",
+                    flush=True,
+                )
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config``: units (RunSpec dicts), store (storage path), mlflow_uri,
+    mlflow_runs {unit key: run_id}, threads."""
+    import ray.train
+    import ray.train.torch
+
+    units = [RunSpec.model_validate(u) for u in config["units"]]
+    torch.set_num_threads(config.get("threads", 1))
+    ctx = ray.train.get_context()
+    shard = Shard(ctx.get_world_rank(), ctx.get_world_size())
+
+    def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if shard.rank == 0 and state is not None:
+                torch.save(state, os.path.join(d, STATE_FILE))
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=ckpt)  # a barrier: every rank, every epoch
+
+    train_units(
+        units,
+        shard,
+        ray.train.torch.get_device(),
+        report,
+        UnitStore(config["store"], units[0].dataset.name),
+        _load_checkpoint(ray.train.get_checkpoint()),
+        config["mlflow_uri"],
+        config.get("mlflow_runs"),
+        config.get("origin"),
+    )
+
+
+def tune_trial(spec: RunSpec, threads: int, mlflow_uri: str, run_id: str) -> None:
+    """Ray Tune entry point: train one unit in the trial's own process, reporting each epoch to Tune
+    (ASHA stops weak trials between epochs). Nothing is checkpointed: a search trial is cheap to redo."""
+    from ray import tune
+
+    torch.set_num_threads(threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train_units(
+        [spec],
+        Shard(),
+        device,
+        lambda metrics, state: tune.report(metrics),
+        None,
+        None,
+        mlflow_uri,
+        {spec.key(): run_id},
+    )

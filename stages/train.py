@@ -1,0 +1,14 @@
+"""train@<dataset>: python -m stages.train DATASET DATA_DIR TUNE_FILE OUT_DIR METRICS_FILE CURVES_DIR"""
+
+from pipeline.cli import run_stage, usage
+from pipeline.config import Params
+from pipeline.train.run import train_dataset
+
+
+def main(params: Params, argv: list[str]) -> None:
+    usage(__doc__, argv, 6)
+    train_dataset(params, *argv)
+
+
+if __name__ == "__main__":
+    run_stage(main)

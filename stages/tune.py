@@ -1,0 +1,14 @@
+"""tune@<dataset>: python -m stages.tune DATASET DATA_DIR OUT_FILE"""
+
+from pipeline.cli import run_stage, usage
+from pipeline.config import Params
+from pipeline.tune import tune_dataset
+
+
+def main(params: Params, argv: list[str]) -> None:
+    usage(__doc__, argv, 3)
+    tune_dataset(params, *argv)
+
+
+if __name__ == "__main__":
+    run_stage(main)

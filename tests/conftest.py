@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture
+def raw_params() -> dict:
+    """The shipped params.yaml as a plain mapping (a fresh copy per test)."""
+    with open(ROOT / "params.yaml") as f:
+        return copy.deepcopy(yaml.safe_load(f))

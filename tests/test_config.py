@@ -1,0 +1,153 @@
+"""Settings validation: every bad value is named with its key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline.compute import resolve_workers
+from pipeline.config import ComputeCfg, ConfigError, load_params, validate_params
+from tests.conftest import ROOT
+
+
+def errors_for(raw: dict) -> str:
+    with pytest.raises(ConfigError) as e:
+        validate_params(raw)
+    return str(e.value)
+
+
+def test_shipped_params_are_valid() -> None:
+    p = load_params(ROOT / "params.yaml")
+    assert set(p.grid.methods) <= set(p.methods)
+    assert p.method("no_attention").args["placement"] == "none"
+    # the YAML merge keys give the ablation exactly the attention method's other settings
+    assert {k: v for k, v in p.method("no_attention").args.items() if k != "placement"} == {
+        k: v for k, v in p.method("attn_resnet").args.items() if k != "placement"
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("train", "lr"), -0.1, r"train\.lr = -0\.1: Input should be greater than 0"),
+        (("train", "epochs"), 0, r"train\.epochs = 0: Input should be greater than 0"),
+        (("train", "schedule"), "linear", r"train\.schedule = 'linear': Input should be 'step' or 'cosine'"),
+        (("compute", "num_workers"), -2, r"compute\.num_workers = -2"),
+        (("tune", "space", "train.lr", "low"), 0.0, r"tune\.space\.train\.lr.*low > 0"),
+        (("datasets", "embedded", "kind"), "cifar", r"datasets\.embedded\.kind = 'cifar'.*'embedded'"),
+        (("grid", "seeds"), [0, 0], r"grid\.seeds = \[0, 0\]: .*unique"),
+        (("surprise",), 1, r"surprise = 1: Extra inputs are not permitted"),
+    ],
+)
+def test_field_errors(raw_params: dict, path: tuple, value: object, expected: str) -> None:
+    node = raw_params
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    assert __import__("re").search(expected, errors_for(raw_params))
+
+
+def test_milestone_past_last_epoch(raw_params: dict) -> None:
+    raw_params["train"].update(schedule="step", epochs=4, milestones=[2, 4])
+    msg = errors_for(raw_params)
+    assert "train.milestones = [2, 4]" in msg and "[4] at or past the last epoch (epochs=4)" in msg
+    assert "allowed: epochs 1..3" in msg
+
+
+def test_unknown_method_and_dataset(raw_params: dict) -> None:
+    raw_params["grid"]["methods"].append("vit")
+    raw_params["grid"]["datasets"].append("cifar10")
+    msg = errors_for(raw_params)
+    assert "grid.methods: unknown method 'vit'" in msg and "'attn_resnet'" in msg
+    assert "grid.datasets: 'cifar10' has no entry under 'datasets'; defined: ['embedded']" in msg
+
+
+def test_model_arguments_are_checked_against_the_factory(raw_params: dict) -> None:
+    raw_params["methods"]["resnet"]["args"]["dpth"] = 20
+    assert "methods.resnet.args: unknown argument(s) ['dpth'] for 'resnet'; allowed:" in errors_for(raw_params)
+    raw_params["methods"]["resnet"]["args"] = {"depth": 21}
+    assert "methods.resnet.args = {'depth': 21}: ResNet depth=21 must be 6n+2" in errors_for(raw_params)
+    raw_params["methods"]["resnet"]["args"] = {"depth": 8}
+    raw_params["methods"]["attn_resnet"]["args"]["scaling"] = "sqrt"
+    assert "scaling='sqrt'; allowed: ['none', 'hw', 'residual', 'gated']" in errors_for(raw_params)
+
+
+def test_method_override_is_validated_like_the_recipe(raw_params: dict) -> None:
+    raw_params["methods"]["resnet"]["train"] = {"lr": 0}
+    assert "methods.resnet.train.lr = 0: Input should be greater than 0" in errors_for(raw_params)
+    raw_params["methods"]["resnet"]["train"] = {"learning_rate": 0.1}
+    assert "methods.resnet.train: unknown field(s) ['learning_rate']" in errors_for(raw_params)
+
+
+def test_tune_space_keys_and_tuned_from(raw_params: dict) -> None:
+    raw_params["tune"]["space"]["args.heads"] = {"type": "choice", "values": [1, 2]}
+    assert "tune.space.args.heads: 'heads' is not a args field of method 'attn_resnet'" in errors_for(raw_params)
+    del raw_params["tune"]["space"]["args.heads"]
+    raw_params["tune"]["methods"] = []
+    assert "methods.no_attention.tuned_from = 'attn_resnet': not a searched method" in errors_for(raw_params)
+
+
+def test_batch_must_split_over_workers(raw_params: dict) -> None:
+    raw_params["compute"]["num_workers"] = 3
+    assert "train.batch_size = 64: must be divisible by compute.num_workers = 3" in errors_for(raw_params)
+
+
+def test_too_many_workers_for_the_machine() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"num_workers = 8 x compute.cpus_per_worker = 1 needs 8 CPUs, but this "
+        r"machine has 2; allowed: num_workers 1..2",
+    ):
+        resolve_workers(ComputeCfg(num_workers=8), cpus=2, gpus=0, where="this machine")
+    with pytest.raises(ConfigError, match="needs 4 GPUs, but the Ray cluster has 1"):
+        resolve_workers(ComputeCfg(num_workers=4, use_gpu=True), cpus=64, gpus=1, where="the Ray cluster")
+    auto = resolve_workers(ComputeCfg(), cpus=2, gpus=0, where="x")
+    assert (auto.num_workers, auto.use_gpu) == (2, False)
+    assert resolve_workers(ComputeCfg(), cpus=32, gpus=4, where="x").num_workers == 4
+
+
+def test_stage_rejects_bad_params_before_any_work(tmp_path, raw_params: dict) -> None:
+    """A stage run with invalid params exits 2 with one message and writes nothing."""
+    raw_params["train"]["lr"] = -1
+    raw_params["compute"]["num_workers"] = 64
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    out = tmp_path / "results" / "train"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.train",
+            "embedded",
+            "data/processed/embedded",
+            "tune.json",
+            str(out),
+            str(tmp_path / "m.json"),
+            str(tmp_path / "curves"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )
+    assert r.returncode == 2, r.stderr
+    assert "train.lr = -1: Input should be greater than 0" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists() and not (tmp_path / "m.json").exists()
+
+
+def test_too_many_workers_stops_the_stage_before_ray(tmp_path, raw_params: dict) -> None:
+    raw_params["compute"]["num_workers"] = 64
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    r = subprocess.run(
+        [sys.executable, "-m", "stages.train", "embedded", "none", "none", "out", "m.json", "c"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )
+    assert r.returncode == 2, r.stderr
+    assert "compute.num_workers = 64" in r.stderr and "allowed: num_workers 1.." in r.stderr
+    assert not (tmp_path / ".ray_results").exists()

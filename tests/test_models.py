@@ -1,0 +1,129 @@
+"""Every registered model: shape, finiteness, gradients; published parameter counts; attention maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.evaluate import attention_maps
+from pipeline.models import create_attn, create_model, list_models, register_model
+from pipeline.models.attention import SCALINGS, SoftmaxAttention
+from pipeline.models.resnet import PLACEMENTS
+
+# small configurations so the loop over the registry stays fast; depth is a parameter of every model
+SMALL = {"densenet_bc": {"depth": 10, "growth_rate": 4}}
+SMALL_DEFAULT = {"depth": 8, "width": 4}
+
+
+def small(name: str, **kw) -> nn.Module:
+    return create_model(name, **{**SMALL.get(name, SMALL_DEFAULT), **kw})
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward(name: str) -> None:
+    torch.manual_seed(0)
+    model = small(name, num_classes=7)
+    x = torch.randn(3, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (3, 7)
+    assert torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"{name}: parameters without a finite gradient: {missing}"
+
+
+@pytest.mark.parametrize("placement", [p for p in PLACEMENTS if p != "none"])
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_attention_variants_get_gradients(placement: str, scaling: str) -> None:
+    """Every placement x scaling option is a working network whose attention parameters all learn."""
+    torch.manual_seed(0)
+    model = create_model("attn_resnet", depth=8, width=4, placement=placement, scaling=scaling, num_maps=2)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    attn = [(n, p) for n, p in model.named_parameters() if "attn" in n]
+    assert attn, "no attention parameters found"
+    assert all(p.grad is not None for _, p in attn)
+    n_modules = sum(isinstance(m, SoftmaxAttention) for m in model.modules())
+    assert n_modules == {"block": 3, "stage": 3, "final": 1}[placement]
+
+
+def test_placement_none_is_the_plain_backbone() -> None:
+    ablation = create_model("attn_resnet", depth=20, placement="none")
+    assert not any(isinstance(m, SoftmaxAttention) for m in ablation.modules())
+    assert n_params(ablation) == n_params(create_model("resnet", depth=20))
+
+
+@pytest.mark.parametrize("placement", ["stage", "final", "block"])
+def test_attention_maps_sum_to_one_before_scaling(placement: str) -> None:
+    torch.manual_seed(0)
+    model = create_model("attn_resnet", depth=8, width=4, placement=placement, num_maps=2)
+    for m in model.modules():  # random maps, not the uniform start, so the check means something
+        if isinstance(m, SoftmaxAttention):
+            nn.init.normal_(m.conv.weight, std=1.0)
+    maps = attention_maps(model, torch.randn(4, 3, 32, 32))
+    assert len(maps) >= 1
+    for name, a in maps:
+        assert a.shape[:2] == (4, 2), name
+        sums = a.flatten(2).sum(-1)  # (B, M)
+        torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-5, rtol=0)
+        assert (a.amax((2, 3)) > 1.5 / a[0, 0].numel()).all(), f"{name}: maps are uniform, test is vacuous"
+
+
+def test_scalings_against_the_formulas() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 5, 5)
+    mods = {s: SoftmaxAttention(4, scaling=s) for s in SCALINGS}
+    for m in mods.values():
+        nn.init.normal_(m.conv.weight)
+        m.conv.weight.data.copy_(mods["none"].conv.weight.data)
+    a = mods["none"].softmax(mods["none"].conv(x))  # (2, 1, 5, 5)
+    torch.testing.assert_close(mods["none"](x), x * a)
+    torch.testing.assert_close(mods["hw"](x), x * a * 25)
+    torch.testing.assert_close(mods["residual"](x), x * (1 + a * 25))
+    mods["gated"].gate.data.fill_(0.5)
+    torch.testing.assert_close(mods["gated"](x), x * (1 + 0.5 * (a * 25 - 1)))
+
+
+def test_attention_starts_as_identity() -> None:
+    """Zero-initialised map conv: uniform maps, so hw and gated modules start as the identity."""
+    x = torch.randn(2, 8, 6, 6)
+    for s in ("hw", "gated"):
+        torch.testing.assert_close(SoftmaxAttention(8, scaling=s)(x), x)
+
+
+def test_published_parameter_counts() -> None:
+    # He et al. 2016 (ResNet-110: 1.7M), Huang et al. 2017 (DenseNet-BC L=100 k=12: 0.8M)
+    assert abs(n_params(create_model("resnet", depth=110)) - 1.7e6) / 1.7e6 < 0.02
+    assert 0.76e6 <= n_params(create_model("densenet_bc", depth=100, growth_rate=12)) <= 0.80e6
+
+
+def test_attention_is_cheap_and_se_cbam_use_paper_reductions() -> None:
+    base = n_params(create_model("resnet", depth=110))
+    assert n_params(create_model("attn_resnet", depth=110)) / base - 1 < 0.01
+    # SE, reduction 16, hidden width C//16 with no rounding up: 2*C*(C//16) + C + C//16 per block
+    se_extra = sum(18 * (2 * c * (c // 16) + c + c // 16) for c in (16, 32, 64))
+    assert n_params(create_model("se_resnet", depth=110)) - base == se_extra
+    cbam_extra = se_extra + 54 * (2 * 7 * 7 + 1)  # + a 7x7 conv from 2 maps to 1 in each of 54 blocks
+    assert n_params(create_model("cbam_resnet", depth=110)) - base == cbam_extra
+
+
+def test_registry_rejects_duplicates_and_unknown_names() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(_duplicate_resnet())
+    with pytest.raises(ValueError, match=r"unknown model 'nope'.*registered"):
+        create_model("nope")
+    with pytest.raises(ValueError, match="unknown attention type"):
+        create_attn("nope", 8)
+    with pytest.raises(ValueError, match="depth=9"):
+        create_model("resnet", depth=9)
+
+
+def _duplicate_resnet():
+    def resnet() -> nn.Module:  # same name as the registered factory
+        return nn.Identity()
+
+    return resnet
