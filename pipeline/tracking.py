@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +92,24 @@ def log_epoch(c, run_id: str, record: Mapping[str, float], step: int, timestamp_
     c.log_batch(run_id, metrics=metrics)
 
 
-def backfill(c, run_id: str, history: Iterable[Mapping[str, float]], probe: str = "val_top1") -> int:
-    """Log the epochs of ``history`` that the run does not hold yet (by ``probe`` metric steps)."""
-    have = {m.step for m in c.get_metric_history(run_id, probe)}
-    n = 0
-    for rec in history:
-        if rec["epoch"] not in have:
-            log_epoch(c, run_id, rec, rec["epoch"], rec.get("timestamp_ms"))
-            n += 1
-    return n
+class EpochLog:
+    """The per-epoch metrics of one run, each epoch logged exactly once.
+
+    Epochs the run already holds (logged by an attempt that was cut off before its checkpoint was saved, then
+    trained again) are not logged twice; epochs saved in a checkpoint but never logged are back-filled.
+    """
+
+    def __init__(self, c, run_id: str, probe: str = "val_top1"):
+        self.c, self.run_id = c, run_id
+        self.logged = {m.step for m in c.get_metric_history(run_id, probe)}
+
+    def log(self, record: Mapping[str, float]) -> bool:
+        step = int(record["epoch"])
+        if step in self.logged:
+            return False
+        log_epoch(self.c, self.run_id, record, step, record.get("timestamp_ms"))
+        self.logged.add(step)
+        return True
 
 
 def finish(c, run_id: str, status: str = "FINISHED") -> None:

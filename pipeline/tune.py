@@ -22,10 +22,11 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.compute import check_workers_before_start, ray_session, storage_path
-from pipeline.config import ConfigError, Params, SearchDim, config_hash
+from pipeline.config import Params, SearchDim, config_hash
 from pipeline.io import write_json
 from pipeline.provenance import provenance
 from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, data_ref
+from pipeline.train.store import SearchCache
 
 METRIC = "val_top1"
 
@@ -173,30 +174,12 @@ def _close_stopped_trials(c, exp: str, parent: str) -> None:
         tracking.finish(c, r.info.run_id, "KILLED")
 
 
-class _Cache:
-    """Finished searches in the run storage, keyed by content (settings, data, code)."""
-
-    def __init__(self, params: Params, dataset: str):
-        self.dir = Path(storage_path(params.compute)) / "tune-cache" / dataset
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        p = self.dir / f"{key}.json"
-        return json.loads(p.read_text()) if p.is_file() else None
-
-    def put(self, key: str, result: dict[str, Any]) -> None:
-        write_json(self.dir / f"{key}.json", result)
-
-
 def tune_dataset(params: Params, dataset: str, data_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
     """Search every method in ``tune.methods`` on ``dataset``; write {method: result} to ``out_file``."""
     t0 = time.time()
     check_workers_before_start(params.compute.model_copy(update={"num_workers": 1}))
-    if "://" in params.compute.storage_path:
-        raise ConfigError(
-            f"compute.storage_path = {params.compute.storage_path!r}: the search cache needs a local path"
-        )
     data = data_ref(dataset, data_dir)
-    cache = _Cache(params, dataset)
+    cache = SearchCache(storage_path(params.compute), dataset)
     keys = {
         m: config_hash(trial_spec(params, m, data, {}).model_dump(), params.tune.model_dump(), code_digest())
         for m in params.tune.methods

@@ -1,50 +1,76 @@
-"""Finished training units, kept in the run storage under their content key.
+"""Results kept in the run storage (a local path or s3://...) under their content key.
 
 A unit is one (data set, method, seed) with fully resolved settings; its key hashes the settings, the data
-checksum and the code. When a unit finishes, rank 0 writes ``<storage>/units/<dataset>/<key>.pt``
-(write-then-rename, so a half-written file never counts). A later job -- a rerun after an interruption, or
-after another method's settings changed -- finds it and does not train it again.
+checksum and the code. When a unit finishes, rank 0 writes ``<storage>/units/<dataset>/<key>.pt``; a
+finished search is kept the same way under ``tune-cache``. Files are written to a temporary name and moved
+into place, so a half-written file never counts. A later job -- a rerun after an interruption, or after
+another method's settings changed -- finds them and does not redo the work.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from typing import Any
 
 import torch
 
 
-def _fs(root: str):
-    import pyarrow.fs as pafs
+class KeyedStore:
+    def __init__(self, storage_path: str, name: str, dataset: str, suffix: str):
+        import pyarrow.fs as pafs
 
-    if "://" in root:
-        return pafs.FileSystem.from_uri(root)
-    return pafs.LocalFileSystem(), root
-
-
-class UnitStore:
-    def __init__(self, storage_path: str, dataset: str):
-        self.fs, base = _fs(storage_path)
-        self.dir = f"{base.rstrip('/')}/units/{dataset}"
+        if "://" in storage_path:
+            self.fs, base = pafs.FileSystem.from_uri(storage_path)
+        else:
+            self.fs, base = pafs.LocalFileSystem(), storage_path
+        self.dir = f"{base.rstrip('/')}/{name}/{dataset}"
+        self.suffix = suffix
 
     def path(self, key: str) -> str:
-        return f"{self.dir}/{key}.pt"
+        return f"{self.dir}/{key}{self.suffix}"
 
     def has(self, key: str) -> bool:
         import pyarrow.fs as pafs
 
         return self.fs.get_file_info(self.path(key)).type == pafs.FileType.File
 
-    def save(self, key: str, obj: dict[str, Any]) -> None:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
+    def write(self, key: str, data: bytes) -> None:
         self.fs.create_dir(self.dir, recursive=True)
         tmp = f"{self.dir}/.{key}.{uuid.uuid4().hex}.tmp"
         with self.fs.open_output_stream(tmp) as f:
-            f.write(buf.getvalue())
+            f.write(data)
         self.fs.move(tmp, self.path(key))
 
-    def load(self, key: str) -> dict[str, Any]:
+    def read(self, key: str) -> bytes:
         with self.fs.open_input_stream(self.path(key)) as f:
-            return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+            return f.read()
+
+
+class UnitStore(KeyedStore):
+    """Finished training units: spec, weights, per-epoch history, provenance."""
+
+    def __init__(self, storage_path: str, dataset: str):
+        super().__init__(storage_path, "units", dataset, ".pt")
+
+    def save(self, key: str, obj: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        self.write(key, buf.getvalue())
+
+    def load(self, key: str) -> dict[str, Any]:
+        return torch.load(io.BytesIO(self.read(key)), map_location="cpu", weights_only=False)
+
+
+class SearchCache(KeyedStore):
+    """Finished searches: best values and every trial's outcome."""
+
+    def __init__(self, storage_path: str, dataset: str):
+        super().__init__(storage_path, "tune-cache", dataset, ".json")
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return json.loads(self.read(key)) if self.has(key) else None
+
+    def put(self, key: str, result: dict[str, Any]) -> None:
+        self.write(key, json.dumps(result, indent=2, default=str).encode())

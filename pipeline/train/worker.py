@@ -102,13 +102,15 @@ def train_units(
         scheduler = build_scheduler(optimizer, cfg)
         history: list[dict[str, Any]] = []
         resumed_from = None
+        elog = tracking.EpochLog(mlflow, run_id) if mlflow is not None and run_id else None
         if resume is not None and resume["key"] == key:
             model.load_state_dict(resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             history, resumed_from = resume["history"], len(resume["history"])
-            if mlflow is not None and run_id:
-                tracking.backfill(mlflow, run_id, history)  # epochs saved but not yet logged when cut off
+            if elog:
+                for rec in history:  # saved, but maybe cut off before it was logged
+                    elog.log(rec)
         start = len(history)
         tag = f"[{spec.method} seed {seed}]"
         if shard.rank == 0:
@@ -160,9 +162,11 @@ def train_units(
                         "scheduler": scheduler.state_dict(),
                         "history": history,
                     }
+            if elog and store is None:  # nothing to resume from; and a search's report may end the trial
+                elog.log(rec)
             report({**rec, "seed": seed, "method": spec.method}, state)
-            if mlflow is not None and run_id:
-                tracking.log_epoch(mlflow, run_id, rec, epoch + 1, rec["timestamp_ms"])
+            if elog:  # after the checkpoint: an epoch trained again after a cut-off is not logged twice
+                elog.log(rec)
             if shard.rank == 0:
                 print(
                     f"{tag} epoch {epoch + 1}/{cfg.epochs} loss {rec['train_loss']:.3f} "
