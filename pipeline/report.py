@@ -13,9 +13,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import MaxNLocator
+
 from pipeline.config import Params
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.paper import CLAIMS, COLUMN_OF_KIND, COLUMNS, TABLE_NAMES
+from pipeline.plots import plt, save
+from pipeline.provenance import provenance
 
 MAIN_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours")
 ABLATION_ROWS = ("ablation", "ours")
@@ -143,11 +147,6 @@ def build_tables(
 
 
 def curves_figure(params: Params, datasets: dict[str, dict[str, Any]]):
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    from pipeline.plots import matplotlib  # noqa: F401  (Agg backend)
-
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4), squeeze=False)
     for ax, (d, data) in zip(axes[0], datasets.items(), strict=True):
         for m, seeds in data.items():
@@ -185,8 +184,6 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
             "train_wall_time_s": train["wall_time_s"],
             "units": {f"{m}/seed{s}": v["spec"] for m, seeds in data.items() for s, v in seeds.items()},
         }
-    from pipeline.provenance import provenance
-
     prov_all = provenance(datasets=prov)
     git = prov_all["git"]
     header = [
@@ -198,8 +195,6 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
         f"Full provenance: `provenance.json`.",
         "",
     ]
-    from pipeline.plots import save
-
     attn = _attention_picture(params, results)
     figures = ["![training curves](curves.png)", ""]
     if attn is not None:
