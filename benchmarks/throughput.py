@@ -131,7 +131,8 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml")
     work = Path(tempfile.mkdtemp(prefix="attncnn-bench-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    ds = params.dataset("embedded").model_copy(update={"num_train": args.images, "num_test": 500})
+    emb = params.dataset("embedded")
+    ds = emb.model_copy(update={"fetch": emb.fetch.model_copy(update={"num_train": args.images, "num_test": 500})})
     fetch_dataset("embedded", ds, work / "raw")
     preprocess_dataset(work / "raw", work / "data")
     params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": args.epochs})})

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from pipeline.config import ConfigError, Params, load_params
+from pipeline.data.errors import DataError
 
 PARAMS_FILE = "params.yaml"
 
@@ -23,4 +24,7 @@ def run_stage(main: Callable[[Params, list[str]], object]) -> NoReturn:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except DataError as e:  # bad or unreachable input data: the message says what to do
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(0)

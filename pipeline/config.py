@@ -48,10 +48,9 @@ class GridCfg(Frozen):
         return v
 
 
-class EmbeddedDataCfg(Frozen):
+class EmbeddedFetchCfg(Frozen):
     """The cluttered-glyphs set made locally from a seed (see ``pipeline.data.embedded``)."""
 
-    kind: Literal["embedded"]
     seed: Seed = 0
     num_train: PosInt = 4000
     num_test: PosInt = 1000
@@ -59,8 +58,100 @@ class EmbeddedDataCfg(Frozen):
     noise: Annotated[float, Field(ge=0, le=1)] = 0.25  # background noise amplitude
 
 
-DatasetCfg = EmbeddedDataCfg  # real CIFAR-10/100 and ImageNet join this union (issue 3)
-DATASET_KINDS = ("embedded",)
+def _check_checksum(v: str | None) -> str | None:
+    if v is not None:
+        from pipeline.data.download import Checksum
+
+        Checksum.parse(v)
+    return v
+
+
+class CifarFetchCfg(Frozen):
+    """Where the CIFAR binary archive comes from; it is always verified against ``checksum`` before use."""
+
+    source: str = Field(default="official", min_length=1)  # official | http(s):// URL | local path | s3://bucket/key
+    checksum: str | None = None  # "md5:<hex>" or "sha256:<hex>"; None: the published checksum pinned in code
+    retries: PosInt = 5  # attempts on connection errors, truncation and HTTP 5xx
+    backoff_s: Annotated[float, Field(ge=0)] = 1.0  # wait backoff_s * 2**i before retry i+1
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+
+    @field_validator("checksum")
+    @classmethod
+    def _sum(cls, v: str | None) -> str | None:
+        return _check_checksum(v)
+
+
+class ImageNetFetchCfg(Frozen):
+    """ILSVRC2012 from a local folder or ``s3://bucket/prefix`` (it has no public download)."""
+
+    source: str = Field(min_length=1)  # folder or s3://bucket/prefix
+    # official: ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz;
+    # folders: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG; auto: official if its files are there
+    layout: Literal["auto", "official", "folders"] = "auto"
+    checksums: dict[str, str] = {}  # file name -> checksum, overriding the pinned md5s of the official files
+
+    @field_validator("checksums")
+    @classmethod
+    def _sums(cls, v: dict[str, str]) -> dict[str, str]:
+        for c in v.values():
+            _check_checksum(c)
+        return v
+
+
+class SubsetCfg(Frozen):
+    """Per class: an int keeps the first N images, a float in (0, 1] that fraction (at least one); null keeps all."""
+
+    train: int | float | None = None
+    test: int | float | None = None
+
+    @field_validator("train", "test")
+    @classmethod
+    def _per_class(cls, v: int | float | None) -> int | float | None:
+        if v is None or (isinstance(v, int) and v > 0) or (isinstance(v, float) and 0 < v <= 1):
+            return v
+        raise ValueError("allowed: an image count per class >= 1, a fraction in (0, 1], or null for all")
+
+
+class PreprocessCfg(Frozen):
+    subset: SubsetCfg = SubsetCfg()
+    classes: PosInt | list[str] | None = None  # keep the first N classes, or these names (ImageNet: wnids)
+
+
+class ImageNetPreprocessCfg(PreprocessCfg):
+    resize: PosInt = 256  # stored JPEGs: shorter side resized to this
+    image_size: PosInt = 224  # training input: centre square of the stored image, resized to this
+    quality: Annotated[int, Field(ge=1, le=100)] = 90  # JPEG quality of the stored images
+    shard_size: PosInt = 1000  # images per Parquet shard (one Ray task each)
+    on_bad_image: Literal["skip", "error"] = "skip"  # undecodable image: skip it (counted in the manifest) or fail
+    on_missing_class: Literal["error", "skip"] = "error"  # a class without train or val images
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ImageNetPreprocessCfg:
+        if self.image_size > self.resize:
+            raise ValueError(f"image_size={self.image_size} must be <= resize={self.resize}")
+        return self
+
+
+class EmbeddedDataCfg(Frozen):
+    kind: Literal["embedded"]
+    fetch: EmbeddedFetchCfg = EmbeddedFetchCfg()
+    preprocess: PreprocessCfg = PreprocessCfg()
+
+
+class CifarDataCfg(Frozen):
+    kind: Literal["cifar10", "cifar100"]
+    fetch: CifarFetchCfg = CifarFetchCfg()
+    preprocess: PreprocessCfg = PreprocessCfg()
+
+
+class ImageNetDataCfg(Frozen):
+    kind: Literal["imagenet"]
+    fetch: ImageNetFetchCfg
+    preprocess: ImageNetPreprocessCfg = ImageNetPreprocessCfg()
+
+
+DatasetCfg = Annotated[EmbeddedDataCfg | CifarDataCfg | ImageNetDataCfg, Field(discriminator="kind")]
+DATASET_KINDS = ("embedded", "cifar10", "cifar100", "imagenet")
 
 
 class TrainCfg(Frozen):
@@ -220,8 +311,8 @@ def _key_loc(raw: dict, loc: tuple) -> tuple:
     for p in loc:
         if (isinstance(cur, dict) and p in cur) or (isinstance(cur, list) and isinstance(p, int) and p < len(cur)):
             cur = cur[p]
-        elif isinstance(p, str) and ("[" in p or "-" in p):
-            continue
+        elif isinstance(p, str) and ("[" in p or "-" in p or p in DATASET_KINDS):
+            continue  # a union member's tag, not a key
         else:
             cur = _MISSING
         out.append(p)
@@ -321,6 +412,8 @@ def validate_params(raw: dict, source: str = "params.yaml") -> Params:
         grouped: dict[tuple, list[str]] = {}
         for x in e.errors():
             loc, msg = _key_loc(raw, tuple(x["loc"])), x["msg"].removeprefix("Value error, ")
+            if x["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc, msg = (*loc, "kind"), f"unknown data set kind; allowed: {', '.join(DATASET_KINDS)}"
             field = re.match(r"(\w+)=", msg)  # a model-level rule names its field first: point at it
             if x["type"] == "value_error" and field and isinstance(_lookup(raw, loc), dict):
                 loc = (*loc, field.group(1))

@@ -64,10 +64,10 @@ def evaluate_unit(
     """Evaluate the unit in ``unit_dir`` (model.pt as the train stage writes it); write its attention picture
     (if it has attention) and summary to ``out_dir`` and its confusion CSV; return its metrics."""
     model, spec, ck = load_checkpoint(unit_dir / "model.pt")
-    if man["source_sha256"] != spec.dataset.sha256:
+    if man["data_sha256"] != spec.dataset.sha256:
         raise ValueError(
             f"{unit_dir}/model.pt was trained on data {spec.dataset.sha256[:12]}, but the test set is "
-            f"{man['source_sha256'][:12]}: re-run the train stage"
+            f"{man['data_sha256'][:12]}: re-run the train stage"
         )
     mean, std = torch.tensor(spec.dataset.mean), torch.tensor(spec.dataset.std)
     t0 = time.perf_counter()

@@ -55,20 +55,40 @@ def _claim(version: str, row: str | None, column: str) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def _sources(man: dict[str, Any]) -> str:
+    """The source checksums, as the fetch stage verified them."""
+    files = man.get("source_files") or {}
+    named = [
+        f"`{name}` " + ", ".join(f"{k} `{v}`" for k, v in sums.items() if k in ("md5", "sha256"))
+        for name, sums in files.items()
+    ]
+    if named:
+        return "source " + "; ".join(named)
+    return f"source index sha256 `{man['source_sha256']}`"
+
+
 def _settings_line(params: Params, dataset: str, data: dict[str, Any], man: dict[str, Any]) -> str:
     spec = next(iter(data[params.grid.methods[0]].values()))["spec"]
     t = spec["train"]
     kind = params.dataset(dataset).kind
-    what = (
-        "the embedded cluttered-glyphs set (synthetic, made from a seed; NOT CIFAR or ImageNet, so its numbers "
-        "are not comparable with the paper's)"
-        if kind == "embedded"
-        else kind
-    )
+    what = {
+        "embedded": "the embedded cluttered-glyphs set (synthetic, made from a seed; NOT CIFAR or ImageNet, so its "
+        "numbers are not comparable with the paper's)",
+        "cifar10": "CIFAR-10 (official binary archive)",
+        "cifar100": "CIFAR-100 (official binary archive, fine labels)",
+        "imagenet": "ImageNet ILSVRC2012 (test split = the official validation set)",
+    }[kind]
+    prep = man.get("preprocess", {})
+    subset = {k: v for k, v in prep.get("subset", {}).items() if v is not None}
+    if subset or prep.get("classes") is not None:
+        what += (
+            f", A SUBSET (per class: {subset or 'all'}; classes: {prep.get('classes') or 'all'}), so its numbers are "
+            "not comparable with the paper's"
+        )
     counts = {k: v["rows"] for k, v in man["files"].items()}
     return (
         f"Data: `{dataset}` = {what}; {counts.get('train')} train / {counts.get('test')} test images, "
-        f"{man['num_classes']} classes, source sha256 `{man['source_sha256'][:16]}`. "
+        f"{man['num_classes']} classes; {_sources(man)}. "
         f"Settings: {t['epochs']} epochs, batch {t['batch_size']}, {t['schedule']} schedule from lr {t['lr']:g} "
         f"(tuned methods: see below), SGD momentum {t['momentum']}, seeds {params.grid.seeds}. "
         f"Measured: test top-1 %, mean ± std over {len(params.grid.seeds)} seeds."
@@ -180,6 +200,8 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
         train = read_json(results / d / "train_metrics.json")
         prov[d] = {
             "source_sha256": man["source_sha256"],
+            "source_files": man.get("source_files"),
+            "data_sha256": man["data_sha256"],
             "parquet": man["files"],
             "train_wall_time_s": train["wall_time_s"],
             "units": {f"{m}/seed{s}": v["spec"] for m, seeds in data.items() for s, v in seeds.items()},

@@ -20,7 +20,7 @@ class DataRef(Frozen):
 
     name: str
     path: str  # absolute directory (or URI) holding the Parquet files and the manifest
-    sha256: str  # of the source archive (the data's identity)
+    sha256: str  # of the preprocessed data (manifest data_sha256): a different subset is different data
     num_classes: int
     mean: list[float]
     std: list[float]
@@ -79,7 +79,7 @@ def data_ref(name: str, data_dir: str | Path) -> DataRef:
     return DataRef(
         name=name,
         path=str(data_dir),
-        sha256=man["source_sha256"],
+        sha256=man["data_sha256"],
         num_classes=man["num_classes"],
         mean=man["mean"],
         std=man["std"],

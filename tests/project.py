@@ -22,9 +22,7 @@ BIN = Path(sys.executable).parent
 # Small enough for a 2-core CI machine, big enough that every method learns something.
 TINY: dict[str, Any] = {
     "grid": {"datasets": ["embedded"], "methods": ["resnet", "attn_resnet", "no_attention"], "seeds": [0, 1]},
-    "datasets": {
-        "embedded": {"kind": "embedded", "seed": 0, "num_train": 600, "num_test": 200, "clutter": 6, "noise": 0.12}
-    },
+    "datasets": {"embedded": {"fetch": {"seed": 0, "num_train": 600, "num_test": 200, "clutter": 6, "noise": 0.12}}},
     "train": {"epochs": 2},
     "tune": {"num_samples": 2, "epochs": 2, "grace_period": 1, "max_concurrent_trials": 2},
 }

@@ -37,7 +37,24 @@ def test_shipped_params_are_valid() -> None:
         (("train", "schedule"), "linear", r"train\.schedule = 'linear': Input should be 'step' or 'cosine'"),
         (("compute", "num_workers"), -2, r"compute\.num_workers = -2"),
         (("tune", "space", "train.lr", "low"), 0.0, r"tune\.space\.train\.lr.*low > 0"),
-        (("datasets", "embedded", "kind"), "cifar", r"datasets\.embedded\.kind = 'cifar'.*'embedded'"),
+        (("datasets", "embedded", "kind"), "cifar", r"datasets\.embedded\.kind = 'cifar'.*embedded, cifar10"),
+        (
+            ("datasets", "cifar10", "fetch", "checksum"),
+            "md5:123",
+            r"datasets\.cifar10\.fetch\.checksum = 'md5:123'.*32",
+        ),
+        (("datasets", "cifar100", "preprocess", "subset"), {"train": 1.5}, r"subset\.train = 1\.5: allowed: .*count"),
+        (("datasets", "cifar100", "preprocess", "subset"), {"test": 0}, r"subset\.test = 0: allowed"),
+        (
+            ("datasets", "imagenet", "preprocess", "image_size"),
+            300,
+            r"imagenet\.preprocess\.image_size = 300.*<= resize",
+        ),
+        (
+            ("datasets", "imagenet", "preprocess", "on_bad_image"),
+            "ignore",
+            r"on_bad_image = 'ignore'.*'skip' or 'error'",
+        ),
         (("grid", "seeds"), [0, 0], r"grid\.seeds = \[0, 0\]: .*unique"),
         (("surprise",), 1, r"surprise = 1: Extra inputs are not permitted"),
     ],
@@ -59,10 +76,10 @@ def test_milestone_past_last_epoch(raw_params: dict) -> None:
 
 def test_unknown_method_and_dataset(raw_params: dict) -> None:
     raw_params["grid"]["methods"].append("vit")
-    raw_params["grid"]["datasets"].append("cifar10")
+    raw_params["grid"]["datasets"].append("svhn")
     msg = errors_for(raw_params)
     assert "grid.methods: unknown method 'vit'" in msg and "'attn_resnet'" in msg
-    assert "grid.datasets: 'cifar10' has no entry under 'datasets'; defined: ['embedded']" in msg
+    assert "grid.datasets: 'svhn' has no entry under 'datasets'; defined: ['cifar10', 'cifar100', 'embedded'," in msg
 
 
 def test_model_arguments_are_checked_against_the_factory(raw_params: dict) -> None:

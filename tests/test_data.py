@@ -9,28 +9,31 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipeline.config import EmbeddedDataCfg
+from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg
 from pipeline.data.cifar import CIFAR10, read_cifar_binary, write_cifar10_binary
 from pipeline.data.embedded import make_embedded
 from pipeline.data.preprocess import fetch_dataset, load_manifest, load_split, preprocess_dataset
 from pipeline.io import sha256_file
 
-CFG = EmbeddedDataCfg(kind="embedded", seed=3, num_train=60, num_test=20)
+FETCH = EmbeddedFetchCfg(seed=3, num_train=60, num_test=20)
+CFG = EmbeddedDataCfg(kind="embedded", fetch=FETCH)
 
 
 def test_embedded_is_deterministic_and_balanced(tmp_path) -> None:
     a = fetch_dataset("embedded", CFG, tmp_path / "a")
     b = fetch_dataset("embedded", CFG, tmp_path / "b")
-    c = fetch_dataset("embedded", CFG.model_copy(update={"seed": 4}), tmp_path / "c")
+    c = fetch_dataset(
+        "embedded", CFG.model_copy(update={"fetch": FETCH.model_copy(update={"seed": 4})}), tmp_path / "c"
+    )
     assert a["sha256"] == b["sha256"] != c["sha256"]  # byte-identical archives from the same seed
-    data = make_embedded(CFG)
+    data = make_embedded(FETCH)
     assert data["train"][0].shape == (60, 32, 32, 3) and data["train"][0].dtype == np.uint8
     assert np.bincount(data["train"][1], minlength=10).tolist() == [6] * 10
 
 
 def test_the_class_is_the_glyph_not_the_background() -> None:
     """Mean images per class are near-identical: the label is only recoverable from the object's shape."""
-    imgs, labels = make_embedded(EmbeddedDataCfg(kind="embedded", num_train=2000, num_test=10))["train"]
+    imgs, labels = make_embedded(EmbeddedFetchCfg(num_train=2000, num_test=10))["train"]
     means = np.stack([imgs[labels == k].mean((0, 3)) for k in range(10)])  # (10, 32, 32)
     assert np.abs(means - means.mean(0)).max() < 25  # of 255: no fixed position or colour gives the class away
 
@@ -78,7 +81,7 @@ def test_preprocess_writes_parquet_stats_and_checksums(tmp_path) -> None:
     src = fetch_dataset("embedded", CFG, tmp_path / "raw")
     man = preprocess_dataset(tmp_path / "raw", tmp_path / "proc")
     tr = load_split(tmp_path / "proc", "train")
-    orig = make_embedded(CFG)["train"]
+    orig = make_embedded(FETCH)["train"]
     np.testing.assert_array_equal(tr.images, orig[0])
     np.testing.assert_array_equal(tr.labels, orig[1])
     x = orig[0].reshape(-1, 3) / 255.0

@@ -83,7 +83,7 @@ def test_mlflow_records(project) -> None:
         (m, str(s)) for m in METHODS for s in SEEDS
     )
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj, capture_output=True, text=True).stdout.strip()
-    sha = json.loads((proj / "data/processed/embedded/manifest.json").read_text())["source_sha256"]
+    sha = json.loads((proj / "data/processed/embedded/manifest.json").read_text())["data_sha256"]
     for r in runs:
         assert r.info.status == "FINISHED"
         assert r.data.tags["git_commit"] == head and r.data.tags["data_sha256"] == sha

@@ -20,9 +20,7 @@ pytestmark = pytest.mark.slow
 EPOCHS = 4
 SETTINGS = {
     "grid": {"datasets": ["embedded"], "methods": ["resnet"], "seeds": [0]},
-    "datasets": {
-        "embedded": {"kind": "embedded", "seed": 0, "num_train": 2400, "num_test": 200, "clutter": 6, "noise": 0.12}
-    },
+    "datasets": {"embedded": {"fetch": {"seed": 0, "num_train": 2400, "num_test": 200, "clutter": 6, "noise": 0.12}}},
     "train": {"epochs": EPOCHS, "schedule": "step", "milestones": [2]},
     "tune": {"methods": []},
     "methods": {"no_attention": {"tuned_from": None}},  # nothing is searched here

@@ -2,9 +2,9 @@
 
 In the spirit of the cluttered-digits task of Mnih et al. (2014), which the paper cites: each 32x32 colour
 image holds one small glyph (a 5x7 bitmap digit drawn at 2x, 10x14 pixels, mirrored half the time) at a
-random position, in a random colour, over a noisy random-colour background strewn with fragments of other glyphs. The class is the
-digit; everything else is clutter, so a network has to find the object -- something for spatial attention
-to do -- and chance is 10 %.
+random position, in a random colour, over a noisy random-colour background strewn with fragments of other
+glyphs. The class is the digit; everything else is clutter, so a network has to find the object --
+something for spatial attention to do -- and chance is 10 %.
 
 The images are written as a CIFAR-10 *binary* archive (``cifar-10-batches-bin/data_batch_{1..5}.bin``,
 ``test_batch.bin``, ``batches.meta.txt``; records of 1 label byte + 3072 bytes R, G, B planes), so the
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import EmbeddedDataCfg
+from pipeline.config import EmbeddedFetchCfg
 
 from .cifar import write_cifar10_binary
 
@@ -62,8 +62,13 @@ def render(labels: np.ndarray, rng: np.random.Generator, clutter: int, noise: fl
         for _ in range(clutter):
             g = glyphs[rng.integers(10)]
             fy, fx = rng.integers(0, gh - frag + 1), rng.integers(0, gw - frag + 1)
-            _paint(img, g[fy : fy + frag, fx : fx + frag], rng.integers(0, SIZE - frag + 1),
-                   rng.integers(0, SIZE - frag + 1), rng.uniform(0.15, 0.65, 3))
+            _paint(
+                img,
+                g[fy : fy + frag, fx : fx + frag],
+                rng.integers(0, SIZE - frag + 1),
+                rng.integers(0, SIZE - frag + 1),
+                rng.uniform(0.15, 0.65, 3),
+            )
         # the object goes on top so clutter never hides it; mirrored half the time, so that the standard
         # horizontal-flip augmentation (paper Sec. 4.1) preserves the label here as it does on CIFAR
         glyph = glyphs[label][:, ::-1] if rng.random() < 0.5 else glyphs[label]
@@ -71,7 +76,7 @@ def render(labels: np.ndarray, rng: np.random.Generator, clutter: int, noise: fl
     return (np.clip(imgs, 0, 1) * 255).round().astype(np.uint8)
 
 
-def make_embedded(cfg: EmbeddedDataCfg) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def make_embedded(cfg: EmbeddedFetchCfg) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{'train': (images, labels), 'test': (...)} with balanced classes, deterministic in ``cfg.seed``."""
     rng = np.random.default_rng(cfg.seed)
     out = {}
@@ -81,7 +86,7 @@ def make_embedded(cfg: EmbeddedDataCfg) -> dict[str, tuple[np.ndarray, np.ndarra
     return out
 
 
-def write_embedded_archive(cfg: EmbeddedDataCfg, path: str) -> None:
+def write_embedded_archive(cfg: EmbeddedFetchCfg, path: str) -> None:
     """Generate the set and write it as a CIFAR-10 binary archive at ``path`` (atomically)."""
     data = make_embedded(cfg)
     write_cifar10_binary(path, data["train"], data["test"], CLASSES)

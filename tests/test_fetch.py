@@ -1,0 +1,214 @@
+"""Fetching CIFAR for real: from an HTTP server and a moto S3 server on 127.0.0.1, a local file; every bad case.
+
+The code under test is the real fetch path (``fetch_dataset`` -> ``fetch_file``), given the servers' URLs and
+the archives' checksums through the same settings a user writes in params.yaml.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+from pipeline.config import CifarDataCfg
+from pipeline.data.archives import UnsafeArchiveError, safe_extract
+from pipeline.data.cifar import read_cifar_binary
+from pipeline.data.download import FetchError
+from pipeline.data.preprocess import fetch_dataset, load_split, preprocess_dataset
+from tests.archives import cifar10_archive, cifar100_archive
+from tests.servers import S3_ENV, file_server, moto_s3
+
+NAME = "cifar-10-binary.tar.gz"
+
+
+def cfg(source: str, checksum: str | None, kind: str = "cifar10", **fetch) -> CifarDataCfg:
+    f = {"source": source, "checksum": checksum, "backoff_s": 0.01, "timeout_s": 10, **fetch}
+    return CifarDataCfg.model_validate({"kind": kind, "fetch": f})
+
+
+def leftovers(parent) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name != "srv")
+
+
+@pytest.fixture
+def served(tmp_path):
+    (tmp_path / "srv").mkdir()
+    md5 = cifar10_archive(tmp_path / "srv" / NAME, per_class=40)  # 400 records: ~1.2 MB, several read chunks
+    with file_server(tmp_path / "srv") as srv:
+        yield srv, md5
+
+
+def test_http_fetch_verifies_then_preprocess_reads_the_real_format(tmp_path, served) -> None:
+    srv, md5 = served
+    src = fetch_dataset("c10", cfg(f"{srv.url}/{NAME}", md5), tmp_path / "raw")
+    assert src["md5"] == md5.removeprefix("md5:") and src["origin"]["verified_against"] == md5
+    assert (tmp_path / "raw" / NAME).is_file() and leftovers(tmp_path) == ["raw"]
+    man = preprocess_dataset(tmp_path / "raw", tmp_path / "proc")
+    assert man["classes"][0] == "airplane" and man["class_counts"]["train"] == [40] * 10
+    assert man["source_files"][NAME]["md5"] == md5.removeprefix("md5:")
+    expect, _ = read_cifar_binary(tmp_path / "srv" / NAME)
+    np.testing.assert_array_equal(load_split(tmp_path / "proc", "train").images, expect["train"].images)
+
+
+def test_progress_line_names_size_and_eta(tmp_path, served, capsys) -> None:
+    srv, md5 = served
+    fetch_dataset("c10", cfg(f"{srv.url}/{NAME}", md5), tmp_path / "raw")
+    err = capsys.readouterr().err
+    size = (tmp_path / "srv" / NAME).stat().st_size / 1e6
+    assert f"fetch {NAME}: {size:.1f}/{size:.1f} MB" in err and "ETA" in err
+
+
+def test_wrong_checksum_fails_and_keeps_nothing(tmp_path, served) -> None:
+    srv, _ = served
+    wrong = "md5:" + "0" * 32
+    with pytest.raises(FetchError, match=r"checksum mismatch: expected md5:0{32}, got md5:[0-9a-f]{32}"):
+        fetch_dataset("c10", cfg(f"{srv.url}/{NAME}", wrong), tmp_path / "raw")
+    assert leftovers(tmp_path) == []
+
+
+def test_the_pinned_official_checksum_is_the_default(tmp_path, served) -> None:
+    srv, _ = served  # a mirror serving some other file than the official archive must be refused
+    with pytest.raises(FetchError, match=r"expected md5:c32a1d4ab5d03f1284b67883e8d87530"):
+        fetch_dataset("c10", cfg(f"{srv.url}/{NAME}", None), tmp_path / "raw")
+    assert leftovers(tmp_path) == []
+
+
+def test_404_fails_at_once_with_the_url(tmp_path, served) -> None:
+    srv, md5 = served
+    with pytest.raises(FetchError, match=rf"{srv.url}/missing.tar.gz: HTTP 404"):
+        fetch_dataset("c10", cfg(f"{srv.url}/missing.tar.gz", md5), tmp_path / "raw")
+    assert len(srv.behaviour.requests) == 1  # a 404 is not retried
+    assert leftovers(tmp_path) == []
+
+
+def test_500_twice_then_success(tmp_path, served, capsys) -> None:
+    srv, md5 = served
+    srv.behaviour.fail_first = 2
+    fetch_dataset("c10", cfg(f"{srv.url}/{NAME}", md5), tmp_path / "raw")
+    assert [r["status"] for r in srv.behaviour.requests] == [500, 500, 200]
+    assert capsys.readouterr().err.count("retrying in") == 2
+
+
+def test_truncated_transfer_resumes_with_a_range_request(tmp_path, served) -> None:
+    srv, md5 = served
+    srv.behaviour.truncate_at, srv.behaviour.truncate_times = 300_000, 1
+    fetch_dataset("c10", cfg(f"{srv.url}/{NAME}", md5), tmp_path / "raw")
+    reqs = srv.behaviour.requests
+    assert len(reqs) == 2 and reqs[0]["range"] is None
+    assert reqs[1]["range"] == "bytes=300000-" and reqs[1]["status"] == 206  # only the rest was sent again
+
+
+def test_truncated_transfer_restarts_when_the_server_ignores_ranges(tmp_path, served) -> None:
+    srv, md5 = served
+    srv.behaviour.truncate_at, srv.behaviour.truncate_times, srv.behaviour.ranges = 300_000, 1, False
+    fetch_dataset("c10", cfg(f"{srv.url}/{NAME}", md5), tmp_path / "raw")
+    assert [r["status"] for r in srv.behaviour.requests] == [200, 200]
+
+
+def test_truncated_every_time_fails_clearly_and_keeps_nothing(tmp_path, served) -> None:
+    srv, md5 = served
+    srv.behaviour.truncate_at, srv.behaviour.ranges = 1000, False
+    with pytest.raises(FetchError, match=r"failed after 3 attempts: transfer truncated: 1000 bytes received"):
+        fetch_dataset("c10", cfg(f"{srv.url}/{NAME}", md5, retries=3), tmp_path / "raw")
+    assert leftovers(tmp_path) == []
+
+
+def test_local_file_source_and_a_missing_one(tmp_path, served) -> None:
+    _, md5 = served
+    fetch_dataset("c10", cfg(str(tmp_path / "srv" / NAME), md5), tmp_path / "raw")
+    assert (tmp_path / "raw" / NAME).is_file()
+    with pytest.raises(FetchError, match=r"nope\.tar\.gz: no such file"):
+        fetch_dataset("c10", cfg(str(tmp_path / "nope.tar.gz"), md5), tmp_path / "raw2")
+    assert not (tmp_path / "raw2").exists()
+
+
+def test_kind_must_match_the_archive(tmp_path, served) -> None:
+    srv, md5 = served
+    fetch_dataset("c100", cfg(f"{srv.url}/{NAME}", md5, kind="cifar100"), tmp_path / "raw")
+    with pytest.raises(ValueError, match=r"holds cifar-10-batches-bin/, but this data set's kind expects cifar-100"):
+        preprocess_dataset(tmp_path / "raw", tmp_path / "proc")
+    assert not (tmp_path / "proc").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# S3 (moto server on 127.0.0.1)
+
+
+@pytest.fixture
+def s3(monkeypatch, tmp_path):
+    with moto_s3() as endpoint:
+        for k, v in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
+            monkeypatch.setenv(k, v)
+        import boto3
+
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="datasets")
+        yield client
+
+
+def test_s3_fetch_cifar100_and_its_fine_labels(tmp_path, s3) -> None:
+    md5 = cifar100_archive(tmp_path / "c100.tar.gz")
+    s3.upload_file(str(tmp_path / "c100.tar.gz"), "datasets", "cifar/cifar-100-binary.tar.gz")
+    fetch_dataset("c100", cfg("s3://datasets/cifar/cifar-100-binary.tar.gz", md5, kind="cifar100"), tmp_path / "raw")
+    man = preprocess_dataset(tmp_path / "raw", tmp_path / "proc")
+    assert man["num_classes"] == 100 and man["classes"][7] == "fine_07"
+    labels = load_split(tmp_path / "proc", "train").labels
+    assert labels.tolist() == [i % 100 for i in range(200)]  # the fine label (byte 2), not the coarse one
+
+
+def test_s3_missing_key(tmp_path, s3) -> None:
+    with pytest.raises(FetchError, match=r"s3://datasets/nope\.tar\.gz: no such key"):
+        fetch_dataset("c10", cfg("s3://datasets/nope.tar.gz", "md5:" + "0" * 32), tmp_path / "raw")
+    assert leftovers(tmp_path) == []
+
+
+def test_s3_without_credentials(tmp_path, s3, monkeypatch) -> None:
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(FetchError, match=r"no AWS credentials found.*AWS_ACCESS_KEY_ID"):
+        fetch_dataset("c10", cfg("s3://datasets/x.tar.gz", "md5:" + "0" * 32), tmp_path / "raw")
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hostile archives
+
+
+def _archive_with(path, member: tarfile.TarInfo, blob: bytes = b"") -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        ok = tarfile.TarInfo("cifar-10-batches-bin/batches.meta.txt")
+        ok.size = 2
+        tar.addfile(ok, io.BytesIO(b"a\n"))
+        member.size = len(blob) if member.isfile() else 0
+        tar.addfile(member, io.BytesIO(blob) if blob else None)
+
+
+@pytest.mark.parametrize(
+    ("member", "why"),
+    [
+        (tarfile.TarInfo("cifar-10-batches-bin/../../escaped.txt"), r"'\.\.' path component"),
+        (tarfile.TarInfo("/tmp/absolute.txt"), "absolute path"),
+        (None, r"link to '/etc/passwd'"),
+        (None, "device file"),
+    ],
+)
+def test_unsafe_archives_are_refused_before_anything_is_read(tmp_path, member, why) -> None:
+    if member is None and "link" in why:
+        member = tarfile.TarInfo("cifar-10-batches-bin/data_batch_1.bin")
+        member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    elif member is None:
+        member = tarfile.TarInfo("cifar-10-batches-bin/null")
+        member.type = tarfile.CHRTYPE
+    path = tmp_path / "evil.tar.gz"
+    _archive_with(path, member, b"x" if member.isfile() else b"")
+    with pytest.raises(UnsafeArchiveError, match=rf"evil\.tar\.gz: unsafe member .*\({why}"):
+        read_cifar_binary(path)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(UnsafeArchiveError):
+        safe_extract(path, tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == [] and not (tmp_path.parent / "escaped.txt").exists()

@@ -1,0 +1,156 @@
+"""ImageNet for real, at toy size: the official files and the extracted trees, from a folder and from S3
+(moto on 127.0.0.1), preprocessed by Ray tasks into Parquet shards; missing classes and corrupt JPEGs."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import ImageNetDataCfg
+from pipeline.data.archives import UnsafeArchiveError
+from pipeline.data.download import FetchError
+from pipeline.data.errors import DataError
+from pipeline.data.imagenet import ray_dataset
+from pipeline.data.preprocess import fetch_dataset, load_manifest, load_split, preprocess_dataset
+from tests.archives import imagenet_folders, imagenet_official, upload_tree, wnids
+from tests.servers import S3_ENV, moto_s3
+
+PREP = {"resize": 40, "image_size": 32, "shard_size": 5}
+
+
+def cfg(source: str, **kw) -> ImageNetDataCfg:
+    fetch = {"source": source, **kw.pop("fetch", {})}
+    return ImageNetDataCfg.model_validate({"kind": "imagenet", "fetch": fetch, "preprocess": {**PREP, **kw}})
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A moto S3 server and a local 2-CPU Ray whose workers see its endpoint, shared by this module's tests."""
+    import ray
+
+    with moto_s3() as endpoint:
+        env = {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="ERROR")
+        try:
+            yield endpoint
+        finally:
+            ray.shutdown()
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def run(tmp_path, c: ImageNetDataCfg, tag: str = "") -> dict:
+    fetch_dataset("inet", c, tmp_path / f"raw{tag}")
+    return preprocess_dataset(tmp_path / f"raw{tag}", tmp_path / f"proc{tag}", c.preprocess)
+
+
+def test_official_files_from_a_folder(tmp_path, cluster) -> None:
+    sums = imagenet_official(tmp_path / "src", num_classes=3, train_per_class=4, val_per_class=2)
+    man = run(tmp_path, cfg(str(tmp_path / "src"), fetch={"checksums": sums}))
+    cls = wnids(3)
+    assert [c["wnid"] for c in man["class_info"]] == cls and man["classes"][0] == f"class {cls[0]}, words"
+    assert [c["ilsvrc_id"] for c in man["class_info"]] == [1, 2, 3]  # the parent synset is not a class
+    assert man["class_counts"] == {"train": [4, 4, 4], "test": [2, 2, 2]}
+    assert {k: "md5:" + v["md5"] for k, v in man["source_files"].items()} == sums
+    # val labels come from the devkit's ground truth: image i has ILSVRC2012_ID 1 + (i-1) % 3
+    test = pq.read_table([tmp_path / "proc" / s["path"] for s in man["files"]["test"]["shards"]]).to_pylist()
+    for r in test:
+        assert r["label"] == (int(r["name"][15:23]) - 1) % 3
+    assert sum(f["rows"] for f in man["files"]["train"]["shards"]) == 12 and len(man["files"]["train"]["shards"]) == 3
+    tr = load_split(tmp_path / "proc", "train")
+    assert tr.images.shape == (12, 32, 32, 3) and tr.images.dtype == np.uint8
+    x = tr.images.reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(man["mean"], x.mean(0), atol=1e-5)  # stats are of what training sees
+    np.testing.assert_allclose(man["std"], x.std(0), atol=1e-5)
+
+
+def test_official_checksums_are_pinned_and_checked(tmp_path, cluster) -> None:
+    imagenet_official(tmp_path / "src")
+    with pytest.raises(FetchError, match=r"ILSVRC2012_devkit_t12\.tar\.gz: checksum mismatch: expected md5:fa7569"):
+        fetch_dataset("inet", cfg(str(tmp_path / "src")), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_folders_from_s3_match_the_ray_data_reader_and_subset(tmp_path, cluster) -> None:
+    import ray.data
+
+    cls = imagenet_folders(tmp_path / "src", num_classes=4, train_per_class=5, val_per_class=2)
+    upload_tree(tmp_path / "src", cluster, "inet", "ilsvrc")
+    c = cfg("s3://inet/ilsvrc", classes=3, subset={"train": 3, "test": 0.5})
+    man = run(tmp_path, c)
+    assert [c["wnid"] for c in man["class_info"]] == cls[:3] and man["classes"] == cls[:3]  # no names: wnids
+    assert man["class_counts"] == {"train": [3, 3, 3], "test": [1, 1, 1]}
+    names = pq.read_table(tmp_path / "proc" / man["files"]["train"]["shards"][0]["path"]).column("name").to_pylist()
+    assert names[:3] == [f"{cls[0]}_{k}.JPEG" for k in (1, 2, 3)]  # the first N per class, in name order
+    # the same shards, read back through Ray Data (as a cluster would, from S3), give the same inputs
+    upload_tree(tmp_path / "proc", cluster, "inet", "processed")
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    rows = ray_dataset("s3://inet/processed", "train", load_manifest(tmp_path / "proc")).take_all()
+    local = load_split(tmp_path / "proc", "train")
+    np.testing.assert_array_equal(np.stack([r["image"] for r in rows]), local.images)
+    assert [r["label"] for r in rows] == local.labels.tolist()
+
+
+def test_a_missing_class_is_an_error_or_skipped_and_counted(tmp_path, cluster) -> None:
+    cls = imagenet_folders(tmp_path / "src", num_classes=3)
+    for f in (tmp_path / "src" / "val" / cls[1]).iterdir():
+        f.unlink()
+    (tmp_path / "src" / "val" / cls[1]).rmdir()
+    with pytest.raises(DataError, match=rf"1 class\(es\) without train or val images: {cls[1]} \(train 4, val 0\)"):
+        run(tmp_path, cfg(str(tmp_path / "src")))
+    assert not (tmp_path / "proc").exists()
+    man = run(tmp_path, cfg(str(tmp_path / "src"), on_missing_class="skip"), tag="2")
+    assert man["missing_classes"] == [cls[1]] and man["classes"] == [cls[0], cls[2]]
+    assert man["class_counts"]["train"] == [4, 4]
+
+
+def test_a_corrupt_jpeg_is_skipped_and_counted_or_rejected(tmp_path, cluster, capsys) -> None:
+    cls = imagenet_folders(tmp_path / "src", num_classes=2)
+    bad = tmp_path / "src" / "train" / cls[0] / f"{cls[0]}_2.JPEG"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated mid-scan
+    (tmp_path / "src" / "train" / cls[1] / "garbage.JPEG").write_bytes(b"not a jpeg at all")
+    man = run(tmp_path, cfg(str(tmp_path / "src")))
+    assert man["skipped_images"]["count"] == 2
+    assert sorted(i["name"] for i in man["skipped_images"]["images"]) == [
+        f"train/{cls[0]}/{cls[0]}_2.JPEG",
+        f"train/{cls[1]}/garbage.JPEG",
+    ]
+    assert man["class_counts"]["train"] == [3, 4]
+    assert "skipped 2 image(s) that could not be decoded" in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"image '.*' cannot be decoded .*on_bad_image: skip"):
+        run(tmp_path, cfg(str(tmp_path / "src"), on_bad_image="error"), tag="2")
+    assert not (tmp_path / "proc2").exists()
+
+
+def test_a_link_inside_the_train_tar_is_refused(tmp_path, cluster) -> None:
+    import io
+    import tarfile
+
+    sums = imagenet_official(tmp_path / "src", num_classes=2)
+    path = tmp_path / "src" / "ILSVRC2012_img_train.tar"
+    with tarfile.open(path, "a") as tar:
+        link = tarfile.TarInfo("n99999999.tar")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../etc/passwd"
+        tar.addfile(link, io.BytesIO(b""))
+    sums["ILSVRC2012_img_train.tar"] = "md5:" + __import__("hashlib").md5(path.read_bytes()).hexdigest()
+    with pytest.raises(UnsafeArchiveError, match=r"unsafe member 'n99999999\.tar' \(link to '\.\./\.\./etc/passwd'\)"):
+        fetch_dataset("inet", cfg(str(tmp_path / "src"), fetch={"checksums": sums}), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_missing_source_folder_and_empty_prefix(tmp_path, cluster) -> None:
+    with pytest.raises(FetchError, match=r"no such folder"):
+        fetch_dataset("inet", cfg(str(tmp_path / "nowhere")), tmp_path / "raw")
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="empty")
+    with pytest.raises(FetchError, match=r"s3://empty/imagenet: no objects under this prefix"):
+        fetch_dataset("inet", cfg("s3://empty/imagenet"), tmp_path / "raw")
