@@ -136,18 +136,21 @@ class EmbeddedDataCfg(Frozen):
     kind: Literal["embedded"]
     fetch: EmbeddedFetchCfg = EmbeddedFetchCfg()
     preprocess: PreprocessCfg = PreprocessCfg()
+    train: dict[str, Any] = {}  # overrides of the shared recipe on this data set
 
 
 class CifarDataCfg(Frozen):
     kind: Literal["cifar10", "cifar100"]
     fetch: CifarFetchCfg = CifarFetchCfg()
     preprocess: PreprocessCfg = PreprocessCfg()
+    train: dict[str, Any] = {}  # overrides of the shared recipe on this data set
 
 
 class ImageNetDataCfg(Frozen):
     kind: Literal["imagenet"]
     fetch: ImageNetFetchCfg
     preprocess: ImageNetPreprocessCfg = ImageNetPreprocessCfg()
+    train: dict[str, Any] = {}  # overrides of the shared recipe on this data set (paper: 90 epochs, batch 256)
 
 
 DatasetCfg = Annotated[EmbeddedDataCfg | CifarDataCfg | ImageNetDataCfg, Field(discriminator="kind")]
@@ -189,6 +192,15 @@ class TrainCfg(Frozen):
         return self
 
 
+class MethodVariant(Frozen):
+    """What a method becomes on ImageNet-kind data sets (e.g. ResNet-110 -> ResNet-50): unset fields keep
+    the method's own."""
+
+    model: str | None = None
+    args: dict[str, Any] | None = None
+    train: dict[str, Any] = {}
+
+
 class MethodCfg(Frozen):
     """One row of the paper's tables: a registered model, its arguments and recipe overrides."""
 
@@ -200,6 +212,7 @@ class MethodCfg(Frozen):
     # Take the searched recipe (train.* values only) of another method, so that an ablation differs from
     # its parent in architecture alone.
     tuned_from: str | None = None
+    imagenet: MethodVariant | None = None  # the model used on ImageNet-kind data sets (224 px inputs)
 
 
 class SearchDim(Frozen):
@@ -245,6 +258,19 @@ class TuneCfg(Frozen):
         return self
 
 
+Switch = bool | Literal["auto"]
+
+
+class FastPathCfg(Frozen):
+    """Speed-ups that leave results unchanged beyond numerical noise (tested on CPU). ``auto``: on with a CUDA
+    GPU, off on CPUs (where bf16 and compilation rarely pay)."""
+
+    bf16: Switch = "auto"  # bfloat16 autocast of forward and loss
+    channels_last: Switch = "auto"  # NHWC memory format for the net and its inputs
+    compile: Switch = "auto"  # torch.compile of the training model
+    data_on_device: Switch = "auto"  # keep the uint8 split on the GPU; crop and flip there, per sample
+
+
 class ComputeCfg(Frozen):
     """Where and how wide to train. ``auto``: one worker per GPU if the cluster has GPUs, else 2 CPU workers."""
 
@@ -254,6 +280,7 @@ class ComputeCfg(Frozen):
     storage_path: str = ".ray_results"  # relative to the repository, or s3://bucket/prefix
     max_failures: Annotated[int, Field(ge=0)] = 0
     keep_checkpoints: PosInt = 2
+    fast_path: FastPathCfg = FastPathCfg()
 
 
 class MlflowCfg(Frozen):
@@ -287,9 +314,29 @@ class Params(Frozen):
     def method(self, name: str) -> MethodCfg:
         return self.methods[name]
 
-    def recipe(self, method: str, overrides: dict[str, Any] | None = None) -> TrainCfg:
-        """The shared recipe with the method's overrides (and then ``overrides``) applied, re-validated."""
-        merged = {**self.train.model_dump(), **self.methods[method].train, **(overrides or {})}
+    def variant(self, method: str, dataset: str | None) -> MethodVariant | None:
+        """The method's ImageNet variant when ``dataset`` is ImageNet-kind, else None."""
+        d = self.datasets.get(dataset) if dataset is not None else None
+        return self.methods[method].imagenet if d is not None and d.kind == "imagenet" else None
+
+    def model_of(self, method: str, dataset: str | None = None) -> tuple[str, dict[str, Any]]:
+        """(registered model, its arguments) of ``method`` on ``dataset``."""
+        m, v = self.methods[method], self.variant(method, dataset)
+        if v is None:
+            return m.model, dict(m.args)
+        return v.model or m.model, dict(m.args if v.args is None else v.args)
+
+    def recipe(self, method: str, dataset: str | None = None, overrides: dict[str, Any] | None = None) -> TrainCfg:
+        """The shared recipe with the data set's, the method's (and its variant's), then ``overrides`` applied
+        in that order, re-validated."""
+        v = self.variant(method, dataset)
+        merged = {
+            **self.train.model_dump(),
+            **(self.datasets[dataset].train if dataset in self.datasets else {}),
+            **self.methods[method].train,
+            **(v.train if v is not None else {}),
+            **(overrides or {}),
+        }
         return TrainCfg.model_validate(merged)
 
 
@@ -383,6 +430,54 @@ def _cross_checks(p: Params) -> list[str]:
             create_model(m.model, **m.args)
         except (TypeError, ValueError) as e:
             errs.append(f"methods.{name}.args = {m.args}: {e}")
+        v = m.imagenet
+        if v is not None:
+            model, args = v.model or m.model, (m.args if v.args is None else v.args)
+            if not is_model(model):
+                errs.append(f"methods.{name}.imagenet.model = {model!r}: unknown model; registered: {list_models()}")
+            elif sorted(set(args) - _factory_args(model)[0]) and not _factory_args(model)[1]:
+                errs.append(
+                    f"methods.{name}.imagenet.args: unknown argument(s) {sorted(set(args) - _factory_args(model)[0])} "
+                    f"for {model!r}; allowed: {sorted(_factory_args(model)[0])}"
+                )
+            if set(v.train) - train_fields:
+                errs.append(
+                    f"methods.{name}.imagenet.train: unknown field(s) {sorted(set(v.train) - train_fields)}; "
+                    f"allowed: {sorted(train_fields)}"
+                )
+    for d in p.grid.datasets:
+        if d not in p.datasets:
+            continue
+        bad_t = sorted(set(p.datasets[d].train) - train_fields)
+        if bad_t:
+            errs.append(f"datasets.{d}.train: unknown field(s) {bad_t}; allowed: {sorted(train_fields)}")
+            continue
+        recipe_errs: dict[str, list[str]] = {}
+        for name in p.grid.methods:
+            if name not in p.methods or any(e.startswith(f"methods.{name}.") for e in errs):
+                continue
+            try:
+                r = p.recipe(name, d)
+            except ValidationError as e:
+                for x in e.errors():
+                    where = f"{_fmt_loc(x['loc'])} = {x.get('input')!r}: " if x["loc"] else ""
+                    recipe_errs.setdefault(where + x["msg"].removeprefix("Value error, "), []).append(name)
+                continue
+            if p.compute.num_workers != "auto" and r.batch_size % p.compute.num_workers:
+                errs.append(
+                    f"datasets.{d}.train.batch_size = {r.batch_size} (method {name}): must be divisible by "
+                    f"compute.num_workers = {p.compute.num_workers}"
+                )
+            if p.datasets[d].kind == "imagenet" and p.methods[name].imagenet is not None:
+                model, args = p.model_of(name, d)
+                try:
+                    create_model(model, **args)
+                except (TypeError, ValueError) as e:
+                    errs.append(f"methods.{name}.imagenet.args = {args}: {e}")
+        errs += [
+            f"datasets.{d}.train = {p.datasets[d].train} (on top of train, under the overrides of methods {ms}): {msg}"
+            for msg, ms in recipe_errs.items()
+        ]
     for key in p.tune.space:
         section, _, field = key.partition(".")
         for name in p.tune.methods:
@@ -399,7 +494,7 @@ def _cross_checks(p: Params) -> list[str]:
             f"train.batch_size = {p.train.batch_size}: must be divisible by "
             f"compute.num_workers = {p.compute.num_workers}"
         )
-    return errs
+    return list(dict.fromkeys(errs))
 
 
 def validate_params(raw: dict, source: str = "params.yaml") -> Params:
@@ -423,10 +518,24 @@ def validate_params(raw: dict, source: str = "params.yaml") -> Params:
         # a union gives one message per alternative: join them into one line
         errs = [f"{_fmt_loc(loc)}{shown}: {' or '.join(dict.fromkeys(msgs))}" for (loc, shown), msgs in grouped.items()]
         raise ConfigError(_format_errors(source, errs)) from None
-    errs = _cross_checks(p)
+    errs = _cross_checks(p) + _keys_dvc_reads(raw, p)
     if errs:
         raise ConfigError(_format_errors(source, errs))
     return p
+
+
+# dvc.yaml's stages list these keys of each data set in the grid; DVC fails on a missing one, so say it first
+DVC_DATASET_KEYS = ("kind", "fetch", "preprocess", "train")
+
+
+def _keys_dvc_reads(raw: dict, p: Params) -> list[str]:
+    return [
+        f"datasets.{d}.{k}: missing; the DVC stages read it (write `{k}: {{}}` for no settings)"
+        for d in p.grid.datasets
+        if d in p.datasets
+        for k in DVC_DATASET_KEYS
+        if k not in raw["datasets"][d]
+    ]
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -8,6 +8,7 @@ test images. Everything is also logged to the unit's MLflow run.
 from __future__ import annotations
 
 import csv
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,26 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunSpec, dict[str, Any
     model = create_model(spec.model, **spec.model_args)
     model.load_state_dict(ck["model"])
     return model.eval(), spec, ck
+
+
+@torch.no_grad()
+def flops_per_image(model: nn.Module, x: torch.Tensor) -> int:
+    """Forward FLOPs for one image, counted by ``torch.utils.flop_counter`` (a multiply-add is 2 FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model.eval()(x[:1])
+    return int(counter.get_total_flops())
+
+
+def train_speed(ck: dict[str, Any]) -> dict[str, float]:
+    """Measured training images/s per device (worker), median over the epochs after the first."""
+    hist = ck.get("history") or []
+    rates = [h["images_per_s"] for h in hist[1:]] or [h["images_per_s"] for h in hist]
+    world = int(ck.get("provenance", {}).get("world_size", 1) or 1)
+    if not rates:
+        return {}
+    return {"train_images_per_s_per_device": round(statistics.median(rates) / world, 1), "train_devices": world}
 
 
 @torch.no_grad()
@@ -81,7 +102,9 @@ def evaluate_unit(
         "test_top5": round(100.0 * (topk == y[:, None]).any(1).float().mean().item(), 3),
         "test_loss": round(torch.nn.functional.cross_entropy(logits, y).item(), 5),
         "params": sum(p.numel() for p in model.parameters()),
+        "flops_per_image": flops_per_image(model, normalize(test.images[:1], mean, std)),
         "infer_images_per_s": round(len(y) / seconds, 1),
+        **train_speed(ck),
     }
     out_dir.mkdir(parents=True)
     n = min(cfg.attention_images, len(test))

@@ -107,8 +107,13 @@ def build_tables(
     def measured(m: str, metric: str = "test_top1") -> list[float]:
         return [v["metrics"][metric] for v in data[m].values()]
 
+    def train_speed(m: str) -> float | None:
+        """Mean over seeds of the measured training images/s per device."""
+        vals = [v["metrics"].get("train_images_per_s_per_device") for v in data[m].values()]
+        return None if None in vals else round(mean_std(vals)[0], 1)
+
     def table(title: str, paper_rows: tuple[str, ...], paper_cols: tuple[str, ...]) -> None:
-        head = ["Method", f"Measured on `{dataset}`", "top-5", "params"]
+        head = ["Method", f"Measured on `{dataset}`", "top-5", "params", "GFLOPs/img", "train img/s/device"]
         for v in versions:
             head += [f"Paper {TABLE_NAMES[v]}: {c}" for c in paper_cols]
         lines.extend([f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)])
@@ -116,8 +121,15 @@ def build_tables(
             row = params.method(m).paper_row
             if row not in paper_rows:
                 continue
-            params_n = next(iter(data[m].values()))["metrics"]["params"]
-            cells = [params.method(m).label, fmt(measured(m)), fmt(measured(m, "test_top5")), f"{params_n:,}"]
+            first, speed = next(iter(data[m].values()))["metrics"], train_speed(m)
+            cells = [
+                params.method(m).label,
+                fmt(measured(m)),
+                fmt(measured(m, "test_top5")),
+                f"{first['params']:,}",
+                f"{first['flops_per_image'] / 1e9:.3g}" if "flops_per_image" in first else "-",
+                f"{speed:,.0f}" if speed is not None else "-",
+            ]
             for v in versions:
                 cells += [_claim(v, row, c) for c in paper_cols]
             lines.append("| " + " | ".join(cells) + " |")
@@ -158,6 +170,8 @@ def build_tables(
             "test_top5_std": round(tt[1], 3),
             "test_top1_values": " ".join(f"{x:.2f}" for x in measured(m)),
             "params": next(iter(data[m].values()))["metrics"]["params"],
+            "flops_per_image": next(iter(data[m].values()))["metrics"].get("flops_per_image"),
+            "train_images_per_s_per_device": train_speed(m),
         }
         for v in versions:
             for c in COLUMNS:
@@ -217,10 +231,16 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
         f"Full provenance: `provenance.json`.",
         "",
     ]
-    attn = _attention_picture(params, results)
+    attn = _attention_pictures(params, results)
     figures = ["![training curves](curves.png)", ""]
-    if attn is not None:
-        figures += ["![attention maps of the paper's method](attention.png)", ""]
+    for d in attn:
+        figures += [
+            f"Attention maps of the paper's method on `{d}` (each module's map upsampled over the test image; "
+            "title: true -> predicted class):",
+            "",
+            f"![attention maps on {d}](attention-{d}.png)",
+            "",
+        ]
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         (tmp / "tables.md").write_text("\n".join(header + sections + figures))
@@ -229,18 +249,19 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
             w.writeheader()
             w.writerows(rows)
         save(curves_figure(params, all_data), tmp / "curves.png")
-        if attn is not None:
-            shutil.copyfile(attn, tmp / "attention.png")
+        for d, picture in attn.items():
+            shutil.copyfile(picture, tmp / f"attention-{d}.png")
         write_json(tmp / "provenance.json", prov_all)
     return {"rows": rows}
 
 
-def _attention_picture(params: Params, results: Path) -> Path | None:
-    """The attention-map picture of the paper's method (first data set, first seed)."""
+def _attention_pictures(params: Params, results: Path) -> dict[str, Path]:
+    """Per data set, the attention-map picture of the paper's method (first seed)."""
+    out = {}
     for d in params.grid.datasets:
         for m in params.grid.methods:
-            if params.method(m).paper_row == "ours":
-                p = results / d / "eval" / m / f"seed{params.grid.seeds[0]}" / "attention.png"
-                if p.is_file():
-                    return p
-    return None
+            p = results / d / "eval" / m / f"seed{params.grid.seeds[0]}" / "attention.png"
+            if params.method(m).paper_row == "ours" and p.is_file():
+                out[d] = p
+                break
+    return out

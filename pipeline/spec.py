@@ -55,13 +55,13 @@ def build_spec(
 ) -> RunSpec:
     """Resolve the method's model and recipe, with tuned values (``train.<f>``/``args.<a>`` keys) applied."""
     tuned = dict(tuned or {})
-    m = params.method(method)
-    args = {**m.args, **{k[5:]: v for k, v in tuned.items() if k.startswith("args.")}}
-    recipe = params.recipe(method, {k[6:]: v for k, v in tuned.items() if k.startswith("train.")})
+    model, base_args = params.model_of(method, data.name)
+    args = {**base_args, **{k[5:]: v for k, v in tuned.items() if k.startswith("args.")}}
+    recipe = params.recipe(method, data.name, {k[6:]: v for k, v in tuned.items() if k.startswith("train.")})
     return RunSpec(
         dataset=data,
         method=method,
-        model=m.model,
+        model=model,
         model_args={**args, "num_classes": data.num_classes},
         train=recipe,
         seed=seed,

@@ -56,7 +56,7 @@ def trial_spec(params: Params, method: str, data: DataRef, chosen: dict[str, Any
         {
             **chosen,
             "train.epochs": t.epochs,
-            "train.milestones": [m for m in params.recipe(method).milestones if m < t.epochs],
+            "train.milestones": [m for m in params.recipe(method, data.name).milestones if m < t.epochs],
         },
         val_fraction=t.val_fraction,
         train_subset=t.train_subset,
@@ -90,7 +90,7 @@ def _make_trainable(
             {**chosen, "unit": spec.model_dump()},
             parent_run_id=parent,
         )
-        tune_trial(spec, threads, uri, run_id)
+        tune_trial(spec, threads, uri, run_id, params.compute.fast_path)
         tracking.finish(c, run_id)
 
     return trainable

@@ -74,6 +74,11 @@ def test_milestone_past_last_epoch(raw_params: dict) -> None:
     assert "allowed: epochs 1..3" in msg
 
 
+def test_dataset_keys_the_dvc_stages_read_must_be_written(raw_params: dict) -> None:
+    del raw_params["datasets"]["embedded"]["train"]
+    assert "datasets.embedded.train: missing; the DVC stages read it (write `train: {}`" in errors_for(raw_params)
+
+
 def test_unknown_method_and_dataset(raw_params: dict) -> None:
     raw_params["grid"]["methods"].append("vit")
     raw_params["grid"]["datasets"].append("svhn")

@@ -12,7 +12,8 @@ from pipeline.models.attention import SCALINGS, SoftmaxAttention
 from pipeline.models.resnet import PLACEMENTS
 
 # small configurations so the loop over the registry stays fast; depth is a parameter of every model
-SMALL = {"densenet_bc": {"depth": 10, "growth_rate": 4}}
+IMAGENET = ("resnet50", "se_resnet50", "cbam_resnet50", "attn_resnet50", "densenet121")  # fixed depth
+SMALL = {"densenet_bc": {"depth": 10, "growth_rate": 4}, **{n: {} for n in IMAGENET}}
 SMALL_DEFAULT = {"depth": 8, "width": 4}
 
 
@@ -99,6 +100,42 @@ def test_published_parameter_counts() -> None:
     # He et al. 2016 (ResNet-110: 1.7M), Huang et al. 2017 (DenseNet-BC L=100 k=12: 0.8M)
     assert abs(n_params(create_model("resnet", depth=110)) - 1.7e6) / 1.7e6 < 0.02
     assert 0.76e6 <= n_params(create_model("densenet_bc", depth=100, growth_rate=12)) <= 0.80e6
+
+
+def test_published_imagenet_parameter_counts() -> None:
+    import torchvision
+
+    base = n_params(create_model("resnet50"))
+    assert base == n_params(torchvision.models.resnet50())  # 25,557,032
+    # Hu et al. 2018, Table 2: SE-ResNet-50 28.1 M; Woo et al. 2018, Table 4: CBAM-ResNet-50 28.09 M
+    assert abs(n_params(create_model("se_resnet50")) - 28.1e6) / 28.1e6 < 0.02
+    assert abs(n_params(create_model("cbam_resnet50")) - 28.09e6) / 28.09e6 < 0.02
+    assert abs(n_params(create_model("densenet121")) - 7.98e6) / 7.98e6 < 0.02  # Huang et al. 2017, DenseNet-BC-121
+    assert 0 < n_params(create_model("attn_resnet50")) / base - 1 < 0.01
+    assert n_params(create_model("attn_resnet50", placement="none")) == base
+
+
+def test_flop_counts_come_from_torch_and_match_published_figures() -> None:
+    from pipeline.evaluate import flops_per_image
+
+    # ResNet-50 at 224x224: 4.1 G multiply-adds (He et al. 2016, Table 1), so ~8.2 GFLOPs
+    assert 8.0e9 < flops_per_image(create_model("resnet50"), torch.randn(1, 3, 224, 224)) < 8.4e9
+    # ResNet-110 on CIFAR: ~0.25 G multiply-adds per 32x32 image
+    assert 0.48e9 < flops_per_image(create_model("resnet", depth=110), torch.randn(1, 3, 32, 32)) < 0.54e9
+
+
+@pytest.mark.parametrize("placement", [p for p in PLACEMENTS if p != "none"])
+def test_imagenet_attention_maps_sum_to_one_and_start_as_identity(placement: str) -> None:
+    torch.manual_seed(0)
+    model = create_model("attn_resnet50", num_classes=5, placement=placement).eval()
+    plain = create_model("resnet50", num_classes=5).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "attn" not in k})
+    x = torch.randn(2, 3, 64, 64)
+    maps = attention_maps(model, x)
+    assert len(maps) == {"block": 16, "stage": 4, "final": 1}[placement]
+    for _, a in maps:
+        torch.testing.assert_close(a.sum((2, 3)), torch.ones(a.shape[:2]))
+    torch.testing.assert_close(model(x), plain(x))  # zero-initialised map conv: uniform maps, scaling hw = 1
 
 
 def test_attention_is_cheap_and_se_cbam_use_paper_reductions() -> None:

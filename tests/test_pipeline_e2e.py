@@ -37,7 +37,11 @@ def test_outputs_and_report(project) -> None:
     for r in rows:
         values = [float(v) for v in r["test_top1_values"].split()]
         assert len(values) == len(SEEDS) and abs(sum(values) / len(values) - float(r["test_top1_mean"])) < 1e-2
-    for png in ("curves.png", "attention.png"):
+        # cost columns: torch's flop counter and the measured training speed per device
+        assert float(r["flops_per_image"]) > 0 and float(r["train_images_per_s_per_device"]) > 0
+    assert "| GFLOPs/img | train img/s/device |" in md
+    assert "![attention maps on embedded](attention-embedded.png)" in md
+    for png in ("curves.png", "attention-embedded.png"):
         assert (proj / "reports" / png).read_bytes()[:4] == b"\x89PNG"
     prov = json.loads((proj / "reports" / "provenance.json").read_text())
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj, capture_output=True, text=True).stdout.strip()

@@ -22,6 +22,11 @@ def test_paper_profile(tmp_path) -> None:
         assert p.method(m).args["depth"] == 110 and p.method(m).args["width"] == 16
     assert p.method("no_attention").args["placement"] == "none"  # the ablation stays an ablation
     assert (p.method("densenet_bc").args["depth"], p.method("densenet_bc").args["growth_rate"]) == (100, 12)
+    assert p.grid.datasets == ["cifar10", "cifar100"]
+    inet = p.recipe("resnet", "imagenet")  # ImageNet's own recipe, on top of the shared one
+    assert (inet.epochs, inet.batch_size, inet.milestones, inet.schedule) == (90, 256, [30, 60], "step")
+    assert p.model_of("resnet", "imagenet") == ("resnet50", {}) and p.model_of("resnet", "cifar10")[0] == "resnet"
+    assert p.model_of("no_attention", "imagenet")[1]["placement"] == "none"
     text = params.read_text()
     assert "# How the sum-to-1 softmax map" in text or "how the sum-to-1 softmax map" in text  # comments kept
     assert "&backbone" in text

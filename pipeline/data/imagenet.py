@@ -349,15 +349,33 @@ def to_square(img, size: int):
     return img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
 
 
-def decode_jpegs(blobs: list[bytes], size: int) -> np.ndarray:
-    """Stored JPEGs -> (N, size, size, 3) uint8, the exact input training sees."""
+def decode_jpegs(blobs: list[bytes], size: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Stored JPEGs -> (N, size, size, 3) uint8. Without ``rng``: the centre square (evaluation). With it:
+    the ImageNet training augmentation of He et al. 2016 / torchvision -- a random crop of 8-100 % of the
+    area with aspect ratio 3/4-4/3, resized to ``size``, flipped horizontally half the time."""
     from PIL import Image
 
     out = np.empty((len(blobs), size, size, 3), np.uint8)
     for i, b in enumerate(blobs):
         with Image.open(io.BytesIO(b)) as im:
-            im.draft("RGB", (size, size))
-            out[i] = np.asarray(to_square(im.convert("RGB"), size))
+            if rng is None:
+                im.draft("RGB", (size, size))
+                out[i] = np.asarray(to_square(im.convert("RGB"), size))
+                continue
+            img = im.convert("RGB")
+        w, h = img.size
+        for _ in range(10):
+            area = w * h * rng.uniform(0.08, 1.0)
+            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            cw, ch = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
+            if 0 < cw <= w and 0 < ch <= h:
+                break
+        else:  # fall back to the centre square
+            cw = ch = min(w, h)
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = img.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+        arr = np.asarray(crop)
+        out[i] = arr[:, ::-1] if rng.random() < 0.5 else arr
     return out
 
 
@@ -585,18 +603,22 @@ def split_files(manifest: dict[str, Any], split: str) -> list[str]:
     return [f["path"] for f in manifest["files"][split]["shards"]]
 
 
-def ray_dataset(data_uri: str, split: str, manifest: dict[str, Any]):
-    """The split as a Ray Dataset of decoded training inputs (``image`` (B, S, S, 3) uint8, ``label``), read
-    with ``ray.data.read_parquet`` from a local folder or ``s3://bucket/prefix``."""
+def ray_dataset(data_uri: str, split: str, manifest: dict[str, Any], augment: bool = False):
+    """The split as a Ray Dataset of decoded inputs (``image`` (B, S, S, 3) uint8, ``label`` int64), read with
+    ``ray.data.read_parquet`` from a local folder or ``s3://bucket/prefix``. Decoding (and with ``augment``,
+    the random-resized-crop + flip augmentation, drawn afresh every epoch) runs in Ray Data tasks on the
+    cluster's CPUs, streamed to the training workers, so the GPUs do not wait on JPEG decoding."""
     import ray.data
 
     size = manifest["image_shape"][0]
     paths = [f"{data_uri.rstrip('/')}/{p}" for p in split_files(manifest, split)]
 
     def decode(batch: dict[str, Any]) -> dict[str, Any]:
-        return {"image": decode_jpegs(list(batch["image"]), size), "label": batch["label"].astype(np.int64)}
+        rng = np.random.default_rng() if augment else None  # fresh entropy: a new augmentation every epoch
+        return {"image": decode_jpegs(list(batch["image"]), size, rng), "label": batch["label"].astype(np.int64)}
 
-    return ray.data.read_parquet(paths, columns=["image", "label"]).map_batches(decode, batch_format="numpy")
+    ds = ray.data.read_parquet(paths, columns=["image", "label"])
+    return (ds.random_shuffle() if augment else ds).map_batches(decode, batch_format="numpy")
 
 
 def load_jpeg_split(data_dir: Path, split: str, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """Model registry: importing this package registers every model."""
 
-from . import densenet, resnet  # noqa: F401  (registration side effect)
+from . import densenet, imagenet, resnet  # noqa: F401  (registration side effect)
 from .attention import ATTENTION_TYPES, SpatialSoftmax, create_attn, get_attn
 from .registry import create_model, is_model, list_models, register_model
 

@@ -7,18 +7,57 @@ ranks with ``torch.distributed`` when it is initialised, so every rank returns t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from pipeline.config import TrainCfg
+from pipeline.config import FastPathCfg, TrainCfg
 
 CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Resolved fast-path switches (see ``FastPathCfg``); all off is plain eager fp32."""
+
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    data_on_device: bool = False
+
+    @classmethod
+    def resolve(cls, cfg: FastPathCfg, device: torch.device) -> FastPath:
+        cuda = device.type == "cuda"
+        auto = {
+            "bf16": cuda and torch.cuda.is_bf16_supported(),
+            "channels_last": cuda,
+            "compile": cuda,
+            "data_on_device": cuda,
+        }
+        return cls(**{k: auto[k] if v == "auto" else bool(v) for k, v in cfg.model_dump().items()})
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        # no autocast context at all when off: entering even a disabled one costs time per step on CPUs
+        return torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model in the chosen memory format (in place; parameters keep their identity)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+EAGER = FastPath()
 
 
 @dataclass(frozen=True)
@@ -37,6 +76,27 @@ class TensorData:
 
     def subset(self, idx: torch.Tensor) -> TensorData:
         return TensorData(self.images[idx], self.labels[idx])
+
+    def to(self, device: torch.device) -> TensorData:
+        return TensorData(self.images.to(device), self.labels.to(device))
+
+
+@dataclass(frozen=True)
+class StreamData:
+    """This rank's shard of a split streamed by Ray Data (``ray.train.get_dataset_shard``), decoded -- and
+    for training, augmented -- by Ray Data tasks (see ``pipeline.data.imagenet.ray_dataset``)."""
+
+    shard: Any  # ray.data.DataIterator yielding {"image": (B, H, W, 3) uint8, "label": (B,) int64}
+
+    def batches(self, batch_size: int, device: torch.device, drop_last: bool) -> Iterator[tuple[Tensor, Tensor]]:
+        for b in self.shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=drop_last):
+            # NCHW-contiguous like the in-memory path: a channels_last input into an NCHW net hung oneDNN's 1x1
+            # conv weight gradient on CPU (torch 2.14); FastPath.inputs converts both when channels_last is on
+            x = torch.from_numpy(np.ascontiguousarray(b["image"].transpose(0, 3, 1, 2))).to(device, non_blocking=True)
+            yield x, torch.tensor(b["label"]).to(device, non_blocking=True)
+
+
+Data = TensorData | StreamData
 
 
 @dataclass(frozen=True)
@@ -96,9 +156,27 @@ def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def _train_batches(
+    data: Data, cfg: TrainCfg, seed: int, epoch: int, shard: Shard, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's augmented training batches for one epoch: a seeded order with per-sample crop and flip for
+    in-memory data; the stream's own order and augmentation (equal-sized shards, last partial batch dropped,
+    so every rank takes the same number of DDP steps) for streamed data."""
+    per_rank_batch = cfg.batch_size // shard.world_size
+    if isinstance(data, StreamData):
+        yield from data.batches(per_rank_batch, device, drop_last=True)
+        return
+    idx = epoch_order(len(data), seed, epoch, shard)
+    gen = torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000 + shard.rank)
+    for start in range(0, len(idx), per_rank_batch):
+        b = idx[start : start + per_rank_batch]
+        x = random_crop_flip(data.images[b].to(device, non_blocking=True), cfg.crop_padding, cfg.flip, gen)
+        yield x, data.labels[b].to(device, non_blocking=True)
+
+
 def train_one_epoch(
     model: nn.Module,
-    data: TensorData,
+    data: Data,
     optimizer: torch.optim.Optimizer,
     cfg: TrainCfg,
     mean: torch.Tensor,
@@ -107,26 +185,23 @@ def train_one_epoch(
     epoch: int,
     shard: Shard = Shard(),
     device: torch.device = CPU,
+    fast: FastPath = EAGER,
 ) -> dict[str, float]:
     """One pass over this rank's shard; returns global train loss, top-1 and images/s."""
     model.train()
-    idx = epoch_order(len(data), seed, epoch, shard)
-    per_rank_batch = cfg.batch_size // shard.world_size
-    gen = torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000 + shard.rank)
     loss_sum, correct, seen = 0.0, 0.0, 0
     t0 = time.perf_counter()
-    for start in range(0, len(idx), per_rank_batch):
-        b = idx[start : start + per_rank_batch]
-        x = random_crop_flip(data.images[b].to(device, non_blocking=True), cfg.crop_padding, cfg.flip, gen)
-        y = data.labels[b].to(device, non_blocking=True)
-        logits = model(normalize(x, mean, std))  # (B, num_classes)
-        loss = F.cross_entropy(logits, y)
+    for x, y in _train_batches(data, cfg, seed, epoch, shard, device):
+        with fast.autocast(device):
+            logits = model(fast.inputs(normalize(x, mean, std)))  # (B, num_classes)
+            loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(b)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(b)
+        loss_sum += loss.detach() * len(y)  # summed on the device: no sync per step
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    loss_sum, correct = float(loss_sum), float(correct)
     seconds = time.perf_counter() - t0
     loss_sum, correct, seen_all = _sum_across_ranks([loss_sum, correct, seen], device)
     return {
@@ -140,13 +215,14 @@ def train_one_epoch(
 @torch.no_grad()
 def recalibrate_bn(
     model: nn.Module,
-    data: TensorData,
+    data: Data,
     cfg: TrainCfg,
     mean: torch.Tensor,
     std: torch.Tensor,
     seed: int,
     epoch: int,
     device: torch.device = CPU,
+    fast: FastPath = EAGER,
 ) -> None:
     """Recompute BatchNorm running statistics as plain averages over ``cfg.bn_recalibration`` augmented train
     batches with the current weights ("precise BN"). Not in the paper: in short runs the exponential running
@@ -161,10 +237,18 @@ def recalibrate_bn(
         bn.momentum = None  # cumulative average
     model.train()
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch + 7)
-    for _ in range(cfg.bn_recalibration):
-        b = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-        x = random_crop_flip(data.images[b].to(device), cfg.crop_padding, cfg.flip, gen)
-        model(normalize(x, mean, std))
+    if isinstance(data, StreamData):
+        batches = (x for x, _ in data.batches(cfg.batch_size, device, drop_last=False))
+    else:
+        batches = (
+            random_crop_flip(data.images[b].to(device), cfg.crop_padding, cfg.flip, gen)
+            for b in (
+                torch.randint(0, len(data), (cfg.batch_size,), generator=gen) for _ in range(cfg.bn_recalibration)
+            )
+        )
+    for _, x in zip(range(cfg.bn_recalibration), batches, strict=False):
+        with fast.autocast(device):
+            model(fast.inputs(normalize(x, mean, std)))
     for bn, m in zip(bns, saved, strict=True):
         bn.momentum = m
 
@@ -172,32 +256,39 @@ def recalibrate_bn(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    data: TensorData,
+    data: Data,
     mean: torch.Tensor,
     std: torch.Tensor,
     batch_size: int = 500,
     shard: Shard = Shard(),
     device: torch.device = CPU,
     prefix: str = "val",
+    fast: FastPath = EAGER,
 ) -> dict[str, float]:
     """Loss, top-1 and top-5 (%) over the whole split, each rank taking every world_size-th sample.
 
     Call it with the unwrapped module (not DDP): ranks may see different batch counts.
     """
     model.eval()
-    idx = torch.arange(shard.rank, len(data), shard.world_size)
+    if isinstance(data, StreamData):  # the stream is already this rank's part
+        batches = data.batches(batch_size, device, drop_last=False)
+    else:
+        idx = torch.arange(shard.rank, len(data), shard.world_size)
+        batches = (
+            (data.images[b].to(device), data.labels[b].to(device))
+            for b in (idx[s : s + batch_size] for s in range(0, len(idx), batch_size))
+        )
     loss_sum, c1, c5, n = 0.0, 0.0, 0.0, 0
-    for start in range(0, len(idx), batch_size):
-        b = idx[start : start + batch_size]
-        y = data.labels[b].to(device)
-        logits = model(normalize(data.images[b].to(device), mean, std))
+    for x, y in batches:
+        with fast.autocast(device):
+            logits = model(fast.inputs(normalize(x, mean, std))).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices  # (B, k)
         hit = topk == y[:, None]
         c1 += hit[:, 0].sum().item()
         c5 += hit.any(1).sum().item()
-        n += len(b)
+        n += len(y)
     loss_sum, c1, c5, n = _sum_across_ranks([loss_sum, c1, c5, n], device)
     n = max(n, 1)
     out = {f"{prefix}_loss": loss_sum / n, f"{prefix}_top1": 100.0 * c1 / n, f"{prefix}_top5": 100.0 * c5 / n}

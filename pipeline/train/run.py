@@ -10,6 +10,7 @@ one method's settings retrains only that method.
 from __future__ import annotations
 
 import csv
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,10 @@ HISTORY_FIELDS = (
 
 
 def fit(units: list[RunSpec], params: Params, name: str, loop_config: dict[str, Any]):
-    """Run ``train_worker`` over ``units`` on Ray Train; returns the Ray ``Result``. Needs a Ray session."""
+    """Run ``train_worker`` over ``units`` on Ray Train; returns the Ray ``Result``. Needs a Ray session.
+
+    JPEG data sets (ImageNet) are streamed through Ray Data: shards are read with ``read_parquet``, decoded
+    and augmented by Ray Data tasks, and split across the workers; CIFAR-sized sets are held in memory."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -47,9 +51,19 @@ def fit(units: list[RunSpec], params: Params, name: str, loop_config: dict[str, 
 
     res = ray.cluster_resources()
     w = resolve_workers(params.compute, res.get("CPU", 0), res.get("GPU", 0), "the Ray cluster")
+    datasets = streamed_datasets(units[0].dataset.path)
+    if datasets:
+        print(f"train@{units[0].dataset.name}: streaming the JPEG shards through Ray Data", flush=True)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={**loop_config, "units": [u.model_dump() for u in units], "threads": w.threads},
+        train_loop_config={
+            **loop_config,
+            "units": [u.model_dump() for u in units],
+            "threads": w.threads,
+            "fast_path": params.compute.fast_path.model_dump(),
+            "stream": bool(datasets),
+        },
+        datasets=datasets,
         scaling_config=ScalingConfig(
             num_workers=w.num_workers, use_gpu=w.use_gpu, resources_per_worker={"CPU": w.cpus_per_worker}
         ),
@@ -62,6 +76,23 @@ def fit(units: list[RunSpec], params: Params, name: str, loop_config: dict[str, 
         ),
     )
     return trainer.fit()
+
+
+def streamed_datasets(data_dir: str) -> dict[str, Any]:
+    """Ray Datasets for a JPEG data set ({} for in-memory formats): augmented train, plain test."""
+    from pipeline.data.imagenet import ray_dataset
+    from pipeline.data.preprocess import load_manifest
+
+    if not streaming(data_dir):
+        return {}
+    man = load_manifest(data_dir)
+    return {"train": ray_dataset(data_dir, "train", man, augment=True), "val": ray_dataset(data_dir, "test", man)}
+
+
+def streaming(data_dir: str | Path) -> bool:
+    from pipeline.data.preprocess import load_manifest
+
+    return load_manifest(data_dir).get("format") == "jpeg"
 
 
 def searched_values(params: Params, method: str, tuned: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +175,9 @@ def train_dataset(
     if todo:
         origin = {"git": provenance()["git"], "job": job}
         try:
-            with ray_session():
+            # streamed data needs CPUs beside the training workers' for its decoding tasks
+            extra = 2 * params.compute.cpus_per_worker if streaming(data_dir) else 0
+            with ray_session(num_cpus=(os.cpu_count() or 1) + extra if extra else None):
                 fit(
                     units,
                     params,

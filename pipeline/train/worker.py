@@ -19,12 +19,15 @@ from typing import Any
 import torch
 
 from pipeline import tracking
+from pipeline.config import FastPathCfg
 from pipeline.data.preprocess import load_split
 from pipeline.models import create_model
 from pipeline.provenance import provenance
 from pipeline.spec import RunSpec
 from pipeline.train.engine import (
+    FastPath,
     Shard,
+    StreamData,
     TensorData,
     build_optimizer,
     build_scheduler,
@@ -77,27 +80,34 @@ def train_units(
     mlflow_uri: str | None = None,
     mlflow_runs: dict[str, str] | None = None,
     origin: dict[str, Any] | None = None,
+    fast_path: FastPathCfg | None = None,
+    streams: tuple[StreamData, StreamData] | None = None,
 ) -> None:
     """Train ``units`` in order. ``report(metrics, state)`` is called once per epoch on every rank (state: the
     current unit's checkpoint, or None); units already in ``store`` are skipped, and the unit named in
     ``resume`` restarts from that state. ``origin`` (git commit, job) goes into each finished unit's record."""
     runs = mlflow_runs or {}
     mlflow = tracking.client(mlflow_uri) if shard.rank == 0 and runs else None
+    fast = FastPath.resolve(fast_path or FastPathCfg(), device)
     data_cache: dict[tuple, tuple[TensorData, TensorData]] = {}
     for spec in units:
         key = spec.key()
         if store is not None and store.has(key):
             continue
         dkey = (spec.dataset.path, spec.val_fraction, spec.train_subset)
-        if dkey not in data_cache:
+        if streams is not None:  # (train, val) streamed by Ray Data: decoded and augmented by Ray Data tasks
+            data_cache = {dkey: streams}
+        elif dkey not in data_cache:
             data_cache = {dkey: load_data(spec)}
+            if fast.data_on_device:  # uint8: CIFAR-10's train split is 150 MB
+                data_cache[dkey] = tuple(d.to(device) for d in data_cache[dkey])
         train, val = data_cache[dkey]
         mean = torch.tensor(spec.dataset.mean, device=device)
         std = torch.tensor(spec.dataset.std, device=device)
         cfg, seed, run_id = spec.train, spec.seed, runs.get(key)
 
         torch.manual_seed(seed)
-        model = build_model(spec).to(device)
+        model = fast.prepare(build_model(spec).to(device))
         optimizer = build_optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg)
         history: list[dict[str, Any]] = []
@@ -120,18 +130,20 @@ def train_units(
             import ray.train.torch
 
             train_model = ray.train.torch.prepare_model(model, move_to_device=False)  # DDP
+        if fast.compile:  # the training forward only; evaluation and checkpoints use the plain module
+            train_model = torch.compile(train_model)
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             rec: dict[str, Any] = train_one_epoch(
-                train_model, train, optimizer, cfg, mean, std, seed, epoch, shard, device
+                train_model, train, optimizer, cfg, mean, std, seed, epoch, shard, device, fast
             )
             scheduler.step()
-            recalibrate_bn(model, train, cfg, mean, std, seed, epoch, device)
+            recalibrate_bn(model, train, cfg, mean, std, seed, epoch, device, fast)
             if shard.world_size > 1:  # every rank evaluates (and rank 0 saves) the same BN statistics
                 for buf in model.buffers():
                     torch.distributed.broadcast(buf, src=0)
-            rec.update(evaluate(model, val, mean, std, cfg.eval_batch_size, shard, device, prefix="val"))
+            rec.update(evaluate(model, val, mean, std, cfg.eval_batch_size, shard, device, "val", fast))
             rec.update(
                 epoch=epoch + 1, lr=lr, epoch_time_s=time.perf_counter() - t0, timestamp_ms=int(time.time() * 1000)
             )
@@ -204,10 +216,14 @@ def train_worker(config: dict[str, Any]) -> None:
         config["mlflow_uri"],
         config.get("mlflow_runs"),
         config.get("origin"),
+        FastPathCfg.model_validate(config.get("fast_path", {})),
+        (StreamData(ray.train.get_dataset_shard("train")), StreamData(ray.train.get_dataset_shard("val")))
+        if config.get("stream")
+        else None,
     )
 
 
-def tune_trial(spec: RunSpec, threads: int, mlflow_uri: str, run_id: str) -> None:
+def tune_trial(spec: RunSpec, threads: int, mlflow_uri: str, run_id: str, fast_path: FastPathCfg) -> None:
     """Ray Tune entry point: train one unit in the trial's own process, reporting each epoch to Tune
     (ASHA stops weak trials between epochs). Nothing is checkpointed: a search trial is cheap to redo."""
     from ray import tune
@@ -223,4 +239,5 @@ def tune_trial(spec: RunSpec, threads: int, mlflow_uri: str, run_id: str) -> Non
         None,
         mlflow_uri,
         {spec.key(): run_id},
+        fast_path=fast_path,
     )

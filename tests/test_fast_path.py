@@ -1,0 +1,80 @@
+"""The fast path changes speed, not results: a few training steps with and without each switch the CPU
+supports (channels_last, bf16 autocast, torch.compile, data kept on the device) end in the same place,
+up to numerical noise."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pipeline.config import FastPathCfg, TrainCfg
+from pipeline.models import create_model
+from pipeline.train.engine import CPU, EAGER, FastPath, TensorData, build_optimizer, evaluate, train_one_epoch
+
+CFG = TrainCfg(epochs=1, batch_size=16, lr=0.05, weight_decay=5e-4, schedule="cosine")
+MEAN, STD = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
+
+
+def data() -> TensorData:
+    g = torch.Generator().manual_seed(0)
+    return TensorData(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(64) % 10)
+
+
+def steps(fast: FastPath, model_name: str = "attn_resnet") -> tuple[dict, dict[str, torch.Tensor], dict]:
+    torch.manual_seed(0)
+    model = fast.prepare(create_model(model_name, depth=8, width=8, num_classes=10))
+    opt = build_optimizer(model, CFG)
+    train_model = torch.compile(model) if fast.compile else model
+    d = data().to(CPU) if fast.data_on_device else data()
+    rec = train_one_epoch(train_model, d, opt, CFG, MEAN, STD, seed=0, epoch=0, fast=fast)  # 4 steps
+    ev = evaluate(model, d, MEAN, STD, 32, fast=fast)
+    return rec, {k: v.detach().float().clone() for k, v in model.state_dict().items()}, ev
+
+
+@pytest.fixture(scope="module")
+def eager():
+    return steps(EAGER)
+
+
+def close(eager, fast, loss_rtol: float, param_atol: float) -> None:
+    (r0, p0, e0), (r1, p1, e1) = eager, fast
+    assert abs(r1["train_loss"] - r0["train_loss"]) <= loss_rtol * r0["train_loss"]
+    assert abs(e1["val_loss"] - e0["val_loss"]) <= loss_rtol * e0["val_loss"]
+    worst = max((p1[k] - p0[k]).abs().max().item() for k in p0)
+    assert worst <= param_atol, f"largest parameter difference {worst:.2e}"
+    moved = max((p0[k] - v).abs().max().item() for k, v in steps_init().items() if v.is_floating_point())
+    assert moved > 10 * param_atol  # the steps moved the weights far more than the switch did
+
+
+def steps_init() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return copy.deepcopy(create_model("attn_resnet", depth=8, width=8, num_classes=10).state_dict())
+
+
+def test_auto_is_eager_on_cpu() -> None:
+    assert FastPath.resolve(FastPathCfg(), CPU) == EAGER
+    on = FastPath.resolve(FastPathCfg(bf16=True, channels_last=True, compile=False, data_on_device=True), CPU)
+    assert on == FastPath(bf16=True, channels_last=True, compile=False, data_on_device=True)
+
+
+def test_channels_last_is_exact_up_to_rounding(eager) -> None:
+    fast = steps(FastPath(channels_last=True))
+    close(eager, fast, loss_rtol=1e-4, param_atol=1e-4)
+
+
+def test_data_on_device_is_identical(eager) -> None:
+    fast = steps(FastPath(data_on_device=True))
+    close(eager, fast, loss_rtol=0, param_atol=0)
+
+
+def test_bf16_autocast_within_bf16_noise(eager) -> None:
+    fast = steps(FastPath(bf16=True))
+    close(eager, fast, loss_rtol=0.03, param_atol=0.02)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(eager) -> None:
+    fast = steps(FastPath(compile=True))
+    close(eager, fast, loss_rtol=1e-3, param_atol=1e-3)
