@@ -214,6 +214,13 @@ class MethodCfg(Frozen):
     tuned_from: str | None = None
     imagenet: MethodVariant | None = None  # the model used on ImageNet-kind data sets (224 px inputs)
 
+    def model_and_args(self, imagenet: bool) -> tuple[str, dict[str, Any]]:
+        """(registered model, its arguments): the ImageNet variant's where asked and defined, else the method's."""
+        v = self.imagenet if imagenet else None
+        if v is None:
+            return self.model, dict(self.args)
+        return v.model or self.model, dict(self.args if v.args is None else v.args)
+
 
 class SearchDim(Frozen):
     type: Literal["loguniform", "uniform", "choice"]
@@ -321,10 +328,7 @@ class Params(Frozen):
 
     def model_of(self, method: str, dataset: str | None = None) -> tuple[str, dict[str, Any]]:
         """(registered model, its arguments) of ``method`` on ``dataset``."""
-        m, v = self.methods[method], self.variant(method, dataset)
-        if v is None:
-            return m.model, dict(m.args)
-        return v.model or m.model, dict(m.args if v.args is None else v.args)
+        return self.methods[method].model_and_args(imagenet=self.variant(method, dataset) is not None)
 
     def recipe(self, method: str, dataset: str | None = None, overrides: dict[str, Any] | None = None) -> TrainCfg:
         """The shared recipe with the data set's, the method's (and its variant's), then ``overrides`` applied
@@ -432,14 +436,16 @@ def _cross_checks(p: Params) -> list[str]:
             errs.append(f"methods.{name}.args = {m.args}: {e}")
         v = m.imagenet
         if v is not None:
-            model, args = v.model or m.model, (m.args if v.args is None else v.args)
+            model, args = m.model_and_args(imagenet=True)
             if not is_model(model):
                 errs.append(f"methods.{name}.imagenet.model = {model!r}: unknown model; registered: {list_models()}")
-            elif sorted(set(args) - _factory_args(model)[0]) and not _factory_args(model)[1]:
-                errs.append(
-                    f"methods.{name}.imagenet.args: unknown argument(s) {sorted(set(args) - _factory_args(model)[0])} "
-                    f"for {model!r}; allowed: {sorted(_factory_args(model)[0])}"
-                )
+            else:
+                allowed, var_kw = _factory_args(model)
+                if set(args) - allowed and not var_kw:
+                    errs.append(
+                        f"methods.{name}.imagenet.args: unknown argument(s) {sorted(set(args) - allowed)} "
+                        f"for {model!r}; allowed: {sorted(allowed)}"
+                    )
             if set(v.train) - train_fields:
                 errs.append(
                     f"methods.{name}.imagenet.train: unknown field(s) {sorted(set(v.train) - train_fields)}; "

@@ -76,12 +76,18 @@ class SoftmaxAttention(nn.Module):
             raise ValueError(f"scaling={scaling!r}; allowed: {list(SCALINGS)}")
         self.num_maps, self.scaling = num_maps, scaling
         self.conv = nn.Conv2d(channels, num_maps, kernel_size, padding=kernel_size // 2)
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
         self.softmax = SpatialSoftmax()
         # a uniform map makes the module the identity whatever g is; g must not start at 0, or neither
         # g nor the map conv would ever get a gradient
         self.gate = nn.Parameter(torch.tensor(0.1)) if scaling == "gated" else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The module's own start (uniform maps); networks that initialise every conv call this afterwards."""
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        if self.gate is not None:
+            nn.init.constant_(self.gate, 0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -110,6 +116,10 @@ class SEModule(nn.Module):
         self.fc1 = nn.Conv2d(channels, hidden, 1)
         self.fc2 = nn.Conv2d(hidden, channels, 1)
 
+    def reset_parameters(self) -> None:
+        for c in (self.fc1, self.fc2):
+            c.reset_parameters()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
         return x * self.fc2(F.relu(self.fc1(s))).sigmoid()
@@ -129,6 +139,10 @@ class CbamModule(nn.Module):
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
         self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2)
 
+    def reset_parameters(self) -> None:
+        for c in (self.mlp[0], self.mlp[2], self.spatial):
+            c.reset_parameters()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ch = self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True))  # (B, C, 1, 1)
         x = x * ch.sigmoid()
@@ -138,6 +152,7 @@ class CbamModule(nn.Module):
 
 _ATTN = {"softmax": SoftmaxAttention, "se": SEModule, "cbam": CbamModule}
 ATTENTION_TYPES: tuple[str, ...] = tuple(_ATTN)
+ATTENTION_MODULES: tuple[type[nn.Module], ...] = tuple(_ATTN.values())
 
 
 def get_attn(attn_type: str | None, **kwargs: object) -> type[nn.Module] | partial | None:

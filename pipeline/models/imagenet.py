@@ -18,7 +18,7 @@ from torchvision.models import densenet121 as tv_densenet121
 from torchvision.models.resnet import Bottleneck
 from torchvision.models.resnet import ResNet as TVResNet
 
-from .attention import SEModule, SoftmaxAttention, get_attn
+from .attention import ATTENTION_MODULES, get_attn
 from .registry import register_model
 from .resnet import PLACEMENTS, AttnLayer, Placement
 
@@ -50,16 +50,8 @@ def _bottleneck_with(attn_layer: AttnLayer) -> type[Bottleneck]:
 
 def _reinit_attention(model: nn.Module) -> None:
     for m in model.modules():
-        if isinstance(m, SoftmaxAttention):
-            nn.init.zeros_(m.conv.weight)
-            nn.init.zeros_(m.conv.bias)
-        elif isinstance(m, SEModule):
-            for c in (m.fc1, m.fc2):
-                c.reset_parameters()
-        elif hasattr(m, "mlp") and hasattr(m, "spatial"):  # CbamModule
-            for c in (*m.mlp, m.spatial):
-                if isinstance(c, nn.Conv2d):
-                    c.reset_parameters()
+        if isinstance(m, ATTENTION_MODULES):
+            m.reset_parameters()
 
 
 class ImageNetResNet(nn.Module):

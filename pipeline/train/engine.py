@@ -237,15 +237,16 @@ def recalibrate_bn(
         bn.momentum = None  # cumulative average
     model.train()
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch + 7)
+
+    def sampled() -> Iterator[Tensor]:  # random train batches with the training augmentation
+        for _ in range(cfg.bn_recalibration):
+            b = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
+            yield random_crop_flip(data.images[b].to(device), cfg.crop_padding, cfg.flip, gen)
+
     if isinstance(data, StreamData):
         batches = (x for x, _ in data.batches(cfg.batch_size, device, drop_last=False))
     else:
-        batches = (
-            random_crop_flip(data.images[b].to(device), cfg.crop_padding, cfg.flip, gen)
-            for b in (
-                torch.randint(0, len(data), (cfg.batch_size,), generator=gen) for _ in range(cfg.bn_recalibration)
-            )
-        )
+        batches = sampled()
     for _, x in zip(range(cfg.bn_recalibration), batches, strict=False):
         with fast.autocast(device):
             model(fast.inputs(normalize(x, mean, std)))

@@ -83,9 +83,9 @@ def streamed_datasets(data_dir: str) -> dict[str, Any]:
     from pipeline.data.imagenet import ray_dataset
     from pipeline.data.preprocess import load_manifest
 
-    if not streaming(data_dir):
-        return {}
     man = load_manifest(data_dir)
+    if man.get("format") != "jpeg":
+        return {}
     return {"train": ray_dataset(data_dir, "train", man, augment=True), "val": ray_dataset(data_dir, "test", man)}
 
 
