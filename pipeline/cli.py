@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -17,8 +18,15 @@ def usage(doc: str, argv: list[str], n: int) -> None:
         sys.exit(f"usage error: expected {n} arguments, got {len(argv)}: {argv}\n{doc}")
 
 
+def _terminated(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
 def run_stage(main: Callable[[Params, list[str]], object]) -> NoReturn:
     """Validate params.yaml, then call ``main(params, argv)``; exit 2 with the message on ``ConfigError``."""
+    # SIGTERM (`ray job stop`, a scheduler's preemption notice) unwinds like Ctrl-C: cleanup runs, and MLflow
+    # runs of unfinished units are closed as FAILED instead of being left RUNNING
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main(load_params(PARAMS_FILE), sys.argv[1:])
     except ConfigError as e:

@@ -8,11 +8,17 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import ComputeCfg, ConfigError
 
-# Variables the workers need that Ray does not forward by itself (Ray Train workers inherit only RAY_TRAIN_*).
+# Settings the workers need that Ray does not forward by itself (the tracking URI, the S3 endpoint and region):
+# passed explicitly through the job's runtime_env. Credentials never are: Ray writes runtime_env variables
+# verbatim into its logs (runtime_env_agent.log) and shows them in the dashboard. Workers get credentials
+# from their node's own environment instead: a local Ray inherits this process's; a cluster node, the one
+# `ray start` ran in (or an instance profile, ~/.aws/credentials).
 FORWARD_ENV_PREFIXES = ("MLFLOW_", "AWS_", "PIPELINE_", "RAY_TRAIN_")
+SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "KEY", "SESSION", "CREDENTIAL", "AUTH")
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,12 @@ def check_workers_before_start(cfg: ComputeCfg) -> Workers | None:
 
 
 def worker_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
+    """The settings forwarded to every worker: ``FORWARD_ENV_PREFIXES`` variables that are not credentials."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(FORWARD_ENV_PREFIXES) and not any(m in k for m in SECRET_MARKERS)
+    }
 
 
 def storage_path(cfg: ComputeCfg) -> str:
@@ -72,6 +83,15 @@ def storage_path(cfg: ComputeCfg) -> str:
     if "://" in cfg.storage_path:
         return cfg.storage_path
     return str(Path(cfg.storage_path).resolve())
+
+
+def _leave_job_env() -> None:
+    """Inside a `ray job submit` job, ray.init would join this driver to the job's runtime env, working_dir
+    included; when this stage's driver disconnects, Ray then deletes that working_dir -- the directory the
+    job's `dvc repro` is still running in (seen with Ray 2.60). So each stage is a driver of its own, with
+    its own runtime env (this package as py_modules, the settings in worker_env); the job's env_vars are in
+    this process's environment already."""
+    os.environ.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
 
 
 @contextlib.contextmanager
@@ -85,11 +105,12 @@ def ray_session(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
 
     import pipeline
 
-    env = {"env_vars": worker_env()}
+    env: dict[str, Any] = {"env_vars": worker_env()}
     address = os.environ.get("RAY_ADDRESS")
     if address:
         # workers on other nodes need this package; ship it unless the job already carries it
         env["py_modules"] = [str(Path(pipeline.__file__).parent)]
+        _leave_job_env()
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
     else:
         ray.init(

@@ -249,7 +249,8 @@ class TuneCfg(Frozen):
     epochs: PosInt = 3
     grace_period: PosInt = 1
     reduction_factor: Annotated[float, Field(gt=1)] = 2
-    max_concurrent_trials: PosInt = 2  # each trial takes compute.cpus_per_worker CPUs (or one GPU)
+    # trials side by side; auto: as many as the cluster has room for (compute.cpus_per_worker CPUs or one GPU each)
+    max_concurrent_trials: PosInt | Literal["auto"] = "auto"
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     train_subset: PosInt | None = None  # train on the first N of the non-validation images
     seed: Seed = 0
@@ -285,9 +286,22 @@ class ComputeCfg(Frozen):
     use_gpu: bool | Literal["auto"] = "auto"
     cpus_per_worker: PosInt = 1
     storage_path: str = ".ray_results"  # relative to the repository, or s3://bucket/prefix
-    max_failures: Annotated[int, Field(ge=0)] = 0
+    # Preprocessed data for workers on other nodes: None reads data/processed/<d> in place (one machine, or a
+    # shared file system); a URI (s3://bucket/prefix) gets a copy per data content, which every node reads.
+    shared_data: str | None = None
+    # Training jobs side by side (each num_workers workers, one lane of units after another); auto: as many
+    # as the cluster's free CPUs (or GPUs) hold.
+    concurrency: PosInt | Literal["auto"] = "auto"
+    max_failures: Annotated[int, Field(ge=0)] = 0  # worker-group restarts per job, each from the last checkpoint
     keep_checkpoints: PosInt = 2
     fast_path: FastPathCfg = FastPathCfg()
+
+    @field_validator("shared_data")
+    @classmethod
+    def _shared_uri(cls, v: str | None) -> str | None:
+        if v is not None and "://" not in v and not v.startswith("/"):
+            raise ValueError(f"{v!r} is neither a URI (s3://bucket/prefix) nor an absolute path every node can read")
+        return v
 
 
 class MlflowCfg(Frozen):

@@ -38,7 +38,27 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A local file, or a URI (``s3://bucket/key``) through ``pyarrow.fs``."""
+    if "://" not in str(path):
+        return json.loads(Path(path).read_text())
+    fs, p = filesystem(str(path))
+    with fs.open_input_stream(p) as f:
+        return json.loads(f.read())
+
+
+def filesystem(path: str | Path):
+    """(pyarrow filesystem, path inside it) for a local path or a URI. S3 honours ``AWS_ENDPOINT_URL``, so an
+    S3-compatible store is a setting, not a code change."""
+    import pyarrow.fs as pafs
+
+    if "://" in str(path):
+        return pafs.FileSystem.from_uri(str(path))
+    return pafs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def join(base: str | Path, *parts: str) -> str:
+    """``base/part/...`` for a local path or a URI alike."""
+    return "/".join([str(base).rstrip("/"), *parts])
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -5,6 +5,7 @@ with a round-trip parser, so comments, anchors and every other setting stay as t
 validated before anything is written. Undo with ``git checkout params.yaml``.
 
     python -m pipeline.profiles configs/paper.yaml [params.yaml]
+    python -m pipeline.profiles --set compute.storage_path=s3://bucket/runs compute.max_failures=3
 """
 
 from __future__ import annotations
@@ -36,35 +37,55 @@ def _set(doc: CommentedMap, dotted: str, value: Any, source: str) -> None:
     node[parts[-1]] = value
 
 
-def apply_profile(profile: str | Path, params: str | Path = "params.yaml") -> list[str]:
-    """Apply ``profile`` to ``params``; return the keys set. Nothing is written if the result is invalid."""
+def apply_overrides(overrides: dict[str, Any], source: str, params: str | Path = "params.yaml") -> list[str]:
+    """Set dotted keys in ``params``; return them. Nothing is written if the result is invalid."""
     yaml = YAML()  # round-trip: keeps comments and anchors
     yaml.preserve_quotes = True
     yaml.width = 4096
     doc = yaml.load(Path(params).read_text())
-    overrides = YAML(typ="safe").load(Path(profile).read_text()) or {}
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"{profile}: expected a map of dotted keys to values")
     for key, value in overrides.items():
-        _set(doc, str(key), value, str(profile))
+        _set(doc, str(key), value, source)
     buf = io.StringIO()
     yaml.dump(doc, buf)
-    validate_params(YAML(typ="safe").load(buf.getvalue()), f"{params} with {profile}")
+    validate_params(YAML(typ="safe").load(buf.getvalue()), f"{params} with {source}")
     with atomic_path(params) as tmp:
         tmp.write_text(buf.getvalue())
     return list(overrides)
 
 
+def apply_profile(profile: str | Path, params: str | Path = "params.yaml") -> list[str]:
+    """Apply the profile file ``profile`` to ``params``; return the keys set."""
+    overrides = YAML(typ="safe").load(Path(profile).read_text()) or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{profile}: expected a map of dotted keys to values")
+    return apply_overrides(overrides, str(profile), params)
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """``key=value`` strings to {key: value}, each value read as YAML (``3``, ``null``, ``[0, 1]``, text)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        out[key] = YAML(typ="safe").load(value) if value else ""
+    return out
+
+
 def main(argv: list[str]) -> int:
-    if not 1 <= len(argv) <= 2:
+    if not argv or (argv[0] != "--set" and len(argv) > 2):
         print(__doc__, file=sys.stderr)
         return 2
     try:
-        keys = apply_profile(*argv)
+        if argv[0] == "--set":
+            keys, source = apply_overrides(parse_assignments(argv[1:]), "--set"), "the command line"
+        else:
+            keys, source = apply_profile(*argv), argv[0]
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{argv[1] if len(argv) > 1 else 'params.yaml'}: set {len(keys)} keys from {argv[0]}: {', '.join(keys)}")
+    target = argv[1] if argv[0] != "--set" and len(argv) > 1 else "params.yaml"
+    print(f"{target}: set {len(keys)} keys from {source}: {', '.join(keys)}")
     return 0
 
 

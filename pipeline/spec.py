@@ -39,9 +39,14 @@ class RunSpec(Frozen):
     train_subset: int | None = None
     tuned: dict[str, Any] = Field(default_factory=dict)  # what a search chose, for the record
 
+    def identity(self) -> dict[str, Any]:
+        """Everything that decides the result: not where the data is read from (a local folder, or its copy
+        in ``compute.shared_data``), which ``dataset.sha256`` pins anyway."""
+        return self.model_dump(exclude={"dataset": {"path"}})
+
     def key(self) -> str:
         """Content key of this unit: settings, seed, data checksum and code. Equal keys, equal runs."""
-        return config_hash(self.model_dump(), code_digest())
+        return config_hash(self.identity(), code_digest())
 
 
 def build_spec(
@@ -71,14 +76,20 @@ def build_spec(
     )
 
 
-def data_ref(name: str, data_dir: str | Path) -> DataRef:
+def data_ref(name: str, data_dir: str | Path, shared: str | None = None) -> DataRef:
+    """The preprocessed ``data_dir`` as workers will read it: in place, or published under ``shared``."""
     from pipeline.data.preprocess import load_manifest
 
     data_dir = Path(data_dir).resolve()
     man = load_manifest(data_dir)
+    path = str(data_dir)
+    if shared is not None:
+        from pipeline.data.shared import publish
+
+        path = publish(data_dir, shared, name)
     return DataRef(
         name=name,
-        path=str(data_dir),
+        path=path,
         sha256=man["data_sha256"],
         num_classes=man["num_classes"],
         mean=man["mean"],

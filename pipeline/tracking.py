@@ -3,6 +3,11 @@
 The store is ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<repo>/mlflow.db``. Runs carry a ``run_key``
 tag (settings + data + code): a rerun of an interrupted job finds and continues its runs instead of
 creating duplicates, and back-fills any epoch the interruption kept from being logged.
+
+With ``MLFLOW_TRACKING_URI=http://<server>`` every stage and every Ray worker logs to that server (the URI is
+forwarded to the workers); artifacts then go through the server to its artifact store (S3), so clients need
+no S3 credentials. Runs carry their owning process (``pipeline.owner``): a stage that starts marks FAILED
+the runs still RUNNING whose owner on this host is gone (``close_dead_runs``).
 """
 
 from __future__ import annotations
@@ -31,14 +36,20 @@ def experiment_name(prefix: str, dataset: str) -> str:
     return f"{prefix}-{dataset}"
 
 
+# MLflow 3's UI opens an experiment on its GenAI overview unless told it holds model training runs
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def get_experiment(c, name: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        if KIND_TAG not in exp.tags:
+            c.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
         return exp.experiment_id
     try:
-        return c.create_experiment(name)
+        return c.create_experiment(name, tags={KIND_TAG: KIND})
     except Exception:  # created concurrently by another process
         return c.get_experiment_by_name(name).experiment_id
 
@@ -61,8 +72,11 @@ def find_or_create_run(
     tags: Mapping[str, str],
     params: Mapping[str, Any],
     parent_run_id: str | None = None,
+    reopen: bool = True,
 ) -> tuple[str, bool]:
-    """The run tagged with this ``run_key`` (and seed, trial) if one exists, else a new one; (run_id, existed)."""
+    """The run tagged with this ``run_key`` (and seed, trial) if one exists, else a new one; (run_id, existed).
+    An existing run is set RUNNING again (and owned by this process) when ``reopen``: it is about to go on;
+    a finished unit merely reused keeps its status."""
     from mlflow.entities import Param
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -71,9 +85,13 @@ def find_or_create_run(
     found = c.search_runs([experiment_id], filter_string=filt, max_results=1) if filt else []
     if found:
         run_id = found[0].info.run_id
+        if not reopen:
+            return run_id, True
         c.update_run(run_id, status="RUNNING")
+        for k, v in owner_tags().items():  # this process carries the run on now
+            c.set_tag(run_id, k, v)
         return run_id, True
-    all_tags = dict(tags)
+    all_tags = {**tags, **owner_tags()}
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run = c.create_run(experiment_id, tags=all_tags, run_name=run_name)
@@ -118,3 +136,42 @@ def finish(c, run_id: str, status: str = "FINISHED") -> None:
 
 def tags_for(**kw: Any) -> dict[str, str]:
     return {k: str(v) for k, v in kw.items() if v is not None}
+
+
+OWNER_HOST, OWNER = "pipeline.owner_host", "pipeline.owner"
+
+
+def _process_id(pid: int) -> str | None:
+    """``pid@start-time`` of a live process, None if it is gone (the start time tells a reused pid apart)."""
+    import psutil
+
+    try:
+        return f"{pid}@{psutil.Process(pid).create_time():.2f}"
+    except psutil.NoSuchProcess:
+        return None
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process is responsible for ending a run: lets a later stage tell a dead run from a live one."""
+    import socket
+
+    return {OWNER_HOST: socket.gethostname(), OWNER: _process_id(os.getpid()) or str(os.getpid())}
+
+
+def close_dead_runs(c, experiment_id: str) -> list[str]:
+    """Mark FAILED every run of the experiment still RUNNING whose owning process on this host is gone
+    (a killed ``dvc repro``, a crashed node process); return their ids. A run that is later resumed turns
+    RUNNING again and ends FINISHED. Runs owned by other hosts are left to those hosts' stages."""
+    import socket
+
+    dead = []
+    filt = f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{socket.gethostname()}'"
+    for r in c.search_runs([experiment_id], filter_string=filt, max_results=1000):
+        owner = r.data.tags.get(OWNER, "")
+        pid = owner.split("@", 1)[0]
+        if pid.isdigit() and _process_id(int(pid)) == owner:
+            continue
+        c.set_tag(r.info.run_id, "pipeline.failure", f"its process {owner} ended without closing it")
+        finish(c, r.info.run_id, "FAILED")
+        dead.append(r.info.run_id)
+    return dead

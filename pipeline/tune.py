@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
-from pipeline.compute import check_workers_before_start, ray_session, storage_path
-from pipeline.config import Params, SearchDim, config_hash
+from pipeline.compute import SECRET_MARKERS, check_workers_before_start, ray_session, storage_path
+from pipeline.config import Params, SearchDim, TuneCfg, config_hash
 from pipeline.io import write_json
 from pipeline.provenance import provenance
 from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, data_ref
@@ -96,6 +96,29 @@ def _make_trainable(
     return trainable
 
 
+def _keep_credentials_out_of_trial_envs() -> None:
+    """Ray Tune copies AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, ... from this process into every trial's
+    runtime_env (``ray.tune.execution.class_cache``), which Ray writes verbatim into runtime_env_agent.log.
+    Drop them there: trials get credentials from their node's environment, like every other worker
+    (``pipeline.compute``). tests/test_cluster.py greps Ray's logs for a planted secret."""
+    from ray.tune.execution import class_cache
+
+    names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(names, set):
+        class_cache.ENV_VARS_TO_PROPAGATE = {n for n in names if not any(m in n for m in SECRET_MARKERS)}
+
+
+def _concurrent_trials(t: TuneCfg, per_trial: dict[str, int]) -> int:
+    """``tune.max_concurrent_trials``, or (auto) as many trials as the cluster's CPUs or GPUs hold at once."""
+    import ray
+
+    if t.max_concurrent_trials != "auto":
+        return t.max_concurrent_trials
+    res = ray.cluster_resources()
+    k = res.get("GPU", 0) // per_trial["gpu"] if per_trial["gpu"] else res.get("CPU", 0) // per_trial["cpu"]
+    return max(1, min(int(k), t.num_samples))
+
+
 def search(params: Params, method: str, data: DataRef, key: str, exp: str, c, uri: str) -> dict[str, Any]:
     """Run the ASHA search for one method; return the best values and every trial's outcome."""
     import ray
@@ -109,6 +132,7 @@ def search(params: Params, method: str, data: DataRef, key: str, exp: str, c, ur
         params.compute.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0
     )
     per_trial = {"cpu": params.compute.cpus_per_worker, "gpu": 1 if use_gpu else 0}
+    _keep_credentials_out_of_trial_envs()
     parent, _ = tracking.find_or_create_run(
         c,
         exp,
@@ -130,7 +154,7 @@ def search(params: Params, method: str, data: DataRef, key: str, exp: str, c, ur
                     max_t=t.epochs, grace_period=t.grace_period, reduction_factor=t.reduction_factor
                 ),
                 # seeded random search; the concurrency limit must live here (TuneConfig's ignores generators)
-                search_alg=BasicVariantGenerator(max_concurrent=t.max_concurrent_trials, random_state=t.seed),
+                search_alg=BasicVariantGenerator(max_concurrent=_concurrent_trials(t, per_trial), random_state=t.seed),
             ),
             run_config=tune.RunConfig(
                 name=f"{data.name}-tune-{method}-{key}", storage_path=storage_path(params.compute), verbose=0
@@ -178,10 +202,10 @@ def tune_dataset(params: Params, dataset: str, data_dir: str | Path, out_file: s
     """Search every method in ``tune.methods`` on ``dataset``; write {method: result} to ``out_file``."""
     t0 = time.time()
     check_workers_before_start(params.compute.model_copy(update={"num_workers": 1}))
-    data = data_ref(dataset, data_dir)
+    data = data_ref(dataset, data_dir, params.compute.shared_data)
     cache = SearchCache(storage_path(params.compute), dataset)
     keys = {
-        m: config_hash(trial_spec(params, m, data, {}).model_dump(), params.tune.model_dump(), code_digest())
+        m: config_hash(trial_spec(params, m, data, {}).identity(), params.tune.model_dump(), code_digest())
         for m in params.tune.methods
     }
     results: dict[str, Any] = {}
@@ -196,6 +220,8 @@ def tune_dataset(params: Params, dataset: str, data_dir: str | Path, out_file: s
         uri = tracking.tracking_uri()
         c = tracking.client(uri)
         exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset))
+        for run_id in tracking.close_dead_runs(c, exp):
+            print(f"tune@{dataset}: MLflow run {run_id} was left RUNNING by a process that died: marked FAILED")
         with ray_session():
             for m in todo:
                 results[m] = search(params, m, data, keys[m], exp, c, uri)

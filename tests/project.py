@@ -24,7 +24,9 @@ TINY: dict[str, Any] = {
     "grid": {"datasets": ["embedded"], "methods": ["resnet", "attn_resnet", "no_attention"], "seeds": [0, 1]},
     "datasets": {"embedded": {"fetch": {"seed": 0, "num_train": 600, "num_test": 200, "clutter": 6, "noise": 0.12}}},
     "train": {"epochs": 2},
-    "tune": {"num_samples": 2, "epochs": 2, "grace_period": 1, "max_concurrent_trials": 2},
+    "tune": {"num_samples": 2, "epochs": 2, "grace_period": 1},
+    # one worker per unit: on 2 cores the grid then trains as two jobs side by side (compute.concurrency: auto)
+    "compute": {"num_workers": 1},
 }
 
 

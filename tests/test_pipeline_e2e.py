@@ -8,6 +8,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 import yaml
 
 from tests.project import TINY, make_project, mlflow_client, run
@@ -58,6 +59,16 @@ def test_dvc_metrics_plots_and_experiments(project) -> None:
             assert 0 <= metrics["test_top1"] <= 100 and metrics["params"] > 0
     train = files["results/embedded/train_metrics.json"]["data"]
     assert (train["units_trained"], train["units_reused"]) == (len(METHODS) * len(SEEDS), 0)
+    # the grid ran as two jobs at once (2 cores, 1 worker each): each job's units overlap the other's in time
+    assert train["jobs_side_by_side"] == 2
+    walls = {}
+    for m in METHODS:
+        for s in SEEDS:
+            rec = torch.load(proj / f"results/embedded/train/{m}/seed{s}/model.pt", weights_only=False)
+            walls.setdefault(rec["provenance"]["job"], []).append(rec["wall"])
+    (a, b) = walls.values()
+    spans = [(min(w["started_at"] for w in j), max(w["finished_at"] for w in j)) for j in (a, b)]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans
     # evaluation, the net rebuilt from its checkpoint alone, reproduces the test accuracy training measured
     for m in METHODS:
         for s in SEEDS:

@@ -1,6 +1,6 @@
-"""`dvc repro` on the real formats: CIFAR-10 (a subset) over HTTP, ImageNet from a folder (extracted trees)
-and from S3 (the official tars + devkit): fetch -> preprocess -> train -> evaluate -> report. ImageNet trains
-streamed through Ray Data, CIFAR in memory.
+"""`dvc repro` on the real formats: CIFAR-10 (a subset) over HTTP and ImageNet from S3 (the official tars +
+devkit): fetch -> preprocess -> train -> evaluate -> report. ImageNet trains streamed through Ray Data, CIFAR
+in memory. (ImageNet as extracted folder trees, local or on S3, is tested stage by stage in test_imagenet.py.)
 
 Servers run on 127.0.0.1 (a Python HTTP server and moto's S3); the archives are small but in the official
 layouts and record formats; everything else is the real pipeline (local Ray, sqlite MLflow). One training
@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from tests.archives import cifar10_archive, imagenet_folders, imagenet_official, upload_tree
+from tests.archives import cifar10_archive, imagenet_official, upload_tree
 from tests.project import make_project, run
 from tests.servers import S3_ENV, file_server, moto_s3
 
@@ -26,7 +26,6 @@ def test_dvc_repro_on_cifar_and_imagenet_from_http_s3_and_a_folder(tmp_path, mon
     src = tmp_path / "sources"
     (src / "http").mkdir(parents=True)
     c10 = cifar10_archive(src / "http" / "cifar-10-binary.tar.gz", per_class=30, test_per_class=10)
-    imagenet_folders(src / "inet_dir", num_classes=3, train_per_class=12, val_per_class=4)
     sums = imagenet_official(src / "inet_official", num_classes=3, train_per_class=12, val_per_class=4, seed=1)
     with file_server(src / "http") as http, moto_s3() as endpoint:
         for k, v in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
@@ -36,12 +35,6 @@ def test_dvc_repro_on_cifar_and_imagenet_from_http_s3_and_a_folder(tmp_path, mon
             "cifar10": {
                 "fetch": {"source": f"{http.url}/cifar-10-binary.tar.gz", "checksum": c10},
                 "preprocess": {"subset": {"train": 20, "test": 1.0}},
-            },
-            "inet_dir": {
-                "kind": "imagenet",
-                "fetch": {"source": str(src / "inet_dir")},
-                "preprocess": IMAGENET_PREP,
-                "train": {},
             },
             "inet_s3": {
                 "kind": "imagenet",
@@ -68,18 +61,16 @@ def test_dvc_repro_on_cifar_and_imagenet_from_http_s3_and_a_folder(tmp_path, mon
         out = run(["dvc", "repro"], proj, timeout=1500).stdout
         assert [r["path"] for r in http.behaviour.requests] == ["/cifar-10-binary.tar.gz"]
 
-    for d in ("inet_dir", "inet_s3"):
-        assert f"train@{d}: streaming the JPEG shards through Ray Data" in out
+    assert "train@inet_s3: streaming the JPEG shards through Ray Data" in out
     assert "train@cifar10: streaming" not in out
     man = {d: json.loads((proj / f"data/processed/{d}/manifest.json").read_text()) for d in datasets}
     assert man["cifar10"]["class_counts"] == {"train": [20] * 10, "test": [10] * 10}  # the subset
-    assert man["inet_dir"]["format"] == man["inet_s3"]["format"] == "jpeg"
+    assert man["inet_s3"]["format"] == "jpeg"
     assert man["inet_s3"]["class_counts"] == {"train": [12] * 3, "test": [4] * 3}
     assert {k: "md5:" + v["md5"] for k, v in man["inet_s3"]["source_files"].items()} == sums
     tables = (proj / "reports" / "tables.md").read_text()
     assert "CIFAR-10 (official binary archive), A SUBSET" in tables and c10.removeprefix("md5:") in tables
     assert sums["ILSVRC2012_img_val.tar"].removeprefix("md5:") in tables
-    assert f"source index sha256 `{man['inet_dir']['source_sha256']}`" in tables
     for d in datasets:
         metrics = json.loads((proj / f"results/{d}/metrics/resnet.json").read_text())
         assert 0 <= metrics["seed0"]["test_top1"] <= 100 and metrics["seed0"]["flops_per_image"] > 0

@@ -621,12 +621,14 @@ def ray_dataset(data_uri: str, split: str, manifest: dict[str, Any], augment: bo
     return (ds.random_shuffle() if augment else ds).map_batches(decode, batch_format="numpy")
 
 
-def load_jpeg_split(data_dir: Path, split: str, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def load_jpeg_split(data_dir: str | Path, split: str, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The whole split decoded into memory, in shard order (the same values ``ray_dataset`` yields)."""
+    from .preprocess import read_table
+
     size = manifest["image_shape"][0]
     images, labels = [], []
     for p in split_files(manifest, split):
-        t = pq.read_table(data_dir / p, columns=["image", "label"])
+        t = read_table(data_dir, p, columns=["image", "label"])
         images.append(decode_jpegs(t.column("image").to_pylist(), size))
         labels.append(t.column("label").to_numpy().astype(np.int64))
     if not images:

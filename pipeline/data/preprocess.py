@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import DatasetCfg, PreprocessCfg
-from pipeline.io import atomic_path, read_json, sha256_file, write_json
+from pipeline.io import atomic_path, filesystem, join, read_json, sha256_file, write_json
 
 from .cifar import LAYOUT_OF_KIND, OFFICIAL, ImageSet, read_cifar_binary
 from .errors import DataError
@@ -191,19 +191,25 @@ def preprocess_dataset(raw_dir: str | Path, out_dir: str | Path, cfg: Preprocess
 
 
 def load_manifest(data_dir: str | Path) -> dict[str, Any]:
-    return read_json(Path(data_dir) / MANIFEST)
+    """The manifest of a preprocessed directory: local, or a URI (``compute.shared_data``)."""
+    return read_json(join(data_dir, MANIFEST))
+
+
+def read_table(data_dir: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
+    fs, base = filesystem(data_dir)
+    return pq.read_table(join(base, name), columns=columns, filesystem=fs)
 
 
 def load_split(data_dir: str | Path, split: str) -> ImageSet:
-    """Read one split back into (N, H, W, 3) uint8 images and int64 labels, as training sees them."""
-    data_dir = Path(data_dir)
+    """Read one split back into (N, H, W, 3) uint8 images and int64 labels, as training sees them;
+    ``data_dir`` is a local directory or a URI."""
     man = load_manifest(data_dir)
     if man.get("format") == "jpeg":
         from .imagenet import load_jpeg_split
 
         return ImageSet(*load_jpeg_split(data_dir, split, man))
     shape = man["image_shape"]
-    t = pq.read_table(data_dir / f"{split}.parquet")
+    t = read_table(data_dir, f"{split}.parquet")
     col = t.column("image").combine_chunks()
     buf = np.frombuffer(col.buffers()[1], np.uint8)
     n = len(col)

@@ -1,10 +1,14 @@
 """Driver of the training stage: every (method, seed) unit of one data set, on Ray Train, recorded in MLflow.
 
-Why one Ray job per data set rather than per unit: starting a Ray Train job costs ~50 s on a 2-core machine
-(measured: ray.init ~7 s, controller and worker start-up ~25 s, DDP's first use ~4 s, driver imports ~8 s),
-which would dominate the small default grid. Units keep their own identity all the same: one content key,
-one MLflow run, one output directory each, and finished units are reused from the unit store, so changing
-one method's settings retrains only that method.
+The grid's units are dealt into lanes, one Ray Train job per lane, and the lanes' jobs run side by side, as
+many as the cluster has room for (``compute.concurrency``): on a GPU cluster each job takes ``num_workers``
+GPUs, so 8 GPUs with one worker per job train 8 units at once. Why lanes rather than one job per unit:
+starting a Ray Train job costs ~50 s on a 2-core machine (measured: ray.init ~7 s, controller and worker
+start-up ~25 s, DDP's first use ~4 s, driver imports ~8 s), which would dominate the small default grid.
+Units keep their own identity all the same: one content key, one MLflow run, one output directory each;
+finished units are reused from the unit store, so changing one method's settings retrains only that method;
+and an interrupted unit resumes from its latest checkpoint whichever lane or job it ran in before
+(``resume_points``).
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ from typing import Any
 import torch
 
 from pipeline import tracking
-from pipeline.compute import check_workers_before_start, ray_session, resolve_workers, storage_path
+from pipeline.compute import Workers, check_workers_before_start, ray_session, resolve_workers, storage_path
 from pipeline.config import Params, config_hash
-from pipeline.io import atomic_path, read_json, write_json
+from pipeline.io import atomic_path, filesystem, join, read_json, write_json
 from pipeline.provenance import provenance
 from pipeline.spec import DataRef, RunSpec, build_spec, data_ref
 from pipeline.train.store import UnitStore
@@ -38,19 +42,16 @@ HISTORY_FIELDS = (
 )
 
 
-def fit(units: list[RunSpec], params: Params, name: str, loop_config: dict[str, Any]):
-    """Run ``train_worker`` over ``units`` on Ray Train; returns the Ray ``Result``. Needs a Ray session.
+def fit(units: list[RunSpec], params: Params, name: str, loop_config: dict[str, Any], w: Workers):
+    """Run ``train_worker`` over ``units`` as one Ray Train job; returns the Ray ``Result``. Needs a Ray session.
 
     JPEG data sets (ImageNet) are streamed through Ray Data: shards are read with ``read_parquet``, decoded
     and augmented by Ray Data tasks, and split across the workers; CIFAR-sized sets are held in memory."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.train.worker import train_worker
 
-    res = ray.cluster_resources()
-    w = resolve_workers(params.compute, res.get("CPU", 0), res.get("GPU", 0), "the Ray cluster")
     datasets = streamed_datasets(units[0].dataset.path)
     if datasets:
         print(f"train@{units[0].dataset.name}: streaming the JPEG shards through Ray Data", flush=True)
@@ -76,6 +77,60 @@ def fit(units: list[RunSpec], params: Params, name: str, loop_config: dict[str, 
         ),
     )
     return trainer.fit()
+
+
+def lane_count(params: Params, resources: dict[str, float], w: Workers, units: int) -> int:
+    """How many training jobs run side by side: ``compute.concurrency``, or (auto) as many as the cluster's
+    GPUs (one job = num_workers GPUs) or CPUs (num_workers x cpus_per_worker) hold; never more than units."""
+    k = params.compute.concurrency
+    if k == "auto":
+        if w.use_gpu:
+            k = int(resources.get("GPU", 0) // w.num_workers)
+        else:
+            k = int(resources.get("CPU", 0) // (w.num_workers * w.cpus_per_worker))
+    return max(1, min(k, units))
+
+
+def split_lanes(units: list[RunSpec], k: int) -> list[list[RunSpec]]:
+    """Deal ``units`` round-robin into ``k`` lanes (so each method's seeds spread over the lanes)."""
+    return [lane for lane in (units[i::k] for i in range(k)) if lane]
+
+
+def resume_points(storage: str, dataset: str, keys: list[str]) -> dict[str, str]:
+    """The latest checkpoint of each unit in ``keys`` left by earlier training jobs of ``dataset`` in the run
+    storage: {key: checkpoint URI}. Read from the small ``unit.json`` beside each checkpoint, so a unit
+    resumes whichever job, lane or concurrency it was trained in before."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    from pipeline.train.worker import UNIT_FILE
+
+    fs, base = filesystem(storage)
+    want, best = set(keys), {}
+    try:
+        jobs = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except OSError:
+        return {}
+    for job in jobs:
+        if job.type != pafs.FileType.Directory or not job.base_name.startswith(f"{dataset}-train-"):
+            continue
+        for ck in fs.get_file_info(pafs.FileSelector(job.path)):
+            if ck.type != pafs.FileType.Directory or not ck.base_name.startswith("checkpoint_"):
+                continue
+            try:
+                with fs.open_input_stream(join(ck.path, UNIT_FILE)) as f:
+                    info = json.loads(f.read())
+            except (OSError, ValueError):  # an older or half-written checkpoint: not a resume point
+                continue
+            if info.get("key") in want and info["epoch"] > best.get(info["key"], (0, ""))[0]:
+                best[info["key"]] = (info["epoch"], ck.path)
+    uri = storage if "://" in storage else None
+    return {k: (_with_scheme(uri, p) if uri else p) for k, (_, p) in best.items()}
+
+
+def _with_scheme(uri: str, path: str) -> str:
+    return f"{uri.split('://', 1)[0]}://{path}"
 
 
 def streamed_datasets(data_dir: str) -> dict[str, Any]:
@@ -124,10 +179,12 @@ def _write_unit(d: Path, final: dict[str, Any], mlflow_run: dict[str, str]) -> N
         w.writerows(final["history"])
 
 
-def _mlflow_runs(params: Params, units: list[RunSpec]) -> tuple[Any, str, dict[str, str]]:
+def _mlflow_runs(params: Params, units: list[RunSpec], todo: set[str]) -> tuple[Any, str, dict[str, str]]:
     c = tracking.client()
     dataset = units[0].dataset
     exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset.name))
+    for run_id in tracking.close_dead_runs(c, exp):
+        print(f"train@{dataset.name}: MLflow run {run_id} was left RUNNING by a process that died: marked FAILED")
     commit = provenance()["git"]["commit"]
     runs = {}
     for u in units:
@@ -143,8 +200,41 @@ def _mlflow_runs(params: Params, units: list[RunSpec]) -> tuple[Any, str, dict[s
             data_sha256=dataset.sha256,
         )
         name = f"{params.method(u.method).label} | seed {u.seed}"
-        runs[key], _ = tracking.find_or_create_run(c, exp, name, tags, {**u.model_dump(), "run_key": key})
+        runs[key], _ = tracking.find_or_create_run(
+            c, exp, name, tags, {**u.model_dump(), "run_key": key}, reopen=key in todo
+        )
     return c, exp, runs
+
+
+def _run_lanes(
+    lanes: list[list[RunSpec]],
+    params: Params,
+    dataset: str,
+    w: Workers,
+    runs: dict[str, str],
+    resume: dict[str, str],
+    origin: dict[str, Any],
+) -> list[BaseException]:
+    """One Ray Train job per lane, all at once (each from its own driver thread); the errors, if any.
+
+    Ray schedules the jobs' worker groups as resources free up, so on a cluster without room for all lanes
+    they still complete, fewer at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(lane: list[RunSpec]) -> None:
+        job = f"{dataset}-train-{config_hash([u.key() for u in lane])}"
+        cfg = {
+            "store": storage_path(params.compute),
+            "mlflow_uri": tracking.tracking_uri(),
+            "mlflow_runs": {u.key(): runs[u.key()] for u in lane},
+            "resume": {u.key(): resume[u.key()] for u in lane if u.key() in resume},
+            "origin": {**origin, "job": job},
+        }
+        fit(lane, params, job, cfg, w)
+
+    with ThreadPoolExecutor(len(lanes), thread_name_prefix="lane") as pool:
+        futures = [pool.submit(one, lane) for lane in lanes]
+    return [e for f in futures if (e := f.exception()) is not None]
 
 
 def train_dataset(
@@ -161,38 +251,40 @@ def train_dataset(
     curve CSV per unit to ``curves_dir``."""
     t0 = time.time()
     check_workers_before_start(params.compute)
-    units = plan_units(params, data_ref(dataset, data_dir), read_json(tuned_file)["methods"])
+    data = data_ref(dataset, data_dir, params.compute.shared_data)
+    units = plan_units(params, data, read_json(tuned_file)["methods"])
     keys = [u.key() for u in units]
     store = UnitStore(storage_path(params.compute), dataset)
     todo = [u for u, k in zip(units, keys, strict=True) if not store.has(k)]
-    c, exp, runs = _mlflow_runs(params, units)
-    job = f"{dataset}-train-{config_hash(keys)}"  # same units, same job: a rerun resumes its checkpoints
+    c, exp, runs = _mlflow_runs(params, units, {u.key() for u in todo})
     print(
         f"train@{dataset}: {len(units)} units, {len(units) - len(todo)} already in the unit store, "
-        f"{len(todo)} to train (Ray job {job})",
+        f"{len(todo)} to train",
         flush=True,
     )
+    lanes_run, errors = 0, []
     if todo:
-        origin = {"git": provenance()["git"], "job": job}
+        origin = {"git": provenance()["git"]}
+        resume = resume_points(storage_path(params.compute), dataset, [u.key() for u in todo])
+        # streamed data needs CPUs beside the training workers' for its decoding tasks
+        extra = 2 * params.compute.cpus_per_worker if streaming(data_dir) else 0
         try:
-            # streamed data needs CPUs beside the training workers' for its decoding tasks
-            extra = 2 * params.compute.cpus_per_worker if streaming(data_dir) else 0
-            with ray_session(num_cpus=(os.cpu_count() or 1) + extra if extra else None):
-                fit(
-                    units,
-                    params,
-                    job,
-                    {
-                        "store": storage_path(params.compute),
-                        "mlflow_uri": tracking.tracking_uri(),
-                        "mlflow_runs": {u.key(): runs[u.key()] for u in todo},
-                        "origin": origin,
-                    },
+            with ray_session(num_cpus=(os.cpu_count() or 1) + extra if extra else None) as res:
+                w = resolve_workers(params.compute, res.get("CPU", 0), res.get("GPU", 0), "the Ray cluster")
+                lanes = split_lanes(todo, lane_count(params, res, w, len(todo)))
+                lanes_run = len(lanes)
+                print(
+                    f"train@{dataset}: {len(lanes)} job(s) side by side, {w.num_workers} worker(s) each"
+                    f"{' on GPUs' if w.use_gpu else ''}; resuming {len(resume)} unit(s) from checkpoints",
+                    flush=True,
                 )
-        except BaseException:
+                errors = _run_lanes(lanes, params, dataset, w, runs, resume, origin)
+        finally:  # a unit that did not finish (error, interrupt, SIGTERM): its run ends here, marked so
             for u in todo:
-                tracking.finish(c, runs[u.key()], "FAILED")
-            raise
+                if not store.has(u.key()):
+                    tracking.finish(c, runs[u.key()], "FAILED")
+        if errors:
+            raise errors[0]
 
     from pipeline.plots import training_curves
 
@@ -210,6 +302,7 @@ def train_dataset(
     metrics = {
         "units_trained": len(todo),
         "units_reused": len(units) - len(todo),
+        "jobs_side_by_side": lanes_run,
         "wall_time_s": round(time.time() - t0, 1),
         "train_images_per_s": round(sum(rates) / len(rates), 1) if rates else None,
     }

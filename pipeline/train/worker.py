@@ -10,6 +10,8 @@ last checkpoint.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import tempfile
 import time
@@ -21,6 +23,7 @@ import torch
 from pipeline import tracking
 from pipeline.config import FastPathCfg
 from pipeline.data.preprocess import load_split
+from pipeline.io import filesystem, join
 from pipeline.models import create_model
 from pipeline.provenance import provenance
 from pipeline.spec import RunSpec
@@ -38,6 +41,7 @@ from pipeline.train.engine import (
 from pipeline.train.store import UnitStore
 
 STATE_FILE = "state.pt"
+UNIT_FILE = "unit.json"
 
 
 def load_data(spec: RunSpec) -> tuple[TensorData, TensorData]:
@@ -67,7 +71,15 @@ def _load_checkpoint(checkpoint) -> dict[str, Any] | None:
         return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
 
 
+def load_state(checkpoint_uri: str) -> dict[str, Any]:
+    """A checkpoint's training state, read straight from the run storage (local or s3://)."""
+    fs, base = filesystem(checkpoint_uri)
+    with fs.open_input_stream(join(base, STATE_FILE)) as f:
+        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+
+
 Reporter = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
+Resume = Callable[[str], "dict[str, Any] | None"]
 
 
 def train_units(
@@ -76,7 +88,7 @@ def train_units(
     device: torch.device,
     report: Reporter,
     store: UnitStore | None = None,
-    resume: dict[str, Any] | None = None,
+    resume: Resume | None = None,
     mlflow_uri: str | None = None,
     mlflow_runs: dict[str, str] | None = None,
     origin: dict[str, Any] | None = None,
@@ -84,8 +96,9 @@ def train_units(
     streams: tuple[StreamData, StreamData] | None = None,
 ) -> None:
     """Train ``units`` in order. ``report(metrics, state)`` is called once per epoch on every rank (state: the
-    current unit's checkpoint, or None); units already in ``store`` are skipped, and the unit named in
-    ``resume`` restarts from that state. ``origin`` (git commit, job) goes into each finished unit's record."""
+    current unit's checkpoint, or None); units already in ``store`` are skipped, and a unit for which
+    ``resume(key)`` gives a state restarts from it. ``origin`` (git commit, job, nodes) goes into each
+    finished unit's record."""
     runs = mlflow_runs or {}
     mlflow = tracking.client(mlflow_uri) if shard.rank == 0 and runs else None
     fast = FastPath.resolve(fast_path or FastPathCfg(), device)
@@ -112,12 +125,14 @@ def train_units(
         scheduler = build_scheduler(optimizer, cfg)
         history: list[dict[str, Any]] = []
         resumed_from = None
+        started_at = time.time()
         elog = tracking.EpochLog(mlflow, run_id) if mlflow is not None and run_id else None
-        if resume is not None and resume["key"] == key:
-            model.load_state_dict(resume["model"])
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-            history, resumed_from = resume["history"], len(resume["history"])
+        saved = resume(key) if resume is not None else None
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            history, resumed_from = saved["history"], len(saved["history"])
             if elog:
                 for rec in history:  # saved, but maybe cut off before it was logged
                     elog.log(rec)
@@ -161,6 +176,7 @@ def train_units(
                                 "model": weights,
                                 "history": history,
                                 "resumed_from": resumed_from,
+                                "wall": {"started_at": started_at, "finished_at": time.time()},
                                 "provenance": provenance(
                                     **(origin or {}), world_size=shard.world_size, device=str(device)
                                 ),
@@ -187,9 +203,23 @@ def train_units(
                 )
 
 
+def _nodes(shard: Shard) -> list[dict[str, str]]:
+    """Where each rank runs (Ray node id, host), in rank order: the record shows how a job was placed."""
+    import socket
+
+    import ray
+
+    me = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+    if shard.world_size == 1:
+        return [me]
+    out: list[Any] = [None] * shard.world_size
+    torch.distributed.all_gather_object(out, me)
+    return out
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: units (RunSpec dicts), store (storage path), mlflow_uri,
-    mlflow_runs {unit key: run_id}, threads."""
+    mlflow_runs {unit key: run_id}, resume {unit key: checkpoint URI}, threads."""
     import ray.train
     import ray.train.torch
 
@@ -197,12 +227,22 @@ def train_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(config.get("threads", 1))
     ctx = ray.train.get_context()
     shard = Shard(ctx.get_world_rank(), ctx.get_world_size())
+    own = _load_checkpoint(ray.train.get_checkpoint())  # this job's latest: set after a worker-group restart
+    found = config.get("resume") or {}  # the latest checkpoint of each unit in earlier jobs (driver's index)
+
+    def resume(key: str) -> dict[str, Any] | None:
+        if own is not None and own["key"] == key:
+            return own
+        return load_state(found[key]) if key in found else None
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if shard.rank == 0 and state is not None:
                 torch.save(state, os.path.join(d, STATE_FILE))
+                # beside the state, which unit and epoch it is: the driver's resume index reads only this
+                with open(os.path.join(d, UNIT_FILE), "w") as f:
+                    json.dump({"key": state["key"], "epoch": len(state["history"])}, f)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)  # a barrier: every rank, every epoch
 
@@ -212,10 +252,10 @@ def train_worker(config: dict[str, Any]) -> None:
         ray.train.torch.get_device(),
         report,
         UnitStore(config["store"], units[0].dataset.name),
-        _load_checkpoint(ray.train.get_checkpoint()),
+        resume,
         config["mlflow_uri"],
         config.get("mlflow_runs"),
-        config.get("origin"),
+        {**config.get("origin", {}), "nodes": _nodes(shard)},
         FastPathCfg.model_validate(config.get("fast_path", {})),
         (StreamData(ray.train.get_dataset_shard("train")), StreamData(ray.train.get_dataset_shard("val")))
         if config.get("stream")
