@@ -260,3 +260,21 @@ def test_no_credential_in_any_record(cluster) -> None:
 def test_servers_listen_on_loopback_only(cluster) -> None:
     for name in ("MLFLOW_PORT", "DASHBOARD_PORT"):
         assert _listeners(cluster["ports"][name]) == {"127.0.0.1"}, name
+
+
+def test_more_units_with_ray_address_reuse_the_finished_ones(cluster) -> None:
+    """The README's other way in: DVC here, Ray work on the cluster (`RAY_ADDRESS`). Runs last: it adds a
+    seed to the project."""
+    proj, env = cluster["proj"], {**cluster["env"], "RAY_ADDRESS": f"127.0.0.1:{cluster['ports']['RAY_PORT']}"}
+    env["RAY_AUTH_MODE"] = "token"  # as the README's steps export it
+    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{cluster['ports']['MLFLOW_PORT']}"
+    for cmd in (
+        ["python", "-m", "pipeline.profiles", "--set", "grid.seeds=[0, 1]"],
+        ["dvc", "repro", "train@embedded"],
+    ):
+        r = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"{cmd}: {r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert "2 units, 0 already" not in r.stdout and "4 units, 2 already in the unit store, 2 to train" in r.stdout
+    for m in SETTINGS["grid"]["methods"]:
+        rec = torch.load(proj / f"results/embedded/train/{m}/seed1/model.pt", weights_only=False)
+        assert len({n["node_id"] for n in rec["provenance"]["nodes"]}) == 2

@@ -13,6 +13,7 @@ C. a rerun with A's settings resumes A from its latest checkpoint and finishes i
 from __future__ import annotations
 
 import glob
+import re
 import subprocess
 import time
 
@@ -39,12 +40,11 @@ SETTINGS = {
 EPOCH_LINE = r"\[resnet seed 0\] epoch {}/4 "
 
 
-def _train_workers() -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        if any("RayTrainWorker" in part for part in p.info["cmdline"] or []):
-            out.append(p)
-    return out
+def _train_workers(log: str) -> list[psutil.Process]:
+    """This run's training workers, by the pids they print at start (not every RayTrainWorker on the
+    machine: another test's cluster may still be shutting down)."""
+    pids = sorted({int(p) for p in re.findall(r"worker rank \d+/2 pid (\d+) on", log)})
+    return [psutil.Process(p) for p in pids if psutil.pid_exists(p)]
 
 
 def _stop_ray() -> None:
@@ -63,10 +63,11 @@ def test_killed_worker_killed_stage_and_changed_params(tmp_path) -> None:
     c = mlflow_client(proj)
 
     # A: a worker dies mid-epoch 2; Ray restarts the group from epoch 1's checkpoint
-    a = Watched(["dvc", "repro", "train@embedded"], proj, tmp_path / "a.log")
+    # every rank's start line, undeduplicated by Ray's log dedup (which ignores words with digits)
+    a = Watched(["dvc", "repro", "train@embedded"], proj, tmp_path / "a.log", {**project_env(), "RAY_DEDUP_LOGS": "0"})
     a.wait_for(EPOCH_LINE.format(1))
     time.sleep(1.0)  # into epoch 2
-    victims = _train_workers()
+    victims = _train_workers(a.text)
     assert len(victims) == 2, a.text[-3000:]
     victims[-1].kill()
     t_kill = time.time()

@@ -227,6 +227,9 @@ def train_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(config.get("threads", 1))
     ctx = ray.train.get_context()
     shard = Shard(ctx.get_world_rank(), ctx.get_world_size())
+    nodes = _nodes(shard)
+    me = nodes[shard.rank]
+    print(f"worker rank {shard.rank}/{shard.world_size} pid {os.getpid()} on {me['host']} node {me['node_id'][:8]}")
     own = _load_checkpoint(ray.train.get_checkpoint())  # this job's latest: set after a worker-group restart
     found = config.get("resume") or {}  # the latest checkpoint of each unit in earlier jobs (driver's index)
 
@@ -255,7 +258,7 @@ def train_worker(config: dict[str, Any]) -> None:
         resume,
         config["mlflow_uri"],
         config.get("mlflow_runs"),
-        {**config.get("origin", {}), "nodes": _nodes(shard)},
+        {**config.get("origin", {}), "nodes": nodes},
         FastPathCfg.model_validate(config.get("fast_path", {})),
         (StreamData(ray.train.get_dataset_shard("train")), StreamData(ray.train.get_dataset_shard("val")))
         if config.get("stream")
