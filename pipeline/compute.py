@@ -108,7 +108,7 @@ def ray_session(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
     env: dict[str, Any] = {"env_vars": worker_env()}
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        # workers on other nodes need this package; ship it unless the job already carries it
+        # workers on other nodes need this package: ship it (inside a job too, see _leave_job_env)
         env["py_modules"] = [str(Path(pipeline.__file__).parent)]
         _leave_job_env()
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)

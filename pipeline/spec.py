@@ -76,25 +76,29 @@ def build_spec(
     )
 
 
-def data_ref(name: str, data_dir: str | Path, shared: str | None = None) -> DataRef:
-    """The preprocessed ``data_dir`` as workers will read it: in place, or published under ``shared``."""
+def data_ref(name: str, data_dir: str | Path) -> DataRef:
     from pipeline.data.preprocess import load_manifest
 
     data_dir = Path(data_dir).resolve()
     man = load_manifest(data_dir)
-    path = str(data_dir)
-    if shared is not None:
-        from pipeline.data.shared import publish
-
-        path = publish(data_dir, shared, name)
     return DataRef(
         name=name,
-        path=path,
+        path=str(data_dir),
         sha256=man["data_sha256"],
         num_classes=man["num_classes"],
         mean=man["mean"],
         std=man["std"],
     )
+
+
+def shared(data: DataRef, root: str | None) -> DataRef:
+    """``data`` as workers on any node read it: published under ``root`` (``compute.shared_data``), or in
+    place when that is None. Called only when there is work for the workers."""
+    if root is None:
+        return data
+    from pipeline.data.shared import publish
+
+    return data.model_copy(update={"path": publish(data.path, root, data.name, data.sha256)})
 
 
 # The code that decides what a unit's training produces. A change here must not resume or reuse units

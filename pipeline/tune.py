@@ -25,7 +25,7 @@ from pipeline.compute import SECRET_MARKERS, check_workers_before_start, ray_ses
 from pipeline.config import Params, SearchDim, TuneCfg, config_hash
 from pipeline.io import write_json
 from pipeline.provenance import provenance
-from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, data_ref
+from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, data_ref, shared
 from pipeline.train.store import SearchCache
 
 METRIC = "val_top1"
@@ -202,7 +202,7 @@ def tune_dataset(params: Params, dataset: str, data_dir: str | Path, out_file: s
     """Search every method in ``tune.methods`` on ``dataset``; write {method: result} to ``out_file``."""
     t0 = time.time()
     check_workers_before_start(params.compute.model_copy(update={"num_workers": 1}))
-    data = data_ref(dataset, data_dir, params.compute.shared_data)
+    data = data_ref(dataset, data_dir)
     cache = SearchCache(storage_path(params.compute), dataset)
     keys = {
         m: config_hash(trial_spec(params, m, data, {}).identity(), params.tune.model_dump(), code_digest())
@@ -217,6 +217,7 @@ def tune_dataset(params: Params, dataset: str, data_dir: str | Path, out_file: s
         else:
             todo.append(m)
     if todo:
+        data = shared(data, params.compute.shared_data)  # where the trials read it
         uri = tracking.tracking_uri()
         c = tracking.client(uri)
         exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset))

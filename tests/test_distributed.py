@@ -17,6 +17,7 @@ from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, validate_params
 from pipeline.data.preprocess import fetch_dataset, load_split, preprocess_dataset
 from pipeline.profiles import main as profiles_main
 from pipeline.spec import build_spec, data_ref
+from pipeline.spec import shared as share
 from pipeline.train.run import lane_count, resume_points, split_lanes
 from pipeline.train.worker import STATE_FILE, UNIT_FILE, load_state
 from tests.servers import S3_ENV, moto_s3
@@ -92,13 +93,13 @@ def test_shared_data_on_s3_reads_back_identically_and_keys_ignore_where(processe
         import boto3
 
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="shared")
-        shared = data_ref("embedded", processed, "s3://shared/data")
-        assert shared.path.startswith("s3://shared/data/embedded/") and shared.path.endswith(shared.sha256[:16])
         local = data_ref("embedded", processed)
+        shared = share(local, "s3://shared/data")
+        assert shared.path.startswith("s3://shared/data/embedded/") and shared.path.endswith(shared.sha256[:16])
         for split in ("train", "test"):
             a, b = load_split(local.path, split), load_split(shared.path, split)
             assert (a.images == b.images).all() and (a.labels == b.labels).all()
-        assert data_ref("embedded", processed, "s3://shared/data").path == shared.path  # idempotent
+        assert share(local, "s3://shared/data").path == shared.path  # idempotent
         params = validate_params(raw_params)
         # the same unit whether its data is read in place or from S3: a rerun on a cluster reuses it
         assert build_spec(params, "resnet", local, 0).key() == build_spec(params, "resnet", shared, 0).key()

@@ -13,19 +13,19 @@ from pathlib import Path
 
 from pipeline.io import filesystem, join
 
-from .preprocess import MANIFEST, load_manifest
+from .preprocess import MANIFEST
 
 
 def shared_uri(root: str, dataset: str, sha256: str) -> str:
     return join(root, dataset, sha256[:16])
 
 
-def publish(data_dir: str | Path, root: str, dataset: str) -> str:
-    """Copy the preprocessed ``data_dir`` under ``root`` (unless that content is there); return its URI."""
+def publish(data_dir: str | Path, root: str, dataset: str, sha256: str) -> str:
+    """Copy the preprocessed ``data_dir`` (content ``sha256``) under ``root`` unless that content is there;
+    return its URI."""
     import pyarrow.fs as pafs
 
-    man = load_manifest(data_dir)
-    uri = shared_uri(root, dataset, man["data_sha256"])
+    uri = shared_uri(root, dataset, sha256)
     fs, dest = filesystem(uri)
     if fs.get_file_info(join(dest, MANIFEST)).type == pafs.FileType.File:
         return uri

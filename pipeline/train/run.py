@@ -26,7 +26,7 @@ from pipeline.compute import Workers, check_workers_before_start, ray_session, r
 from pipeline.config import Params, config_hash
 from pipeline.io import atomic_path, filesystem, join, read_json, write_json
 from pipeline.provenance import provenance
-from pipeline.spec import DataRef, RunSpec, build_spec, data_ref
+from pipeline.spec import DataRef, RunSpec, build_spec, data_ref, shared
 from pipeline.train.store import UnitStore
 
 HISTORY_FIELDS = (
@@ -251,8 +251,7 @@ def train_dataset(
     curve CSV per unit to ``curves_dir``."""
     t0 = time.time()
     check_workers_before_start(params.compute)
-    data = data_ref(dataset, data_dir, params.compute.shared_data)
-    units = plan_units(params, data, read_json(tuned_file)["methods"])
+    units = plan_units(params, data_ref(dataset, data_dir), read_json(tuned_file)["methods"])
     keys = [u.key() for u in units]
     store = UnitStore(storage_path(params.compute), dataset)
     todo = [u for u, k in zip(units, keys, strict=True) if not store.has(k)]
@@ -264,6 +263,8 @@ def train_dataset(
     )
     lanes_run, errors = 0, []
     if todo:
+        data = shared(todo[0].dataset, params.compute.shared_data)  # where the workers read it
+        todo = [u.model_copy(update={"dataset": data}) for u in todo]
         origin = {"git": provenance()["git"]}
         resume = resume_points(storage_path(params.compute), dataset, [u.key() for u in todo])
         # streamed data needs CPUs beside the training workers' for its decoding tasks

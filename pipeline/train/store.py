@@ -16,15 +16,12 @@ from typing import Any
 
 import torch
 
+from pipeline.io import filesystem
+
 
 class KeyedStore:
     def __init__(self, storage_path: str, name: str, dataset: str, suffix: str):
-        import pyarrow.fs as pafs
-
-        if "://" in storage_path:
-            self.fs, base = pafs.FileSystem.from_uri(storage_path)
-        else:
-            self.fs, base = pafs.LocalFileSystem(), storage_path
+        self.fs, base = filesystem(storage_path)
         self.dir = f"{base.rstrip('/')}/{name}/{dataset}"
         self.suffix = suffix
 
