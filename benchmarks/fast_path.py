@@ -6,6 +6,7 @@ pipeline's own ``train_one_epoch`` on a synthetic CIFAR-sized set held as uint8 
 data_on_device). The first epoch of each variant is warm-up (compilation, cudnn autotuning) and not timed.
 
     python benchmarks/fast_path.py [--model resnet --depth 110] [--images 10240] [--batch 128] [--no-compile]
+    python benchmarks/fast_path.py --smoke   # ResNet-8, 64 images, no compile: seconds, for CI
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="ResNet-8, 64 images, batch 16, no compile (CI)")
     a = ap.parse_args()
+    if a.smoke:
+        a.depth, a.images, a.batch, a.no_compile = 8, 64, 16, True
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if a.threads:
         torch.set_num_threads(a.threads)

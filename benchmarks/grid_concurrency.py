@@ -9,6 +9,7 @@ in three settings, each from an empty run storage:
 - ddp:        compute.num_workers=auto (2 workers on CPUs), concurrency auto: one 2-worker data-parallel job
 
     python benchmarks/grid_concurrency.py [--seeds 0 1] [--epochs 3] [--only serial,concurrent,ddp]
+    python benchmarks/grid_concurrency.py --smoke   # concurrent only: 2 methods, 1 seed, 1 epoch, 300 images (CI)
 """
 
 from __future__ import annotations
@@ -40,8 +41,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--only", default=",".join(SETTINGS))
+    ap.add_argument("--smoke", action="store_true", help="2 methods, 1 seed, 1 epoch, 300 images (CI)")
     args = ap.parse_args()
     base = load_params(ROOT / "params.yaml")
+    if args.smoke:
+        emb = base.dataset("embedded")
+        small = emb.model_copy(update={"fetch": emb.fetch.model_copy(update={"num_train": 300, "num_test": 100})})
+        grid = base.grid.model_copy(update={"methods": ["resnet", "attn_resnet"]})
+        base = base.model_copy(update={"datasets": {**base.datasets, "embedded": small}, "grid": grid})
+        args.seeds, args.epochs, args.only = [0], 1, "concurrent"
     tmp = Path(tempfile.mkdtemp(prefix="grid-bench-"))
     fetch_dataset("embedded", base.dataset("embedded"), tmp / "raw")
     preprocess_dataset(tmp / "raw", tmp / "proc")
@@ -49,12 +57,11 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     grid = base.grid.model_copy(update={"seeds": args.seeds or base.grid.seeds})
     train = base.train.model_copy(update={"epochs": args.epochs or base.train.epochs})
-    methods = {k: m.model_copy(update={"tuned_from": None}) for k, m in base.methods.items()}
     print(f"grid: {len(grid.methods)} methods x {len(grid.seeds)} seeds, {train.epochs} epochs, {os.cpu_count()} CPUs")
     walls = {}
     for name in args.only.split(","):
         compute = base.compute.model_copy(update={**SETTINGS[name], "storage_path": str(tmp / f"ray-{name}")})
-        params = base.model_copy(update={"grid": grid, "train": train, "methods": methods, "compute": compute})
+        params = base.model_copy(update={"grid": grid, "train": train, "compute": compute})
         t0 = time.perf_counter()
         m = train_dataset(
             params, "embedded", tmp / "proc", tmp / "tune.json", tmp / name, tmp / f"{name}.json", tmp / f"{name}-c"

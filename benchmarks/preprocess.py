@@ -9,6 +9,7 @@
    with Ray already started (its start-up is printed separately).
 
     python benchmarks/preprocess.py [--cifar-images 60000] [--imagenet-classes 8] [--imagenet-per-class 50]
+    python benchmarks/preprocess.py --smoke   # 600 CIFAR images, 2 x 4 ImageNet images (CI)
 """
 
 from __future__ import annotations
@@ -107,7 +108,10 @@ def main() -> None:
     ap.add_argument("--cifar-images", type=int, default=60000)
     ap.add_argument("--imagenet-classes", type=int, default=8)
     ap.add_argument("--imagenet-per-class", type=int, default=50)
+    ap.add_argument("--smoke", action="store_true", help="600 CIFAR images, 2 x 4 ImageNet images (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.cifar_images, args.imagenet_classes, args.imagenet_per_class = 600, 2, 4
     with tempfile.TemporaryDirectory() as d:
         bench_cifar(Path(d), args.cifar_images)
         bench_imagenet(Path(d), args.imagenet_classes, args.imagenet_per_class)

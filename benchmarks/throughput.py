@@ -8,7 +8,8 @@
 2. Attention cost: parameters and bare-loop training images/s of the paper's attention net vs the plain
    backbone, SE and CBAM, at the embedded default size and at ResNet-20 size.
 
-    python benchmarks/throughput.py [--epochs 4] [--threads 2] [--images 3000]
+    python benchmarks/throughput.py [--epochs 4] [--threads 2] [--images 3000] [--only pipeline|attention]
+    python benchmarks/throughput.py --smoke   # tiny sizes, one pipeline run: checks it still runs (CI)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import tracking  # noqa: E402
+from pipeline.compute import Workers, ray_session  # noqa: E402
 from pipeline.config import Params, load_params  # noqa: E402
 from pipeline.data.preprocess import fetch_dataset, preprocess_dataset  # noqa: E402
 from pipeline.models import create_model  # noqa: E402
@@ -40,7 +42,9 @@ from pipeline.train.engine import (  # noqa: E402
     recalibrate_bn,
     train_one_epoch,
 )
-from pipeline.train.worker import load_data  # noqa: E402
+from pipeline.train.loop import load_data  # noqa: E402
+from pipeline.train.run import fit  # noqa: E402
+from pipeline.train.store import UnitStore  # noqa: E402
 
 
 def bare_loop(spec: RunSpec, threads: int) -> list[float]:
@@ -66,9 +70,6 @@ def bare_loop(spec: RunSpec, threads: int) -> list[float]:
 
 def pipeline_run(spec: RunSpec, params: Params, workers: int, threads: int, storage: str) -> list[float]:
     """Per-epoch wall times through Ray Train + checkpoints + MLflow, from the epochs' end timestamps."""
-    from pipeline.compute import ray_session
-    from pipeline.train.run import fit
-    from pipeline.train.store import UnitStore
 
     params = params.model_copy(
         update={
@@ -86,6 +87,7 @@ def pipeline_run(spec: RunSpec, params: Params, workers: int, threads: int, stor
             params,
             f"benchmark-{workers}-{time.time_ns()}",
             {"store": storage, "mlflow_uri": tracking.tracking_uri(), "mlflow_runs": {spec.key(): run_id}},
+            Workers(workers, False, threads),
         )
     hist = UnitStore(storage, spec.dataset.name).load(spec.key())["history"]
     stamps = [h["timestamp_ms"] / 1000 for h in hist]
@@ -143,7 +145,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--images", type=int, default=3000)
     ap.add_argument("--only", choices=["pipeline", "attention"], default=None)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, no DDP line, one round: seconds, for CI")
     args = ap.parse_args()
+    if args.smoke:
+        args.epochs, args.threads, args.images = 2, 1, 200
 
     params = load_params(ROOT / "params.yaml")
     work = Path(tempfile.mkdtemp(prefix="attncnn-bench-"))
@@ -160,31 +165,35 @@ def main() -> None:
     )
 
     if args.only in (None, "pipeline"):
-        pipeline_overhead(spec, params, args.threads, work)
+        pipeline_overhead(spec, params, args.threads, work, ddp=not args.smoke)
     if args.only in (None, "attention"):
-        attention_cost(spec, params, args.threads)
+        attention_cost(spec, params, args.threads, smoke=args.smoke)
 
 
-def pipeline_overhead(spec: RunSpec, params: Params, threads: int, work: Path) -> None:
+def pipeline_overhead(spec: RunSpec, params: Params, threads: int, work: Path, ddp: bool = True) -> None:
     print("1. pipeline (Ray Train + checkpoints + MLflow) vs bare PyTorch loop, same work per epoch")
     bare = rate(spec, bare_loop(spec, threads))
     piped = rate(spec, pipeline_run(spec, params, 1, threads, str(work / "ray1")))
-    ddp = rate(spec, pipeline_run(spec, params, 2, max(1, threads // 2), str(work / "ray2")))
     print(f"   bare loop, 1 process x {threads} threads     {bare:8.0f} img/s")
     print(
         f"   pipeline, 1 worker x {threads} threads       {piped:8.0f} img/s   ratio {piped / bare:.3f} (goal >= 0.95)"
     )
-    print(
-        f"   pipeline, 2 DDP workers x {max(1, threads // 2)} thread(s)  {ddp:8.0f} img/s   ratio "
-        f"{ddp / bare:.3f} (information)\n"
-    )
+    if ddp:
+        two = rate(spec, pipeline_run(spec, params, 2, max(1, threads // 2), str(work / "ray2")))
+        print(
+            f"   pipeline, 2 DDP workers x {max(1, threads // 2)} thread(s)  {two:8.0f} img/s   ratio "
+            f"{two / bare:.3f} (information)\n"
+        )
 
 
-def attention_cost(spec: RunSpec, params: Params, threads: int) -> None:
+def attention_cost(spec: RunSpec, params: Params, threads: int, smoke: bool = False) -> None:
     print("2. attention cost (bare loop, batch 64, median of 5 interleaved rounds)")
     small = dict(params.method("resnet").args)
     big = {"depth": 20, "width": 16}
-    for title, a in (("embedded default size", small), ("ResNet-20 size", big)):
+    sizes = (
+        (("embedded default size", small),) if smoke else (("embedded default size", small), ("ResNet-20 size", big))
+    )
+    for title, a in sizes:
         print(f"   {title}: {a}")
         model_cost(
             {
@@ -196,6 +205,7 @@ def attention_cost(spec: RunSpec, params: Params, threads: int) -> None:
             },
             spec,
             threads,
+            *((2, 1) if smoke else ()),
         )
         print()
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from pipeline.config import ConfigError, Params, load_params
+from pipeline.config import ConfigError, Params, format_errors, load_params
 from pipeline.data.errors import DataError
 
 PARAMS_FILE = "params.yaml"
@@ -22,13 +22,20 @@ def _terminated(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
-def run_stage(main: Callable[[Params, list[str]], object]) -> NoReturn:
-    """Validate params.yaml, then call ``main(params, argv)``; exit 2 with the message on ``ConfigError``."""
+def run_stage(
+    main: Callable[[Params, list[str]], object], *, checks: Callable[[Params], list[str]] | None = None
+) -> NoReturn:
+    """Validate params.yaml (and run ``checks``, e.g. ``pipeline.models.checks.check_models`` for stages that
+    build nets), then call ``main(params, argv)``; exit 2 with the message on ``ConfigError``."""
     # SIGTERM (`ray job stop`, a scheduler's preemption notice) unwinds like Ctrl-C: cleanup runs, and MLflow
     # runs of unfinished units are closed as FAILED instead of being left RUNNING
     signal.signal(signal.SIGTERM, _terminated)
     try:
-        main(load_params(PARAMS_FILE), sys.argv[1:])
+        params = load_params(PARAMS_FILE)
+        errs = checks(params) if checks is not None else []
+        if errs:
+            raise ConfigError(format_errors(PARAMS_FILE, errs))
+        main(params, sys.argv[1:])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

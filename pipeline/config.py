@@ -9,7 +9,6 @@ returns frozen models; library code takes these, never a raw dict. Every problem
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import re
 from pathlib import Path
@@ -118,9 +117,11 @@ class PreprocessCfg(Frozen):
 
 
 class ImageNetPreprocessCfg(PreprocessCfg):
-    resize: PosInt = 256  # stored JPEGs: shorter side resized to this
-    image_size: PosInt = 224  # training input: centre square of the stored image, resized to this
-    quality: Annotated[int, Field(ge=1, le=100)] = 90  # JPEG quality of the stored images
+    # Evaluation is torchvision's reference protocol, Resize(resize) + CenterCrop(image_size) (256 / 224); the
+    # test split is stored as exactly that input (PNG, lossless), the train split as JPEGs of shorter side resize
+    resize: PosInt = 256  # train JPEGs: shorter side; evaluation: Resize(resize)
+    image_size: PosInt = 224  # training crop (random-resized) size; evaluation: CenterCrop(image_size)
+    quality: Annotated[int, Field(ge=1, le=100)] = 90  # JPEG quality of the stored train images
     shard_size: PosInt = 1000  # images per Parquet shard (one Ray task each)
     on_bad_image: Literal["skip", "error"] = "skip"  # undecodable image: skip it (counted in the manifest) or fail
     on_missing_class: Literal["error", "skip"] = "error"  # a class without train or val images
@@ -171,6 +172,10 @@ class TrainCfg(Frozen):
     schedule: Literal["step", "cosine"] = "step"
     milestones: list[PosInt] = []
     gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    # He et al. 2016 (Sec. 4.2) trained ResNet-110 at lr 0.01 until the training error fell below 80 % ("about
+    # 400 iterations", one CIFAR epoch at batch 128), then at the schedule's lr. Not in the paper: 0 = off.
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    warmup_lr: Annotated[float, Field(gt=0)] = 0.01
     crop_padding: Annotated[int, Field(ge=0, le=16)] = 4
     flip: bool = True
     # Not in the paper: recompute BatchNorm statistics over this many train batches before each evaluation
@@ -179,6 +184,8 @@ class TrainCfg(Frozen):
 
     @model_validator(mode="after")
     def _milestones(self) -> TrainCfg:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be < epochs={self.epochs}")
         if self.schedule == "step":
             ms = self.milestones
             if ms != sorted(set(ms)):
@@ -209,9 +216,6 @@ class MethodCfg(Frozen):
     label: str
     paper_row: Literal[PAPER_ROWS] | None = None  # type: ignore[valid-type]
     train: dict[str, Any] = {}  # overrides of the shared recipe
-    # Take the searched recipe (train.* values only) of another method, so that an ablation differs from
-    # its parent in architecture alone.
-    tuned_from: str | None = None
     imagenet: MethodVariant | None = None  # the model used on ImageNet-kind data sets (224 px inputs)
 
     def model_and_args(self, imagenet: bool) -> tuple[str, dict[str, Any]]:
@@ -242,9 +246,16 @@ class SearchDim(Frozen):
 
 
 class TuneCfg(Frozen):
-    """ASHA search; keys of ``space`` are ``train.<field>`` or ``args.<model argument>``."""
+    """The search track (Ray Tune, ASHA): every searched method gets the same budget -- ``num_samples`` trials
+    of up to ``epochs`` epochs -- over the same shared recipe space ``space`` (``train.<field>`` keys), plus
+    its own architecture choices ``arch_space[method]`` (``args.<argument>`` keys) inside that budget. The
+    first trial of every search is the unsearched recipe: a searched setting replaces it only if it beats it
+    on the held-out split by more than that split's noise (``pipeline.tune``)."""
 
-    methods: list[str] = []
+    # [] : no search, every method trains at the recipe (the like-for-like table); all : every method of
+    # grid.methods; a list that leaves some compared methods out is refused unless allow_unequal is true
+    methods: list[str] | Literal["all"] = []
+    allow_unequal: bool = False  # opt in to searching only some compared methods (the report marks those rows)
     num_samples: PosInt = 4
     epochs: PosInt = 3
     grace_period: PosInt = 1
@@ -255,14 +266,21 @@ class TuneCfg(Frozen):
     train_subset: PosInt | None = None  # train on the first N of the non-validation images
     seed: Seed = 0
     space: dict[str, SearchDim] = {}
+    arch_space: dict[str, dict[str, SearchDim]] = {}
 
     @model_validator(mode="after")
     def _grace(self) -> TuneCfg:
         if self.grace_period > self.epochs:
             raise ValueError(f"grace_period={self.grace_period} must be <= epochs={self.epochs}")
-        bad = [k for k in self.space if not (k.startswith("train.") or k.startswith("args."))]
+        bad = [k for k in self.space if not k.startswith("train.")]
         if bad:
-            raise ValueError(f"space keys {bad} must start with 'train.' or 'args.'")
+            raise ValueError(
+                f"space keys {bad} must start with 'train.': the shared space is the recipe every searched method "
+                "shares; a method's own architecture choices go under tune.arch_space.<method>"
+            )
+        bad = [f"{m}.{k}" for m, dims in self.arch_space.items() for k in dims if not k.startswith("args.")]
+        if bad:
+            raise ValueError(f"arch_space keys {bad} must start with 'args.' (model arguments)")
         return self
 
 
@@ -332,6 +350,11 @@ class Params(Frozen):
     def dataset(self, name: str) -> DatasetCfg:
         return self.datasets[name]
 
+    @property
+    def searched(self) -> list[str]:
+        """The methods the search track covers (``tune.methods``, with ``all`` = every method of the grid)."""
+        return list(self.grid.methods) if self.tune.methods == "all" else list(self.tune.methods)
+
     def method(self, name: str) -> MethodCfg:
         return self.methods[name]
 
@@ -384,7 +407,7 @@ def _key_loc(raw: dict, loc: tuple) -> tuple:
     return tuple(out)
 
 
-def _format_errors(source: str, errors: list[str]) -> str:
+def format_errors(source: str, errors: list[str]) -> str:
     return f"{source}: invalid settings:\n" + "\n".join(f"  - {e}" for e in errors)
 
 
@@ -398,17 +421,8 @@ def _lookup(raw: dict, loc: tuple) -> Any:
     return cur
 
 
-def _factory_args(model: str) -> tuple[set[str], bool]:
-    from pipeline.models import registry
-
-    fn = registry._MODELS[model]
-    sig = inspect.signature(fn)
-    return set(sig.parameters) - {"num_classes"}, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-
-
 def _cross_checks(p: Params) -> list[str]:
-    from pipeline.models import create_model, is_model, list_models
-
+    """The rules that span sections and need no model code (``pipeline.models.checks`` has the rest)."""
     errs: list[str] = []
     for d in p.grid.datasets:
         if d not in p.datasets:
@@ -416,24 +430,9 @@ def _cross_checks(p: Params) -> list[str]:
     for m in p.grid.methods:
         if m not in p.methods:
             errs.append(f"grid.methods: unknown method {m!r}; defined under 'methods': {sorted(p.methods)}")
-    for m in p.tune.methods:
-        if m not in p.methods:
-            errs.append(f"tune.methods: unknown method {m!r}; defined under 'methods': {sorted(p.methods)}")
+    errs += _search_checks(p)
     train_fields = set(TrainCfg.model_fields)
     for name, m in p.methods.items():
-        if m.tuned_from is not None and m.tuned_from not in p.tune.methods:
-            errs.append(
-                f"methods.{name}.tuned_from = {m.tuned_from!r}: not a searched method; "
-                f"allowed: one of tune.methods = {p.tune.methods}"
-            )
-        if not is_model(m.model):
-            errs.append(f"methods.{name}.model = {m.model!r}: unknown model; registered: {list_models()}")
-            continue
-        allowed, var_kw = _factory_args(m.model)
-        bad = sorted(set(m.args) - allowed)
-        if bad and not var_kw:
-            errs.append(f"methods.{name}.args: unknown argument(s) {bad} for {m.model!r}; allowed: {sorted(allowed)}")
-            continue
         bad_t = sorted(set(m.train) - train_fields)
         if bad_t:
             errs.append(f"methods.{name}.train: unknown field(s) {bad_t}; allowed: {sorted(train_fields)}")
@@ -444,77 +443,85 @@ def _cross_checks(p: Params) -> list[str]:
                 errs += [
                     f"methods.{name}.train.{_fmt_loc(x['loc'])} = {x.get('input')!r}: {x['msg']}" for x in e.errors()
                 ]
-        try:  # a real (CPU) build catches depth rules, divisibility and the like before any run starts
-            create_model(m.model, **m.args)
-        except (TypeError, ValueError) as e:
-            errs.append(f"methods.{name}.args = {m.args}: {e}")
-        v = m.imagenet
-        if v is not None:
-            model, args = m.model_and_args(imagenet=True)
-            if not is_model(model):
-                errs.append(f"methods.{name}.imagenet.model = {model!r}: unknown model; registered: {list_models()}")
-            else:
-                allowed, var_kw = _factory_args(model)
-                if set(args) - allowed and not var_kw:
-                    errs.append(
-                        f"methods.{name}.imagenet.args: unknown argument(s) {sorted(set(args) - allowed)} "
-                        f"for {model!r}; allowed: {sorted(allowed)}"
-                    )
-            if set(v.train) - train_fields:
-                errs.append(
-                    f"methods.{name}.imagenet.train: unknown field(s) {sorted(set(v.train) - train_fields)}; "
-                    f"allowed: {sorted(train_fields)}"
-                )
+        if m.imagenet is not None and set(m.imagenet.train) - train_fields:
+            errs.append(
+                f"methods.{name}.imagenet.train: unknown field(s) {sorted(set(m.imagenet.train) - train_fields)}; "
+                f"allowed: {sorted(train_fields)}"
+            )
     for d in p.grid.datasets:
-        if d not in p.datasets:
-            continue
-        bad_t = sorted(set(p.datasets[d].train) - train_fields)
-        if bad_t:
-            errs.append(f"datasets.{d}.train: unknown field(s) {bad_t}; allowed: {sorted(train_fields)}")
-            continue
-        recipe_errs: dict[str, list[str]] = {}
-        for name in p.grid.methods:
-            if name not in p.methods or any(e.startswith(f"methods.{name}.") for e in errs):
-                continue
-            try:
-                r = p.recipe(name, d)
-            except ValidationError as e:
-                for x in e.errors():
-                    where = f"{_fmt_loc(x['loc'])} = {x.get('input')!r}: " if x["loc"] else ""
-                    recipe_errs.setdefault(where + x["msg"].removeprefix("Value error, "), []).append(name)
-                continue
-            if p.compute.num_workers != "auto" and r.batch_size % p.compute.num_workers:
-                errs.append(
-                    f"datasets.{d}.train.batch_size = {r.batch_size} (method {name}): must be divisible by "
-                    f"compute.num_workers = {p.compute.num_workers}"
-                )
-            if p.datasets[d].kind == "imagenet" and p.methods[name].imagenet is not None:
-                model, args = p.model_of(name, d)
-                try:
-                    create_model(model, **args)
-                except (TypeError, ValueError) as e:
-                    errs.append(f"methods.{name}.imagenet.args = {args}: {e}")
-        errs += [
-            f"datasets.{d}.train = {p.datasets[d].train} (on top of train, under the overrides of methods {ms}): {msg}"
-            for msg, ms in recipe_errs.items()
-        ]
-    for key in p.tune.space:
-        section, _, field = key.partition(".")
-        for name in p.tune.methods:
-            if name not in p.methods or not is_model(p.methods[name].model):
-                continue
-            allowed = train_fields if section == "train" else _factory_args(p.methods[name].model)[0]
-            if field not in allowed:
-                errs.append(
-                    f"tune.space.{key}: {field!r} is not a {section} field of method {name!r}; "
-                    f"allowed: {sorted(allowed)}"
-                )
+        if d in p.datasets:
+            errs += _dataset_recipe_checks(p, d, errs)
     if p.compute.num_workers != "auto" and p.train.batch_size % p.compute.num_workers:
         errs.append(
             f"train.batch_size = {p.train.batch_size}: must be divisible by "
             f"compute.num_workers = {p.compute.num_workers}"
         )
     return list(dict.fromkeys(errs))
+
+
+def _dataset_recipe_checks(p: Params, d: str, errs: list[str]) -> list[str]:
+    """Every grid method's recipe on data set ``d`` is valid and splits over the workers."""
+    train_fields = set(TrainCfg.model_fields)
+    bad_t = sorted(set(p.datasets[d].train) - train_fields)
+    if bad_t:
+        return [f"datasets.{d}.train: unknown field(s) {bad_t}; allowed: {sorted(train_fields)}"]
+    out: list[str] = []
+    recipe_errs: dict[str, list[str]] = {}
+    for name in p.grid.methods:
+        if name not in p.methods or any(e.startswith(f"methods.{name}.") for e in errs):
+            continue
+        try:
+            r = p.recipe(name, d)
+        except ValidationError as e:
+            for x in e.errors():
+                where = f"{_fmt_loc(x['loc'])} = {x.get('input')!r}: " if x["loc"] else ""
+                recipe_errs.setdefault(where + x["msg"].removeprefix("Value error, "), []).append(name)
+            continue
+        if p.compute.num_workers != "auto" and r.batch_size % p.compute.num_workers:
+            out.append(
+                f"datasets.{d}.train.batch_size = {r.batch_size} (method {name}): must be divisible by "
+                f"compute.num_workers = {p.compute.num_workers}"
+            )
+    out += [
+        f"datasets.{d}.train = {p.datasets[d].train} (on top of train, under the overrides of methods {ms}): {msg}"
+        for msg, ms in recipe_errs.items()
+    ]
+    return out
+
+
+def _search_checks(p: Params) -> list[str]:
+    """The search track must be equal: every compared method searched, or none (unless opted out)."""
+    t, errs = p.tune, []
+    searched = p.searched
+    for m in searched:
+        if m not in p.methods:
+            errs.append(f"tune.methods: unknown method {m!r}; defined under 'methods': {sorted(p.methods)}")
+    for key in t.space:
+        if key.partition(".")[2] not in TrainCfg.model_fields:
+            errs.append(
+                f"tune.space.{key}: not a recipe field; allowed: {sorted('train.' + f for f in TrainCfg.model_fields)}"
+            )
+    for m in t.arch_space:
+        if searched and m not in searched:  # dormant while nothing is searched
+            errs.append(f"tune.arch_space.{m}: {m!r} is not searched; allowed: methods of tune.methods = {t.methods!r}")
+    if not searched:
+        return errs
+    if t.num_samples < 2:
+        errs.append(
+            f"tune.num_samples = {t.num_samples}: must be >= 2 when searching; the first trial of every search is "
+            "the unsearched recipe, the baseline a searched setting must beat"
+        )
+    if not t.space and not t.arch_space:
+        errs.append("tune.space: empty, and no tune.arch_space: a search needs something to search")
+    left_out = [m for m in p.grid.methods if m not in searched]
+    if left_out and not t.allow_unequal:
+        errs.append(
+            f"tune.methods = {t.methods!r} searches {len(searched)} of the {len(p.grid.methods)} compared methods "
+            f"and leaves out {left_out}: their comparison would measure the search as much as the method. "
+            "Allowed: [] (no search: every method at the recipe), all (every method of grid.methods, same budget "
+            "and space), or set tune.allow_unequal: true to accept it (the report then marks those rows)"
+        )
+    return errs
 
 
 def validate_params(raw: dict, source: str = "params.yaml") -> Params:
@@ -537,10 +544,10 @@ def validate_params(raw: dict, source: str = "params.yaml") -> Params:
             grouped.setdefault((loc, shown), []).append(msg)
         # a union gives one message per alternative: join them into one line
         errs = [f"{_fmt_loc(loc)}{shown}: {' or '.join(dict.fromkeys(msgs))}" for (loc, shown), msgs in grouped.items()]
-        raise ConfigError(_format_errors(source, errs)) from None
+        raise ConfigError(format_errors(source, errs)) from None
     errs = _cross_checks(p) + _keys_dvc_reads(raw, p)
     if errs:
-        raise ConfigError(_format_errors(source, errs))
+        raise ConfigError(format_errors(source, errs))
     return p
 
 

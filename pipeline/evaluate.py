@@ -8,6 +8,8 @@ test images. Everything is also logged to the unit's MLflow run.
 from __future__ import annotations
 
 import csv
+import math
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -122,12 +124,26 @@ def evaluate_unit(
             f"{spec.method} seed {spec.seed}: attention maps (map 0 of each module)",
         )
         save(fig, out_dir / "attention.png")
-    write_json(out_dir / "summary.json", {"key": ck["key"], "spec": spec.model_dump(), "metrics": metrics})
+    summary = {
+        "key": ck["key"],
+        "spec": spec.model_dump(),
+        "metrics": metrics,
+        "num_test": len(y),
+        "pairing": ck.get("pairing"),  # which units started from the same backbone and data order
+        "diverged": _diverged(ck.get("history") or [], metrics),
+    }
+    write_json(out_dir / "summary.json", summary)
     with open(confusion_file, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["actual", "predicted"])
         w.writerows((man["classes"][int(a)], man["classes"][int(p)]) for a, p in zip(y, pred, strict=True))
     return metrics
+
+
+def _diverged(history: list[dict[str, Any]], metrics: dict[str, Any]) -> bool:
+    """A non-finite training loss in any epoch, or a non-finite test loss."""
+    losses = [h.get("train_loss", 0.0) for h in history] + [metrics["test_loss"]]
+    return not all(math.isfinite(x) for x in losses)
 
 
 def evaluate_method(
@@ -138,30 +154,46 @@ def evaluate_method(
     confusion_dir: str | Path,
     metrics_file: str | Path,
 ) -> dict[str, Any]:
-    """Evaluate every seed the train stage wrote under ``method_dir`` (``seed<k>/``) on the test split; write
-    ``out_dir/seed<k>/``, ``confusion_dir/seed<k>.csv`` and {seed<k>: metrics} to ``metrics_file``, and log
-    the test metrics and pictures to each unit's MLflow run."""
+    """Evaluate every unit the train stage wrote under ``method_dir`` (``<track>/seed<k>/``) on the test split;
+    write ``out_dir/<track>/seed<k>/``, ``confusion_dir/<track>/seed<k>.csv`` and {track: {seed<k>: metrics}}
+    to ``metrics_file``, and log the test metrics and pictures to each unit's MLflow run. A unit two tracks
+    share is evaluated once."""
     method_dir = Path(method_dir)
-    units = sorted(p for p in method_dir.iterdir() if p.is_dir() and p.name.startswith("seed"))
+    units = sorted(p for p in method_dir.glob("*/seed*") if p.is_dir())  # <track>/seed<k>
     if not units:
-        raise ValueError(f"{method_dir}: no seed<k>/ directories; run the train stage first")
+        raise ValueError(f"{method_dir}: no <track>/seed<k>/ directories; run the train stage first")
     man = load_manifest(data_dir)
     te = load_split(data_dir, "test")
     test = TensorData.from_numpy(te.images, te.labels)
     metrics: dict[str, Any] = {}
+    done: dict[str, Path] = {}  # unit key -> where it was evaluated: tracks share the units a search kept
     with atomic_path(out_dir) as tmp, atomic_path(confusion_dir) as ctmp:
-        ctmp.mkdir()
         for u in units:
-            metrics[u.name] = evaluate_unit(u, man, test, te.images, cfg, tmp / u.name, ctmp / f"{u.name}.csv")
+            rel = u.relative_to(method_dir)
+            (ctmp / rel.parent).mkdir(parents=True, exist_ok=True)
+            key = _unit_key(u)
+            if key in done:
+                shutil.copytree(tmp / done[key], tmp / rel)
+                shutil.copyfile(ctmp / f"{done[key]}.csv", ctmp / f"{rel}.csv")
+                metrics.setdefault(rel.parent.name, {})[u.name] = read_json(tmp / rel / "summary.json")["metrics"]
+                continue
+            m = evaluate_unit(u, man, test, te.images, cfg, tmp / rel, ctmp / f"{rel}.csv")
+            metrics.setdefault(rel.parent.name, {})[u.name] = m
+            done[key] = rel
     write_json(metrics_file, metrics)
 
     c = tracking.client()
-    for u in units:
-        run_id = read_json(u / "mlflow.json")["run_id"]
-        for name, v in metrics[u.name].items():
+    for rel in done.values():
+        run_id = read_json(method_dir / rel / "mlflow.json")["run_id"]
+        for name, v in metrics[rel.parent.name][rel.name].items():
             c.log_metric(run_id, name, float(v))
-        c.log_artifact(run_id, str(Path(confusion_dir) / f"{u.name}.csv"), "confusion")
-        picture = Path(out_dir) / u.name / "attention.png"
+        c.log_artifact(run_id, str(Path(confusion_dir) / f"{rel}.csv"), "confusion")
+        picture = Path(out_dir) / rel / "attention.png"
         if picture.is_file():
             c.log_artifact(run_id, str(picture))
     return metrics
+
+
+def _unit_key(unit_dir: Path) -> str:
+    """The unit's content key, without loading its weights (the train stage writes it into mlflow.json)."""
+    return read_json(unit_dir / "mlflow.json")["key"]

@@ -3,9 +3,14 @@
 The paper prints two versions of its results that disagree: Table 1 (with its ablation, Table 2) and
 Table 3 (with Table 4). DenseNet-BC, SE and the ablation's CIFAR-100 number differ; CBAM appears only in
 Table 1. Both are kept; ``report.claims`` chooses which the report shows.
+
+``PUBLISHED`` holds what the baselines' own authors published, each with its source, so the report can show
+whether this project's baselines train as well as theirs did.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 COLUMNS = ("CIFAR-10", "CIFAR-100", "ImageNet")
 
@@ -31,3 +36,61 @@ TABLE_NAMES = {"table1": "Tables 1-2", "table3": "Tables 3-4"}
 
 # which paper column a data set kind is compared against; the embedded set has none
 COLUMN_OF_KIND = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
+
+
+@dataclass(frozen=True)
+class Published:
+    """A number the original authors of a baseline published (top-1 accuracy, %), with where it comes from."""
+
+    value: float
+    source: str
+    mean_of: int | None = None  # the number of runs it is a mean of; None: a single figure (best or only run)
+    std: float | None = None
+
+    @property
+    def cell(self) -> str:
+        if self.mean_of:
+            return f"{self.value:.2f} ± {self.std:.2f} (mean of {self.mean_of})"
+        return f"{self.value:.2f} (single figure)"
+
+
+# paper_row -> column -> the original authors' own number (errors turned into accuracies: 100 - error)
+PUBLISHED: dict[str, dict[str, Published]] = {
+    "resnet": {
+        "CIFAR-10": Published(
+            93.39,
+            "He et al. 2016, Table 6: ResNet-110, 6.61 ± 0.16 % error over 5 runs (best 6.43 %), option A shortcuts, "
+            "warm-up at lr 0.01",
+            mean_of=5,
+            std=0.16,
+        ),
+        "ImageNet": Published(
+            75.20,
+            "Hu et al. 2018 (SE), Table 2: ResNet-50 re-implemented, 24.80 % top-1 error, 224 centre crop "
+            "(Woo et al. 2018, Table 4, report 24.56 %)",
+        ),
+    },
+    "densenet_bc": {
+        "CIFAR-10": Published(95.49, "Huang et al. 2017, Table 2: DenseNet-BC (L=100, k=12), 4.51 % error on C10+"),
+        "CIFAR-100": Published(77.73, "Huang et al. 2017, Table 2: DenseNet-BC (L=100, k=12), 22.27 % error on C100+"),
+        "ImageNet": Published(74.98, "Huang et al. 2017, Table 3: DenseNet-121, 25.02 % top-1 error, single crop"),
+    },
+    "se_resnet": {
+        "ImageNet": Published(
+            76.71,
+            "Hu et al. 2018, Table 2: SE-ResNet-50, 23.29 % top-1 error, 224 centre crop "
+            "(Woo et al. 2018, Table 4, report 23.14 %)",
+        ),
+    },
+    "cbam_resnet": {
+        "ImageNet": Published(77.34, "Woo et al. 2018, Table 4: ResNet-50 + CBAM, 22.66 % top-1 error"),
+    },
+}
+
+
+def claimed_gain(version: str, row: str | None, column: str | None) -> float | None:
+    """How many points the paper claims its method beats ``row`` by on ``column`` in ``version``'s tables."""
+    ours, other = CLAIMS[version].get("ours", {}), CLAIMS[version].get(row or "", {})
+    if column is None or column not in ours or column not in other:
+        return None
+    return round(ours[column] - other[column], 2)

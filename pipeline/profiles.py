@@ -18,8 +18,9 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from pipeline.config import ConfigError, validate_params
+from pipeline.config import ConfigError
 from pipeline.io import atomic_path
+from pipeline.models.checks import validate_all
 
 
 def _set(doc: CommentedMap, dotted: str, value: Any, source: str) -> None:
@@ -47,7 +48,7 @@ def apply_overrides(overrides: dict[str, Any], source: str, params: str | Path =
         _set(doc, str(key), value, source)
     buf = io.StringIO()
     yaml.dump(doc, buf)
-    validate_params(YAML(typ="safe").load(buf.getvalue()), f"{params} with {source}")
+    validate_all(YAML(typ="safe").load(buf.getvalue()), f"{params} with {source}")
     with atomic_path(params) as tmp:
         tmp.write_text(buf.getvalue())
     return list(overrides)

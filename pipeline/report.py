@@ -1,58 +1,113 @@
-"""The paper's tables regenerated from what was measured, beside what the paper claims.
+"""The paper's tables regenerated from what was measured, beside what the paper claims and what the baselines'
+own authors published, with the statistics and verdicts of ``pipeline.analysis``.
 
-Measured numbers are test top-1 (%) as mean ± sample std over seeds, read from the evaluate stage's
-outputs; every table says which data set and settings they come from, and a measured column is only put
-under a paper column when the data set *is* that benchmark (the embedded set never is).
+For each data set: a table of every method at the one shared recipe (the headline, like for like), the
+attention CNN against each baseline and against its ablation with a verdict per claimed gain, and -- when the
+search track ran -- the same at each method's searched recipe, beside the search's budget and outcome. A
+measured column is only put under a paper column when the data set *is* that benchmark (the embedded set
+never is). The figures go to ``tables.md``, ``tables.csv``, ``summary.json`` (DVC metrics) and an MLflow
+run per data set (``report | <dataset>``).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 import statistics
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from matplotlib.ticker import MaxNLocator
 
-from pipeline.config import Params
-from pipeline.io import atomic_path, read_json, write_json
-from pipeline.paper import CLAIMS, COLUMN_OF_KIND, COLUMNS, TABLE_NAMES
+from pipeline import tracking
+from pipeline.analysis import ComparisonResult, MethodResult, comparisons, method_result
+from pipeline.config import Params, config_hash
+from pipeline.io import read_json, write_json
+from pipeline.paper import CLAIMS, COLUMN_OF_KIND, COLUMNS, PUBLISHED, TABLE_NAMES
 from pipeline.plots import plt, save
 from pipeline.provenance import provenance
+from pipeline.stats import Summary, chance_level
 
 MAIN_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours")
 ABLATION_ROWS = ("ablation", "ours")
+TRACK_TITLES = {"recipe": "at the shared recipe", "searched": "at its searched recipe"}
+OUTPUTS = ("tables.md", "tables.csv", "summary.json", "provenance.json", "figures")
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+# ---------------------------------------------------------------------------------------------------------
+# Reading what the stages wrote
 
 
-def fmt(values: list[float]) -> str:
-    if not values:
-        return "-"
-    m, s = mean_std(values)
-    return f"{m:.2f} ± {s:.2f}"
-
-
-def collect(results: Path, params: Params, dataset: str) -> dict[str, Any]:
-    """Per method: seeds' test metrics, specs and curves for one data set."""
-    out: dict[str, Any] = {}
+def collect(results: Path, params: Params, dataset: str) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
+    """{track: {method: {seed: the evaluate stage's summary}}} for one data set."""
+    out: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
     for m in params.grid.methods:
-        seeds = {}
-        for s in params.grid.seeds:
-            summ = read_json(results / dataset / "eval" / m / f"seed{s}" / "summary.json")
-            with open(results / dataset / "curves" / f"{m}-seed{s}.csv") as f:
-                curve = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-            seeds[s] = {"metrics": summ["metrics"], "spec": summ["spec"], "curve": curve}
-        out[m] = seeds
+        for track_dir in sorted(p for p in (results / dataset / "eval" / m).iterdir() if p.is_dir()):
+            units = out.setdefault(track_dir.name, {}).setdefault(m, {})
+            for s in params.grid.seeds:
+                units[s] = read_json(track_dir / f"seed{s}" / "summary.json")
     return out
 
 
-def _claim(version: str, row: str | None, column: str) -> str:
-    v = CLAIMS[version].get(row or "", {}).get(column)
-    return "-" if v is None else f"{v:.1f}"
+def read_curves(results: Path, params: Params, dataset: str) -> dict[str, dict[int, list[dict[str, float]]]]:
+    """The recipe track's learning curves: {method: {seed: [per-epoch record]}}."""
+    out: dict[str, dict[int, list[dict[str, float]]]] = {}
+    for m in params.grid.methods:
+        for s in params.grid.seeds:
+            with open(results / dataset / "curves" / f"{m}-seed{s}.csv") as f:
+                out.setdefault(m, {})[s] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Words around the tables
+
+
+def data_line(dataset: str, kind: str, man: dict[str, Any]) -> str:
+    """What the data set is, and whether it is the published file (only when the published checksum matched)."""
+    origin = man.get("source_origin") or {}
+    if kind == "embedded":
+        what = (
+            "the embedded cluttered-glyphs set (synthetic, made from a seed; NOT CIFAR or ImageNet, so its "
+            "numbers are not comparable with the paper's)"
+        )
+    elif kind in ("cifar10", "cifar100"):
+        name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100 (fine labels)"}[kind]
+        what = _official_or_not(name, origin, man)
+    else:
+        what = (
+            "ImageNet ILSVRC2012, the official archives (their md5s match the published ones; test split = the "
+            "official validation set)"
+            if origin.get("official")
+            else f"ImageNet-format images from `{origin.get('source', '?')}`, NOT verified as the official ILSVRC2012 "
+            "archives (no published checksum matched); test split = its val/ folder"
+        )
+    prep = man.get("preprocess", {})
+    subset = {k: v for k, v in prep.get("subset", {}).items() if v is not None}
+    if subset or prep.get("classes") is not None:
+        what += (
+            f", A SUBSET (per class: {subset or 'all'}; classes: {prep.get('classes') or 'all'}), so its numbers are "
+            "not comparable with the paper's"
+        )
+    counts = {k: sum(v) for k, v in man["class_counts"].items()}
+    return (
+        f"Data: `{dataset}` = {what}; {counts.get('train')} train / {counts.get('test')} test images, "
+        f"{man['num_classes']} classes; {_sources(man)}."
+    )
+
+
+def _official_or_not(name: str, origin: dict[str, Any], man: dict[str, Any]) -> str:
+    published = str(origin.get("published", "")).removeprefix("md5:")
+    if origin.get("official"):
+        return f"{name}, the official binary archive (its md5 matches the published `{published}`)"
+    actual = next(iter((man.get("source_files") or {}).values()), {}).get("md5", "?")
+    return (
+        f"a {name}-format archive from `{origin.get('source', '?')}` that is NOT the published file (its md5 "
+        f"`{actual}` differs from the published `{published or '?'}`; it was verified only against "
+        f"`{origin.get('verified_against', '?')}`), so its numbers are not the benchmark's"
+    )
 
 
 def _sources(man: dict[str, Any]) -> str:
@@ -62,136 +117,304 @@ def _sources(man: dict[str, Any]) -> str:
         f"`{name}` " + ", ".join(f"{k} `{v}`" for k, v in sums.items() if k in ("md5", "sha256"))
         for name, sums in files.items()
     ]
-    if named:
-        return "source " + "; ".join(named)
-    return f"source index sha256 `{man['source_sha256']}`"
+    return "source " + "; ".join(named) if named else f"source index sha256 `{man['source_sha256']}`"
 
 
-def _settings_line(params: Params, dataset: str, data: dict[str, Any], man: dict[str, Any]) -> str:
-    spec = next(iter(data[params.grid.methods[0]].values()))["spec"]
-    t = spec["train"]
-    kind = params.dataset(dataset).kind
-    what = {
-        "embedded": "the embedded cluttered-glyphs set (synthetic, made from a seed; NOT CIFAR or ImageNet, so its "
-        "numbers are not comparable with the paper's)",
-        "cifar10": "CIFAR-10 (official binary archive)",
-        "cifar100": "CIFAR-100 (official binary archive, fine labels)",
-        "imagenet": "ImageNet ILSVRC2012 (test split = the official validation set)",
-    }[kind]
-    prep = man.get("preprocess", {})
-    subset = {k: v for k, v in prep.get("subset", {}).items() if v is not None}
-    if subset or prep.get("classes") is not None:
-        what += (
-            f", A SUBSET (per class: {subset or 'all'}; classes: {prep.get('classes') or 'all'}), so its numbers are "
-            "not comparable with the paper's"
-        )
-    counts = {k: v["rows"] for k, v in man["files"].items()}
+def settings_line(params: Params, units: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """The recipe every method trained with, and the options that differ from the baselines' own papers."""
+    spec = next(iter(next(iter(units.values())).values()))["spec"]
+    t, args = spec["train"], spec["model_args"]
+    shortcut = args.get("shortcut", "B")
+    warm = (
+        f"warm-up at lr {t['warmup_lr']:g} for {t['warmup_epochs']} epoch(s)"
+        if t.get("warmup_epochs")
+        else "no warm-up (He et al. warmed ResNet-110 up at lr 0.01)"
+    )
+    sc = (
+        "ResNet shortcuts option A (zero-padding, as He et al.)"
+        if shortcut == "A"
+        else "ResNet shortcuts option B (1x1 projections; He et al. used option A)"
+    )
+    sched = f"{t['schedule']} schedule" + (f", milestones {t['milestones']}" if t["schedule"] == "step" else "")
     return (
-        f"Data: `{dataset}` = {what}; {counts.get('train')} train / {counts.get('test')} test images, "
-        f"{man['num_classes']} classes; {_sources(man)}. "
-        f"Settings: {t['epochs']} epochs, batch {t['batch_size']}, {t['schedule']} schedule from lr {t['lr']:g} "
-        f"(tuned methods: see below), SGD momentum {t['momentum']}, seeds {params.grid.seeds}. "
-        f"Measured: test top-1 %, mean ± std over {len(params.grid.seeds)} seeds."
+        f"Recipe (every method): {t['epochs']} epochs, batch {t['batch_size']}, SGD lr {t['lr']:g} momentum "
+        f"{t['momentum']} weight decay {t['weight_decay']:g}, {sched}; {warm}; {sc}. Seeds {params.grid.seeds}."
     )
 
 
-def build_tables(
-    params: Params, dataset: str, data: dict[str, Any], man: dict[str, Any], tuned: dict[str, Any]
-) -> tuple[str, list[dict[str, Any]]]:
-    kind = params.dataset(dataset).kind
-    col = COLUMN_OF_KIND.get(kind)
-    versions = params.report.claims
-    lines = [f"## Data set `{dataset}`", "", _settings_line(params, dataset, data, man), ""]
-    rows_csv: list[dict[str, Any]] = []
+STATS_LINE = (
+    "Statistics: test top-1 %, mean ± sample std over n seeds, with a Student-t 95 % CI. Differences are ours "
+    "minus the baseline: a paired t-test over seeds where both runs of a seed share its data order and initial "
+    "backbone weights, Welch's t-test otherwise. Verdicts: *reproduced* = the CI lies above 0; *not reproduced* "
+    "= the CI lies below the claimed gain (on the paper's benchmarks; elsewhere, at or below 0); otherwise "
+    "*inconclusive*, with the seeds per method that would resolve it at the observed spread. Runs at or near "
+    "chance (below 1.5 x chance or within 3 binomial standard errors of it) or diverged (NaN loss) are flagged."
+)
 
-    def measured(m: str, metric: str = "test_top1") -> list[float]:
-        return [v["metrics"][metric] for v in data[m].values()]
 
-    def train_speed(m: str) -> float | None:
-        """Mean over seeds of the measured training images/s per device."""
-        vals = [v["metrics"].get("train_images_per_s_per_device") for v in data[m].values()]
-        return None if None in vals else round(mean_std(vals)[0], 1)
+# ---------------------------------------------------------------------------------------------------------
+# Tables
 
-    def table(title: str, paper_rows: tuple[str, ...], paper_cols: tuple[str, ...]) -> None:
-        head = ["Method", f"Measured on `{dataset}`", "top-5", "params", "GFLOPs/img", "train img/s/device"]
-        for v in versions:
-            head += [f"Paper {TABLE_NAMES[v]}: {c}" for c in paper_cols]
-        lines.extend([f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)])
-        for m in params.grid.methods:
-            row = params.method(m).paper_row
-            if row not in paper_rows:
-                continue
-            first, speed = next(iter(data[m].values()))["metrics"], train_speed(m)
-            cells = [
-                params.method(m).label,
-                fmt(measured(m)),
-                fmt(measured(m, "test_top5")),
-                f"{first['params']:,}",
-                f"{first['flops_per_image'] / 1e9:.3g}" if "flops_per_image" in first else "-",
-                f"{speed:,.0f}" if speed is not None else "-",
-            ]
-            for v in versions:
-                cells += [_claim(v, row, c) for c in paper_cols]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
 
-    cols = COLUMNS if col is None else (col,)
-    table("Comparison with the baselines (paper Tables 1 and 3)", MAIN_ROWS, cols)
-    table(
-        "Ablation: the same network without attention (paper Tables 2 and 4)",
-        ABLATION_ROWS,
-        tuple(c for c in cols if c != "ImageNet") or cols,
-    )
-    if col is None:
-        lines += [
-            "The paper columns are the paper's claims on CIFAR/ImageNet, shown for reference only: "
-            "this data set is not one of those benchmarks.",
-            "",
-        ]
-    if tuned:
-        lines += ["### Searched settings (Ray Tune, ASHA; held-out part of train)", ""]
-        for m, r in tuned.items():
-            best = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in r["best"].items())
-            lines.append(
-                f"- {params.method(m).label}: {best} (val top-1 {r['val_top1']:.1f}% over {len(r['trials'])} trials)"
-            )
-        lines.append("")
+def fmt_summary(r: MethodResult) -> str:
+    s = r.summary
+    text = f"{s.mean:.2f} ± {s.std:.2f}"
+    return f"**{'; '.join(r.flags)}**: {text}" if r.flags else text
+
+
+def fmt_ci(s: Summary) -> str:
+    return "-" if s.ci_low is None else f"{s.ci_low:.2f} to {s.ci_high:.2f}"
+
+
+def _claim(version: str, row: str | None, column: str) -> str:
+    v = CLAIMS[version].get(row or "", {}).get(column)
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _published(row: str | None, column: str | None) -> str:
+    p = PUBLISHED.get(row or "", {}).get(column or "")
+    return "-" if p is None else p.cell
+
+
+def method_table(
+    params: Params, results: dict[str, MethodResult], rows: tuple[str, ...], column: str | None, marks: dict[str, str]
+) -> list[str]:
+    """One row per method of the grid whose paper row is in ``rows``."""
+    cols = COLUMNS if column is None else (column,)
+    head = ["Method", "test top-1", "95 % CI", "n", "top-5", "params", "GFLOPs/img", "train img/s/device"]
+    head += [f"Paper {TABLE_NAMES[v]}: {c}" for v in params.report.claims for c in cols]
+    head += ["Published by its authors"] if column is not None else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results.values():
+        if r.paper_row not in rows:
+            continue
+        label = f"{r.label} **{marks[r.method]}**" if r.method in marks else r.label
+        top5 = statistics.fmean(r.top5.values())
+        cells = [label, fmt_summary(r), fmt_ci(r.summary), str(r.summary.n), f"{top5:.2f}", f"{r.params:,}"]
+        cells += [f"{r.flops / 1e9:.3g}" if r.flops else "-", f"{r.speed:,.0f}" if r.speed is not None else "-"]
+        cells += [_claim(v, r.paper_row, c) for v in params.report.claims for c in cols]
+        cells += [_published(r.paper_row, column)] if column is not None else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def verdict_lines(comps: list[ComparisonResult]) -> list[str]:
+    """One line per comparison: the verdict (per claims version) and the numbers behind it."""
+    out = []
+    for c in comps:
+        parts = []
+        for version, v in c.verdicts.items():
+            claim = f"vs {TABLE_NAMES[version]}'s claimed {c.claimed[version]:+.1f}: " if version else ""
+            parts.append(f"{claim}**{v.word}**: {v.reason}")
+        flags = f" Flagged: {'; '.join(c.flags)}." if c.flags else ""
+        out.append(f"- **{c.ours.label} vs {c.other.label}**: {' '.join(parts)}{flags}")
+    return out
+
+
+def search_lines(params: Params, tuned: dict[str, Any], num_classes: int) -> list[str]:
+    """The search's budget and outcome per method: what the recipe and the best trial reached on the held-out
+    split, what was adopted and why, and the trials that never left chance."""
+    head = ["Method", "budget", "recipe (held-out top-1)", "best trial", "trials at chance", "outcome"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in params.grid.methods:
-        tm, tt = mean_std(measured(m)), mean_std(measured(m, "test_top5"))
-        rec: dict[str, Any] = {
+        if m not in tuned:
+            lines.append(f"| {params.method(m).label} | **NOT SEARCHED** | - | - | - | trained at the recipe |")
+            continue
+        r = tuned[m]
+        b = r["budget"]
+        best = r.get("best_val_top1")
+        at_chance = sum(1 for tr in r["trials"] if tr.get("at_chance"))
+        outcome = f"adopted {_values(r['chosen'])}" if r["adopted"] else "kept the recipe"
+        cells = [
+            params.method(m).label,
+            f"{b['trials']} trials x {b['epochs_per_trial']} epochs over {', '.join(b['space'])}",
+            "-" if r.get("recipe_val_top1") is None else f"{r['recipe_val_top1']:.1f}",
+            "-" if best is None else f"{best:.1f} ({_values(r['best'])})",
+            f"{at_chance} of {len(r['trials'])}" + (" (**all at chance**)" if at_chance == len(r["trials"]) else ""),
+            f"{outcome}: {r['reason']}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    chance = chance_level(num_classes)
+    return [*lines, "", f"Held-out split: {next(iter(tuned.values()))['val_images']} images; chance {chance:.1f} %."]
+
+
+def _values(config: dict[str, Any] | None) -> str:
+    if not config:
+        return "-"
+    return ", ".join(
+        f"{k.split('.', 1)[1]} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in config.items()
+    )
+
+
+def track_section(
+    params: Params, track: str, results: dict[str, MethodResult], column: str | None, marks: dict[str, str]
+) -> tuple[list[str], list[ComparisonResult]]:
+    comps = comparisons(params, results, column)
+    main = [c for c in comps if c.other.paper_row != "ablation"]
+    ablation = [c for c in comps if c.other.paper_row == "ablation"]
+    title = TRACK_TITLES[track]
+    lines = [f"### Every method {title} (paper Tables 1 and 3)", ""]
+    lines += [*method_table(params, results, MAIN_ROWS, column, marks), ""]
+    lines += ["Attention CNN against each baseline:", "", *verdict_lines(main), ""]
+    lines += [f"### Ablation {title}: the same network without attention (paper Tables 2 and 4)", ""]
+    lines += [*method_table(params, results, ABLATION_ROWS, column, marks), ""]
+    lines += [*verdict_lines(ablation), *_twins(results), ""]
+    return lines, comps
+
+
+def _twins(results: dict[str, MethodResult]) -> list[str]:
+    """Say so when two methods' runs are identical (the ablation of a ResNet-backbone net *is* ResNet: same
+    network, same start, same data order), lest the equal rows look like a copying error."""
+    rs = list(results.values())
+    return [
+        f"- {a.label} and {b.label} are the same network from the same start: their runs are identical."
+        for i, a in enumerate(rs)
+        for b in rs[i + 1 :]
+        if a.top1 == b.top1 and a.pairing == b.pairing
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One data set
+
+
+def dataset_report(params: Params, dataset: str, results: Path, data_root: Path) -> dict[str, Any]:
+    """The markdown section, CSV rows and summary of one data set."""
+    man = read_json(data_root / dataset / "manifest.json")
+    tuned = read_json(results / dataset / "tune.json")["methods"]
+    kind = params.dataset(dataset).kind
+    column = COLUMN_OF_KIND.get(kind)
+    units = collect(results, params, dataset)
+    lines = [f"## Data set `{dataset}`", "", data_line(dataset, kind, man), "", settings_line(params, units["recipe"])]
+    lines += ["", STATS_LINE, ""]
+    rows, summary = [], {}
+    for track, by_method in units.items():
+        results_t = {m: method_result(params, m, u, man["num_classes"]) for m, u in by_method.items()}
+        marks = {m: "NOT SEARCHED" for m in params.grid.methods if track == "searched" and m not in tuned}
+        text, comps = track_section(params, track, results_t, column, marks)
+        if track != "recipe" and _same_units(units[track], units["recipe"]):
+            text = [
+                f"### Every method {TRACK_TITLES[track]}",
+                "",
+                "No search adopted a setting (see the search's outcome below): every method's searched recipe is "
+                "its recipe, and the tables above are also the searched-recipe tables.",
+                "",
+            ]
+        lines += text
+        rows += csv_rows(dataset, track, results_t, comps, column, marks)
+        summary[track] = summary_of(results_t, comps)
+    if column is None:
+        lines += ["The paper columns are its claims on CIFAR/ImageNet, for reference only: this data set is none.", ""]
+    if tuned:
+        lines += ["### The search: budget and outcome (Ray Tune, ASHA; held-out part of train)", ""]
+        lines += [*search_lines(params, tuned, man["num_classes"]), ""]
+    return {"text": "\n".join(lines), "rows": rows, "summary": summary, "manifest": man, "units": units}
+
+
+def _same_units(a: dict[str, dict[int, dict[str, Any]]], b: dict[str, dict[int, dict[str, Any]]]) -> bool:
+    return all(a[m][s]["key"] == b[m][s]["key"] for m in a for s in a[m])
+
+
+def csv_rows(
+    dataset: str,
+    track: str,
+    results: dict[str, MethodResult],
+    comps: list[ComparisonResult],
+    column: str | None,
+    marks: dict[str, str],
+) -> list[dict[str, Any]]:
+    """One row per method; baselines carry ours-minus-them and its verdict."""
+    vs = {c.other.method: c for c in comps}
+    rows = []
+    for m, r in results.items():
+        s = r.summary
+        row: dict[str, Any] = {
             "dataset": dataset,
+            "track": track,
             "method": m,
-            "label": params.method(m).label,
-            "paper_row": params.method(m).paper_row,
-            "n_seeds": len(data[m]),
-            "test_top1_mean": round(tm[0], 3),
-            "test_top1_std": round(tm[1], 3),
-            "test_top5_mean": round(tt[0], 3),
-            "test_top5_std": round(tt[1], 3),
-            "test_top1_values": " ".join(f"{x:.2f}" for x in measured(m)),
-            "params": next(iter(data[m].values()))["metrics"]["params"],
-            "flops_per_image": next(iter(data[m].values()))["metrics"].get("flops_per_image"),
-            "train_images_per_s_per_device": train_speed(m),
+            "label": r.label,
+            "paper_row": r.paper_row,
+            "note": marks.get(m, ""),
+            "n_seeds": s.n,
+            "test_top1_mean": round(s.mean, 3),
+            "test_top1_std": round(s.std, 3),
+            "test_top1_ci_low": _round(s.ci_low),
+            "test_top1_ci_high": _round(s.ci_high),
+            "test_top1_values": " ".join(f"{r.top1[k]:.2f}" for k in sorted(r.top1)),
+            "test_top5_mean": round(statistics.fmean(r.top5.values()), 3),
+            "flags": "; ".join(r.flags),
+            "params": r.params,
+            "flops_per_image": r.flops,
+            "train_images_per_s_per_device": r.speed,
+            "published": _published(r.paper_row, column),
         }
-        for v in versions:
+        for v in CLAIMS:
             for c in COLUMNS:
-                rec[f"paper_{v}_{c}"] = _claim(v, params.method(m).paper_row, c)
-        rows_csv.append(rec)
-    return "\n".join(lines), rows_csv
+                row[f"paper_{v}_{c}"] = _claim(v, r.paper_row, c)
+        row.update(_comparison_fields(vs.get(m)))
+        rows.append(row)
+    return rows
 
 
-def curves_figure(params: Params, datasets: dict[str, dict[str, Any]]):
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4), squeeze=False)
-    for ax, (d, data) in zip(axes[0], datasets.items(), strict=True):
-        for m, seeds in data.items():
-            curves = [s["curve"] for s in seeds.values()]
-            epochs = [r["epoch"] for r in curves[0]]
-            vals = [[c[i]["val_top1"] for c in curves] for i in range(len(epochs))]
-            mean = [statistics.fmean(v) for v in vals]
-            lo = [min(v) for v in vals]
-            hi = [max(v) for v in vals]
-            line = ax.plot(epochs, mean, marker=".", label=params.method(m).label)[0]
-            ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.15)
+def _comparison_fields(c: ComparisonResult | None) -> dict[str, Any]:
+    keys = ("ours_minus_this", "diff_ci_low", "diff_ci_high", "p_value", "test", "verdicts")
+    if c is None:
+        return dict.fromkeys(keys, "")
+    k = c.comparison
+    words = "; ".join(f"{TABLE_NAMES.get(v, 'gain > 0')}: {x.word}" for v, x in c.verdicts.items())
+    values = (round(k.diff, 3), _round(k.ci_low), _round(k.ci_high), _round(k.p_value, 5), k.test, words)
+    return dict(zip(keys, values, strict=True))
+
+
+def _round(x: float | None, nd: int = 3) -> float | str:
+    return "" if x is None else round(x, nd)
+
+
+def summary_of(results: dict[str, MethodResult], comps: list[ComparisonResult]) -> dict[str, Any]:
+    """The figures as DVC metrics and MLflow see them: per method, and ours minus each other method."""
+    out: dict[str, Any] = {}
+    for m, r in results.items():
+        s = r.summary
+        out[m] = {
+            "n": s.n,
+            "mean": round(s.mean, 3),
+            "std": round(s.std, 3),
+            "ci_low": _json(s.ci_low),
+            "ci_high": _json(s.ci_high),
+            "at_chance": len(r.at_chance),
+            "diverged": len(r.diverged),
+        }
+    for c in comps:
+        k = c.comparison
+        out[f"ours_vs_{c.other.method}"] = {
+            "diff": round(k.diff, 3),
+            "ci_low": _json(k.ci_low),
+            "ci_high": _json(k.ci_high),
+            "p_value": _json(k.p_value),
+            "test": k.test,
+            "verdict": {v or "gain": x.word for v, x in c.verdicts.items()},
+            "seeds_needed": {v or "gain": x.seeds_needed for v, x in c.verdicts.items()},
+        }
+    return out
+
+
+def _json(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, 5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figures, files and MLflow
+
+
+def curves_figure(params: Params, curves: dict[str, dict[str, dict[int, list[dict[str, float]]]]]):
+    fig, axes = plt.subplots(1, len(curves), figsize=(6.5 * len(curves), 4), squeeze=False)
+    for ax, (d, per_method) in zip(axes[0], curves.items(), strict=True):
+        for m, seeds in per_method.items():
+            runs = list(seeds.values())
+            epochs = [r["epoch"] for r in runs[0]]
+            vals = [[c[i]["val_top1"] for c in runs] for i in range(len(epochs))]
+            line = ax.plot(epochs, [statistics.fmean(v) for v in vals], marker=".", label=params.method(m).label)[0]
+            ax.fill_between(epochs, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.15)
         ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{d}: mean over seeds (band: min-max)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -200,68 +423,108 @@ def curves_figure(params: Params, datasets: dict[str, dict[str, Any]]):
     return fig
 
 
+def _attention_picture(params: Params, results: Path, dataset: str) -> Path | None:
+    """The attention-map picture of the paper's method (first seed, recipe track)."""
+    for m in params.grid.methods:
+        p = results / dataset / "eval" / m / "recipe" / f"seed{params.grid.seeds[0]}" / "attention.png"
+        if params.method(m).paper_row == "ours" and p.is_file():
+            return p
+    return None
+
+
 def make_report(params: Params, results_dir: str | Path, data_root: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    results, data_root = Path(results_dir), Path(data_root)
-    sections, rows, all_data, prov = [], [], {}, {}
-    for d in params.grid.datasets:
-        data = collect(results, params, d)
-        all_data[d] = data
-        man = read_json(data_root / d / "manifest.json")
-        tuned = read_json(results / d / "tune.json")["methods"]
-        text, r = build_tables(params, d, data, man, tuned)
-        sections.append(text)
-        rows += r
-        train = read_json(results / d / "train_metrics.json")
-        prov[d] = {
-            "source_sha256": man["source_sha256"],
-            "source_files": man.get("source_files"),
-            "data_sha256": man["data_sha256"],
-            "parquet": man["files"],
-            "train_wall_time_s": train["wall_time_s"],
-            "units": {f"{m}/seed{s}": v["spec"] for m, seeds in data.items() for s, v in seeds.items()},
-        }
-    prov_all = provenance(datasets=prov)
-    git = prov_all["git"]
+    """Write ``out_dir``/{tables.md, tables.csv, summary.json, provenance.json, figures/} and log them to MLflow."""
+    results, data_root, out_dir = Path(results_dir), Path(data_root), Path(out_dir)
+    sections = {d: dataset_report(params, d, results, data_root) for d in params.grid.datasets}
+    prov = provenance(datasets={d: _provenance(results, d, s) for d, s in sections.items()})
+    git = prov["git"]
     header = [
         "# Attention-Based CNNs for Image Classification: reproduction report",
         "",
         f"Generated by `dvc repro` (stage `report`) at git commit `{git['commit'][:12]}`"
-        f"{' (uncommitted changes)' if git['dirty'] else ''} on {prov_all['hardware']['host']} "
-        f"({prov_all['hardware']['cpu_count']} CPUs, GPUs: {', '.join(prov_all['hardware']['gpus']) or 'none'}). "
-        f"Full provenance: `provenance.json`.",
+        f"{' (uncommitted changes)' if git['dirty'] else ''} on {prov['hardware']['host']} "
+        f"({prov['hardware']['cpu_count']} CPUs, GPUs: {', '.join(prov['hardware']['gpus']) or 'none'}). "
+        "Full provenance: `provenance.json`.",
         "",
     ]
-    attn = _attention_pictures(params, results)
-    figures = ["![training curves](curves.png)", ""]
-    for d in attn:
+    figures = ["![training curves](figures/curves.png)", ""]
+    pictures = {d: p for d in sections if (p := _attention_picture(params, results, d)) is not None}
+    for d in pictures:
         figures += [
             f"Attention maps of the paper's method on `{d}` (each module's map upsampled over the test image; "
             "title: true -> predicted class):",
             "",
-            f"![attention maps on {d}](attention-{d}.png)",
+            f"![attention maps on {d}](figures/attention-{d}.png)",
             "",
         ]
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        (tmp / "tables.md").write_text("\n".join(header + sections + figures))
+    rows = [r for s in sections.values() for r in s["rows"]]
+    summary = {d: s["summary"] for d, s in sections.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".report.") as tmp_s:  # same file system: renames
+        tmp = Path(tmp_s)
+        (tmp / "figures").mkdir()
+        (tmp / "tables.md").write_text("\n".join(header + [s["text"] for s in sections.values()] + figures))
         with open(tmp / "tables.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        save(curves_figure(params, all_data), tmp / "curves.png")
-        for d, picture in attn.items():
-            shutil.copyfile(picture, tmp / f"attention-{d}.png")
-        write_json(tmp / "provenance.json", prov_all)
-    return {"rows": rows}
+        write_json(tmp / "summary.json", summary)
+        write_json(tmp / "provenance.json", prov)
+        curves = {d: read_curves(results, params, d) for d in sections}
+        save(curves_figure(params, curves), tmp / "figures" / "curves.png")
+        for d, p in pictures.items():
+            shutil.copyfile(p, tmp / "figures" / f"attention-{d}.png")
+        _log_to_mlflow(params, summary, tmp)
+        _move_into_place(tmp, out_dir)
+    return {"rows": rows, "summary": summary}
 
 
-def _attention_pictures(params: Params, results: Path) -> dict[str, Path]:
-    """Per data set, the attention-map picture of the paper's method (first seed)."""
-    out = {}
-    for d in params.grid.datasets:
-        for m in params.grid.methods:
-            p = results / d / "eval" / m / f"seed{params.grid.seeds[0]}" / "attention.png"
-            if params.method(m).paper_row == "ours" and p.is_file():
-                out[d] = p
-                break
-    return out
+def _provenance(results: Path, dataset: str, section: dict[str, Any]) -> dict[str, Any]:
+    man = section["manifest"]
+    return {
+        "source_sha256": man["source_sha256"],
+        "source_files": man.get("source_files"),
+        "source_origin": man.get("source_origin"),
+        "data_sha256": man["data_sha256"],
+        "parquet": man["files"],
+        "train_wall_time_s": read_json(results / dataset / "train_metrics.json")["wall_time_s"],
+        "units": {
+            f"{track}/{m}/seed{s}": u["spec"]
+            for track, per_method in section["units"].items()
+            for m, seeds in per_method.items()
+            for s, u in seeds.items()
+        },
+    }
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Each output renamed into place only once all are written: a failed report leaves none half-made."""
+    for name in OUTPUTS:
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        (tmp / name).replace(target)
+
+
+def _log_to_mlflow(params: Params, summary: dict[str, Any], tmp: Path) -> None:
+    """One run per data set (``report | <dataset>``, tag stage=report): the figures as metrics, the verdicts as
+    tags, the files as artifacts. A rerun with the same figures finds and reuses its run."""
+    c = tracking.client()
+    for d, per_track in summary.items():
+        exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, d))
+        tags = tracking.tags_for(run_key=config_hash(per_track), stage="report", dataset=d)
+        run_id, existed = tracking.find_or_create_run(c, exp, f"report | {d}", tags, {}, reopen=False)
+        if existed:
+            continue
+        for track, entries in per_track.items():
+            for name, fields in entries.items():
+                for k, v in fields.items():
+                    if isinstance(v, dict):
+                        for version, word in v.items():
+                            c.set_tag(run_id, f"{track}.{name}.{k}.{version}", str(word))
+                    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                        c.log_metric(run_id, f"{track}.{name}.{k}", float(v))
+        for name in ("tables.md", "tables.csv", "summary.json"):
+            c.log_artifact(run_id, str(tmp / name))
+        c.log_artifacts(run_id, str(tmp / "figures"), "figures")
+        tracking.finish(c, run_id)

@@ -6,12 +6,13 @@ rebuilds the network from a checkpoint alone (the nanoGPT ``train.py``/``sample.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
+from pipeline import codebase
 from pipeline.config import Frozen, Params, TrainCfg, config_hash
 
 
@@ -101,24 +102,13 @@ def shared(data: DataRef, root: str | None) -> DataRef:
     return data.model_copy(update={"path": publish(data.path, root, data.name, data.sha256)})
 
 
-# The code that decides what a unit's training produces. A change here must not resume or reuse units
-# trained by the old code; a change elsewhere (reports, tracking) must not retrain anything.
-TRAINING_CODE = ("models", "train", "data", "spec.py", "config.py")
-_CODE_DIGEST: str | None = None
+# The code a unit's result depends on: the import closure of the training loop (``pipeline.codebase``), so a
+# change there must not resume or reuse units trained by the old code, while a change elsewhere (reports,
+# tracking, the Ray adapters) retrains nothing.
+TRAINING_ROOT = "pipeline.train.loop"
 
 
-def code_digest() -> str:
-    """Hash of the training code (``TRAINING_CODE`` under the ``pipeline`` package)."""
-    global _CODE_DIGEST
-    if _CODE_DIGEST is None:
-        root = Path(__file__).parent
-        files = sorted(
-            f
-            for part in TRAINING_CODE
-            for f in ([root / part] if part.endswith(".py") else (root / part).rglob("*.py"))
-        )
-        h = hashlib.sha256()
-        for p in files:
-            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
-        _CODE_DIGEST = h.hexdigest()[:12]
-    return _CODE_DIGEST
+@functools.cache
+def code_digest(*roots: str) -> str:
+    """Hash of the code in the import closure of the training loop (and of ``roots``, e.g. the search)."""
+    return codebase.code_digest([TRAINING_ROOT, *roots])

@@ -1,11 +1,20 @@
-"""Hyperparameter search with Ray Tune: seeded random search with ASHA early stopping.
+"""The search track: seeded random search with ASHA early stopping (Ray Tune), the same for every method.
 
-Each trial trains its unit in the trial's own process (one CPU or one GPU) with the same ``train_units``
-loop as the Ray Train workers, and reports every epoch to Tune, so ASHA can stop weak trials. Why not the
-Train V2 pattern of one ``TorchTrainer`` per trial: on a 2-core machine each trial then costs ~50 s of
-Ray Train start-up before its first step (measured), more than the search itself; parallelism comes from
-running trials side by side instead. Searches run on a held-out part of the train split, never on the test
-split.
+Every searched method gets the same budget -- ``tune.num_samples`` trials of up to ``tune.epochs`` epochs --
+over the same recipe space (``tune.space``: lr, weight decay), plus its own architecture choices
+(``tune.arch_space[method]``) inside that budget. Each trial trains a compressed copy of the final run: the
+same schedule shape squeezed into ``tune.epochs`` (step milestones and warm-up scaled, cosine over the trial's
+own length), on a held-out part of the train split, never the test split.
+
+The first trial of every search is the unsearched recipe itself (Tune's ``points_to_evaluate``). A searched
+setting is adopted only if its held-out top-1 beats the recipe's, at the last epoch both reached, by more
+than that split's noise (``pipeline.stats.binomial_margin``: 1.96 standard errors of the difference on the
+held-out images), and only if it left chance; otherwise the method keeps its recipe and the record says why.
+Trials whose accuracy never left chance are marked so.
+
+Each trial trains in the trial's own process (one CPU or one GPU) with the same loop as the Ray Train
+workers, reporting every epoch to Tune so ASHA can stop weak trials. Why not one ``TorchTrainer`` per trial:
+on a 2-core machine each costs ~50 s of Ray Train start-up (measured), more than the search itself.
 
 MLflow: one parent run per searched method, one nested run per trial. ASHA stops trials by killing them, so
 after the search every trial run still marked RUNNING is closed as KILLED, with the epoch it reached.
@@ -15,6 +24,7 @@ reuses it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -22,13 +32,21 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.compute import SECRET_MARKERS, check_workers_before_start, ray_session, storage_path
-from pipeline.config import Params, SearchDim, TuneCfg, config_hash
+from pipeline.config import Params, SearchDim, TrainCfg, TuneCfg, config_hash
+from pipeline.data.preprocess import load_manifest
 from pipeline.io import write_json
+from pipeline.models import registry
 from pipeline.provenance import provenance
 from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, data_ref, shared
+from pipeline.stats import binomial_margin, near_chance
 from pipeline.train.store import SearchCache
 
 METRIC = "val_top1"
+
+
+def method_space(t: TuneCfg, method: str) -> dict[str, SearchDim]:
+    """What ``method``'s search covers: the shared recipe space, then its own architecture choices."""
+    return {**t.space, **t.arch_space.get(method, {})}
 
 
 def _space(space: dict[str, SearchDim]) -> dict[str, Any]:
@@ -45,34 +63,63 @@ def _space(space: dict[str, SearchDim]) -> dict[str, Any]:
     return out
 
 
+def recipe_point(params: Params, method: str, dataset: str) -> dict[str, Any]:
+    """The unsearched recipe as a point of ``method``'s search space: its recipe's values, and its model's
+    configured (or default) arguments."""
+    recipe = params.recipe(method, dataset)
+    model, args = params.model_of(method, dataset)
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(registry.get_factory(model)).parameters.items()
+        if p.default is not p.empty
+    }
+    point = {}
+    for key in method_space(params.tune, method):
+        section, _, name = key.partition(".")
+        point[key] = getattr(recipe, name) if section == "train" else args.get(name, defaults.get(name))
+    return point
+
+
+def compressed(recipe: TrainCfg, epochs: int) -> dict[str, Any]:
+    """The recipe's schedule squeezed into ``epochs``: step milestones and warm-up scaled in proportion (each
+    kept inside the run, at least one epoch apart), so a trial sees the final run's lr shape, not a constant."""
+    scale = epochs / recipe.epochs
+    milestones = sorted({min(epochs - 1, max(1, round(m * scale))) for m in recipe.milestones}) if epochs > 1 else []
+    warmup = min(epochs - 1, max(1, round(recipe.warmup_epochs * scale))) if recipe.warmup_epochs else 0
+    return {"train.epochs": epochs, "train.milestones": milestones, "train.warmup_epochs": warmup}
+
+
 def trial_spec(params: Params, method: str, data: DataRef, chosen: dict[str, Any]) -> RunSpec:
-    """The unit a trial trains: the method with ``chosen`` values, tune's epochs, held-out validation."""
+    """The unit a trial trains: the method with ``chosen`` values, the compressed schedule, held-out data."""
     t = params.tune
     return build_spec(
         params,
         method,
         data,
         t.seed,
-        {
-            **chosen,
-            "train.epochs": t.epochs,
-            "train.milestones": [m for m in params.recipe(method, data.name).milestones if m < t.epochs],
-        },
+        {**chosen, **compressed(params.recipe(method, data.name, _train_part(chosen)), t.epochs)},
         val_fraction=t.val_fraction,
         train_subset=t.train_subset,
     )
 
 
-def _trial_name(chosen: dict[str, Any]) -> str:
+def _train_part(chosen: dict[str, Any]) -> dict[str, Any]:
+    return {k.partition(".")[2]: v for k, v in chosen.items() if k.startswith("train.")}
+
+
+def _trial_name(chosen: dict[str, Any], recipe: dict[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    return " ".join(f"{k.split('.', 1)[1]}={fmt(v)}" for k, v in chosen.items())
+    what = " ".join(f"{k.split('.', 1)[1]}={fmt(v)}" for k, v in chosen.items())
+    return f"recipe | {what}" if chosen == recipe else what
 
 
 def _make_trainable(
     params: Params, method: str, data: DataRef, exp: str, parent: str, key: str, uri: str, threads: int
 ):
+    recipe = recipe_point(params, method, data.name)
+
     def trainable(config: dict[str, Any]) -> None:
         from ray import tune
 
@@ -85,8 +132,15 @@ def _make_trainable(
         run_id, _ = tracking.find_or_create_run(
             c,
             exp,
-            f"trial {trial_id} | {_trial_name(chosen)}",
-            tracking.tags_for(run_key=key, trial=trial_id, stage="tune-trial", method=method, dataset=data.name),
+            f"trial {trial_id} | {_trial_name(chosen, recipe)}",
+            tracking.tags_for(
+                run_key=key,
+                trial=trial_id,
+                stage="tune-trial",
+                method=method,
+                dataset=data.name,
+                baseline="recipe" if chosen == recipe else None,
+            ),
             {**chosen, "unit": spec.model_dump()},
             parent_run_id=parent,
         )
@@ -119,15 +173,77 @@ def _concurrent_trials(t: TuneCfg, per_trial: dict[str, int]) -> int:
     return max(1, min(int(k), t.num_samples))
 
 
-def search(params: Params, method: str, data: DataRef, key: str, exp: str, c, uri: str) -> dict[str, Any]:
-    """Run the ASHA search for one method; return the best values and every trial's outcome."""
+def decide(trials: list[dict[str, Any]], recipe: dict[str, Any], *, n_val: int, num_classes: int) -> dict[str, Any]:
+    """Whether the search found a better setting than the recipe. ``trials``: {config, history (held-out
+    top-1 per epoch), error}; the recipe's own trial is the one whose config equals ``recipe``.
+
+    Adopted only if the best trial (longest-running first, then most accurate) left chance and beats the
+    recipe's trial at the last epoch both reached by more than ``binomial_margin`` on the ``n_val`` images."""
+    for tr in trials:
+        tr["at_chance"] = bool(tr["history"]) and near_chance(max(tr["history"]), num_classes, n_val)
+    ok = [tr for tr in trials if tr["history"] and tr["error"] is None]
+    base = next((tr for tr in ok if tr["config"] == recipe), None)
+    others = [tr for tr in ok if tr is not base and not tr["at_chance"]]
+    out: dict[str, Any] = {"adopted": False, "chosen": {}, "best": None, "recipe_val_top1": None, "margin": None}
+    if base is not None:
+        out["recipe_val_top1"] = base["history"][-1]
+    if not others:
+        out["reason"] = (
+            "every searched trial stayed at chance"
+            if any(tr is not base for tr in ok)
+            else "every searched trial failed (see its error)"
+        )
+        return out
+    best = max(others, key=lambda tr: (len(tr["history"]), tr["history"][-1]))
+    out["best"] = best["config"]
+    if base is None:
+        out.update(
+            adopted=True, chosen=best["config"], reason="the recipe's own trial failed; the best trial left chance"
+        )
+        return out
+    e = min(len(best["history"]), len(base["history"]))
+    b, r = best["history"][e - 1], base["history"][e - 1]
+    margin = binomial_margin(b, r, n_val)
+    out.update(margin=margin, compared_at_epoch=e, best_val_top1=b, recipe_at_epoch=r)
+    if b - r > margin:
+        out.update(adopted=True, chosen=best["config"], reason=f"beat the recipe by {b - r:.2f} > {margin:.2f} points")
+    else:
+        out["reason"] = f"best trial {b - r:+.2f} points vs the recipe, within the held-out noise of ±{margin:.2f}"
+    return out
+
+
+def _trials(grid, space: dict[str, SearchDim]) -> list[dict[str, Any]]:
+    """Every trial's configuration, held-out top-1 per epoch and error, from Tune's results."""
+    out = []
+    for r in grid:
+        df = r.metrics_dataframe
+        if df is not None and METRIC in df:
+            hist = [float(v) for v in df.sort_values("training_iteration")[METRIC]]
+        else:
+            hist = [float(r.metrics[METRIC])] if r.metrics and METRIC in r.metrics else []
+        out.append(
+            {
+                "config": {k: r.config[k] for k in space},
+                "history": hist,
+                "epochs": len(hist),
+                METRIC: hist[-1] if hist else None,
+                "error": str(r.error) if r.error else None,
+            }
+        )
+    return out
+
+
+def search(
+    params: Params, method: str, data: DataRef, key: str, exp: str, c, uri: str, *, n_val: int
+) -> dict[str, Any]:
+    """Run the ASHA search for one method; return its trials and the adoption decision."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     t = params.tune
-    label = params.method(method).label
+    space, recipe = method_space(t, method), recipe_point(params, method, data.name)
     use_gpu = params.compute.use_gpu is True or (
         params.compute.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0
     )
@@ -136,16 +252,21 @@ def search(params: Params, method: str, data: DataRef, key: str, exp: str, c, ur
     parent, _ = tracking.find_or_create_run(
         c,
         exp,
-        f"search | {label}",
+        f"search | {params.method(method).label}",
         tracking.tags_for(run_key=key, stage="tune", method=method, dataset=data.name),
-        {"tune": t.model_dump(), "base": trial_spec(params, method, data, {}).model_dump()},
+        {
+            "tune": t.model_dump(),
+            "space": list(space),
+            "recipe": recipe,
+            "base": trial_spec(params, method, data, {}).model_dump(),
+        },
     )
     try:
         tuner = tune.Tuner(
             tune.with_resources(
                 _make_trainable(params, method, data, exp, parent, key, uri, params.compute.cpus_per_worker), per_trial
             ),
-            param_space=_space(t.space),
+            param_space=_space(space),
             tune_config=tune.TuneConfig(
                 metric=METRIC,
                 mode="max",
@@ -153,8 +274,13 @@ def search(params: Params, method: str, data: DataRef, key: str, exp: str, c, ur
                 scheduler=ASHAScheduler(
                     max_t=t.epochs, grace_period=t.grace_period, reduction_factor=t.reduction_factor
                 ),
-                # seeded random search; the concurrency limit must live here (TuneConfig's ignores generators)
-                search_alg=BasicVariantGenerator(max_concurrent=_concurrent_trials(t, per_trial), random_state=t.seed),
+                # seeded random search, the recipe first (it takes one of the num_samples trials); the
+                # concurrency limit must live here (TuneConfig's ignores generators)
+                search_alg=BasicVariantGenerator(
+                    points_to_evaluate=[recipe],
+                    max_concurrent=_concurrent_trials(t, per_trial),
+                    random_state=t.seed,
+                ),
             ),
             run_config=tune.RunConfig(
                 name=f"{data.name}-tune-{method}-{key}", storage_path=storage_path(params.compute), verbose=0
@@ -164,30 +290,28 @@ def search(params: Params, method: str, data: DataRef, key: str, exp: str, c, ur
     except BaseException:
         tracking.finish(c, parent, "FAILED")
         raise
-    trials = []
-    for r in grid:
-        if r.metrics is None:
-            continue
-        trials.append(
-            {
-                "config": {k: r.config[k] for k in t.space},
-                METRIC: r.metrics.get(METRIC),
-                "epochs": r.metrics.get("training_iteration"),
-                "error": str(r.error) if r.error else None,
-            }
-        )
-    ok = [tr for tr in trials if tr[METRIC] is not None and tr["error"] is None]
-    if not ok:
+    trials = _trials(grid, space)
+    if not any(tr["history"] and tr["error"] is None for tr in trials):
         tracking.finish(c, parent, "FAILED")
         raise RuntimeError(f"tune@{data.name}: every trial of {method} failed: {trials}")
-    best = max(ok, key=lambda tr: (tr["epochs"], tr[METRIC]))  # full-length trials first, then accuracy
+    result = decide(trials, recipe, n_val=n_val, num_classes=data.num_classes)
     _close_stopped_trials(c, exp, parent)
-    c.log_metric(parent, f"best_{METRIC}", best[METRIC])
-    for k, v in best["config"].items():
-        c.set_tag(parent, f"best.{k}", str(v))
+    c.set_tag(parent, "adopted", str(result["adopted"]))
+    c.set_tag(parent, "decision", result["reason"])
+    for k, v in result["chosen"].items():
+        c.set_tag(parent, f"chosen.{k}", str(v))
     c.log_text(parent, json.dumps(trials, indent=2, default=str), "trials.json")
     tracking.finish(c, parent)
-    return {"best": best["config"], METRIC: best[METRIC], "trials": trials, "mlflow_parent_run": parent, "key": key}
+    budget = {"trials": t.num_samples, "epochs_per_trial": t.epochs, "space": list(space)}
+    return {
+        **result,
+        "recipe": recipe,
+        "trials": trials,
+        "budget": budget,
+        "val_images": n_val,
+        "mlflow_parent_run": parent,
+        "key": key,
+    }
 
 
 def _close_stopped_trials(c, exp: str, parent: str) -> None:
@@ -198,36 +322,51 @@ def _close_stopped_trials(c, exp: str, parent: str) -> None:
         tracking.finish(c, r.info.run_id, "KILLED")
 
 
+def search_key(params: Params, method: str, data: DataRef) -> str:
+    """Content key of one method's search: what its trials train, its budget and space, and the code."""
+    t = params.tune.model_dump(exclude={"methods", "allow_unequal", "arch_space"})
+    space = {k: d.model_dump() for k, d in method_space(params.tune, method).items()}
+    return config_hash(trial_spec(params, method, data, {}).identity(), t, space, code_digest("pipeline.tune"))
+
+
 def tune_dataset(params: Params, dataset: str, data_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
-    """Search every method in ``tune.methods`` on ``dataset``; write {method: result} to ``out_file``."""
+    """Search every method of the search track on ``dataset``; write {method: result} to ``out_file``."""
     t0 = time.time()
-    check_workers_before_start(params.compute.model_copy(update={"num_workers": 1}))
-    data = data_ref(dataset, data_dir)
-    cache = SearchCache(storage_path(params.compute), dataset)
-    keys = {
-        m: config_hash(trial_spec(params, m, data, {}).identity(), params.tune.model_dump(), code_digest())
-        for m in params.tune.methods
-    }
     results: dict[str, Any] = {}
-    todo = []
-    for m in params.tune.methods:
-        hit = cache.get(keys[m])
-        if hit is not None:
-            results[m] = {**hit, "cached": True}
-        else:
-            todo.append(m)
-    if todo:
-        data = shared(data, params.compute.shared_data)  # where the trials read it
-        uri = tracking.tracking_uri()
-        c = tracking.client(uri)
-        exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset))
-        for run_id in tracking.close_dead_runs(c, exp):
-            print(f"tune@{dataset}: MLflow run {run_id} was left RUNNING by a process that died: marked FAILED")
-        with ray_session():
-            for m in todo:
-                results[m] = search(params, m, data, keys[m], exp, c, uri)
-                cache.put(keys[m], results[m])
-                results[m]["cached"] = False
+    if params.searched:
+        check_workers_before_start(params.compute.model_copy(update={"num_workers": 1}))
+        results = _search_all(params, dataset, data_dir)
     out = {"methods": results, "provenance": provenance(wall_time_s=round(time.time() - t0, 1))}
     write_json(out_file, out)
     return out
+
+
+def _search_all(params: Params, dataset: str, data_dir: str | Path) -> dict[str, Any]:
+    data = data_ref(dataset, data_dir)
+    n_train = sum(load_manifest(data_dir)["class_counts"]["train"])
+    n_val = max(1, int(n_train * params.tune.val_fraction))  # as pipeline.train.loop.load_data holds out
+    cache = SearchCache(storage_path(params.compute), dataset)
+    keys = {m: search_key(params, m, data) for m in params.searched}
+    results: dict[str, Any] = {}
+    for m in params.searched:
+        hit = cache.get(keys[m])
+        if hit is not None:
+            results[m] = {**hit, "cached": True}
+    todo = [m for m in params.searched if m not in results]
+    if not todo:
+        return results
+    data = shared(data, params.compute.shared_data)  # where the trials read it
+    uri = tracking.tracking_uri()
+    c = tracking.client(uri)
+    exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset))
+    for run_id in tracking.close_dead_runs(c, exp):
+        print(f"tune@{dataset}: MLflow run {run_id} was left RUNNING by a process that died: marked FAILED")
+    with ray_session():
+        for m in todo:
+            results[m] = search(params, m, data, keys[m], exp, c, uri, n_val=n_val)
+            cache.put(keys[m], results[m])
+            results[m]["cached"] = False
+            r = results[m]
+            what = f"adopted {r['chosen']}" if r["adopted"] else "kept the recipe"
+            print(f"tune@{dataset}: {m}: {what} ({r['reason']})", flush=True)
+    return results

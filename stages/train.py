@@ -2,6 +2,7 @@
 
 from pipeline.cli import run_stage, usage
 from pipeline.config import Params
+from pipeline.models.checks import check_models
 from pipeline.train.run import train_dataset
 
 
@@ -11,4 +12,4 @@ def main(params: Params, argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, checks=check_models)

@@ -150,3 +150,23 @@ def upload_tree(root: Path, endpoint: str, bucket: str, prefix: str) -> None:
     for p in sorted(root.rglob("*")):
         if p.is_file():
             s3.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(root)}")
+
+
+def photo(rng: np.random.Generator, w: int, h: int, quality: int = 90, mode: str = "RGB") -> bytes:
+    """A natural-ish JPEG of ``w`` x ``h``: smooth gradients, sensor-like noise and a few hard-edged shapes
+    (what resampling and centre crops act on in real photos), saved in ``mode`` (RGB, L or CMYK)."""
+    from PIL import Image, ImageDraw
+
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    base = np.stack([rng.uniform(0, 255) + rng.uniform(-200, 200) * (a * xx + b * yy)
+                     for a, b in rng.uniform(-1, 1, (3, 2))], -1)  # fmt: skip
+    img = Image.fromarray(np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(6):
+        x0, x1 = sorted(rng.integers(0, w, 2))
+        y0, y1 = sorted(rng.integers(0, h, 2))
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=fill)
+    buf = io.BytesIO()
+    img.convert(mode).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

@@ -9,13 +9,15 @@ import pytest
 import yaml
 
 from pipeline.compute import resolve_workers
-from pipeline.config import ComputeCfg, ConfigError, load_params, validate_params
+from pipeline.config import ComputeCfg, ConfigError, load_params
+from pipeline.models.checks import validate_all
+from pipeline.profiles import apply_profile
 from tests.conftest import ROOT
 
 
 def errors_for(raw: dict) -> str:
     with pytest.raises(ConfigError) as e:
-        validate_params(raw)
+        validate_all(raw)
     return str(e.value)
 
 
@@ -104,17 +106,54 @@ def test_method_override_is_validated_like_the_recipe(raw_params: dict) -> None:
     assert "methods.resnet.train: unknown field(s) ['learning_rate']" in errors_for(raw_params)
 
 
-def test_tune_space_keys_and_tuned_from(raw_params: dict) -> None:
+def test_search_space_keys(raw_params: dict) -> None:
+    raw_params["tune"]["methods"] = "all"
     raw_params["tune"]["space"]["args.heads"] = {"type": "choice", "values": [1, 2]}
-    assert "tune.space.args.heads: 'heads' is not a args field of method 'attn_resnet'" in errors_for(raw_params)
+    assert "space keys ['args.heads'] must start with 'train.'" in errors_for(raw_params)
     del raw_params["tune"]["space"]["args.heads"]
-    raw_params["tune"]["methods"] = []
-    assert "methods.no_attention.tuned_from = 'attn_resnet': not a searched method" in errors_for(raw_params)
+    raw_params["tune"]["space"]["train.learning_rate"] = {"type": "choice", "values": [1, 2]}
+    assert "tune.space.train.learning_rate: not a recipe field" in errors_for(raw_params)
+    del raw_params["tune"]["space"]["train.learning_rate"]
+    raw_params["tune"]["arch_space"]["attn_resnet"]["args.heads"] = {"type": "choice", "values": [1, 2]}
+    assert "tune.arch_space.attn_resnet.args.heads: not an argument of model 'attn_resnet'" in errors_for(raw_params)
+    raw_params["tune"]["arch_space"] = {"se_resnet": {"placement": {"type": "choice", "values": ["a"]}}}
+    assert "arch_space keys ['se_resnet.placement'] must start with 'args.'" in errors_for(raw_params)
+
+
+def test_an_unequal_search_is_refused_unless_opted_in(raw_params: dict) -> None:
+    """Searching some compared methods and not others compares a search with no search: refused, with why."""
+    raw_params["tune"]["methods"] = ["attn_resnet"]
+    msg = errors_for(raw_params)
+    assert "tune.methods = ['attn_resnet'] searches 1 of the 6 compared methods and leaves out ['resnet'," in msg
+    assert "would measure the search as much as the method" in msg and "tune.allow_unequal: true" in msg
+    raw_params["tune"]["allow_unequal"] = True
+    assert validate_all(raw_params).searched == ["attn_resnet"]
+    raw_params["tune"] |= {"methods": "all", "allow_unequal": False}
+    assert validate_all(raw_params).searched == raw_params["grid"]["methods"]  # every method, one budget
+    raw_params["tune"]["num_samples"] = 1
+    assert "tune.num_samples = 1: must be >= 2 when searching" in errors_for(raw_params)
+
+
+def test_the_paper_profiles_pass_and_compare_like_with_like(tmp_path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    apply_profile(ROOT / "configs" / "paper.yaml", params)
+    p = load_params(params)
+    assert p.searched == [] and p.train.epochs == 200  # every method at the paper's one recipe
+    apply_profile(ROOT / "configs" / "paper-search.yaml", params)
+    p = load_params(params)
+    assert p.searched == p.grid.methods and p.tune.num_samples == 16  # every method, the same budget
+    apply_profile(ROOT / "configs" / "he2016.yaml", params)
+    p = validate_all(yaml.safe_load(params.read_text()))
+    assert {p.method(m).args["shortcut"] for m in ("resnet", "attn_resnet", "no_attention")} == {"A"}
+    assert p.train.warmup_epochs == 1
 
 
 def test_batch_must_split_over_workers(raw_params: dict) -> None:
     raw_params["compute"]["num_workers"] = 3
-    assert "train.batch_size = 64: must be divisible by compute.num_workers = 3" in errors_for(raw_params)
+    assert f"train.batch_size = {raw_params['train']['batch_size']}: must be divisible by compute.num_workers = 3" in (
+        errors_for(raw_params)
+    )
 
 
 def test_too_many_workers_for_the_machine() -> None:

@@ -18,8 +18,8 @@ from pipeline.data.preprocess import fetch_dataset, load_split, preprocess_datas
 from pipeline.profiles import main as profiles_main
 from pipeline.spec import build_spec, data_ref
 from pipeline.spec import shared as share
+from pipeline.train.loop import STATE_FILE, UNIT_FILE, load_state
 from pipeline.train.run import lane_count, resume_points, split_lanes
-from pipeline.train.worker import STATE_FILE, UNIT_FILE, load_state
 from tests.servers import S3_ENV, moto_s3
 
 CFG = EmbeddedDataCfg(kind="embedded", fetch=EmbeddedFetchCfg(seed=3, num_train=60, num_test=20))
@@ -55,6 +55,7 @@ def test_lane_count(raw_params, compute, resources, workers, expected) -> None:
 
 
 def test_lanes_take_every_unit_once_spreading_seeds(raw_params, processed) -> None:
+    raw_params["grid"]["seeds"] = [0, 1]  # 12 units
     params = validate_params(raw_params)
     data = data_ref("embedded", processed)
     units = [build_spec(params, m, data, s) for m in params.grid.methods for s in params.grid.seeds]

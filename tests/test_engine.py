@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -68,6 +69,11 @@ def test_schedules() -> None:
     assert [round(x, 6) for x in step] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
     cos = _lrs(TrainCfg(epochs=4, batch_size=8, lr=0.1, schedule="cosine"))
     assert cos[0] == 0.1 and abs(cos[2] - 0.05) < 1e-9 and all(a > b for a, b in itertools.pairwise(cos))
+    # He et al.'s warm-up: lr 0.01 first, then the schedule as if it had run from epoch 0
+    warm = _lrs(TrainCfg(epochs=6, batch_size=8, lr=0.1, schedule="step", milestones=[4], warmup_epochs=1))
+    assert [round(x, 6) for x in warm] == [0.01, 0.1, 0.1, 0.1, 0.01, 0.01]
+    with pytest.raises(ValueError, match="warmup_epochs=6 must be < epochs=6"):
+        TrainCfg(epochs=6, batch_size=8, lr=0.1, warmup_epochs=6)
 
 
 def test_one_epoch_learns_and_metrics_are_consistent() -> None:

@@ -33,8 +33,7 @@ SETTINGS = {
     "grid": {"datasets": ["embedded"], "methods": ["resnet"], "seeds": [0]},
     "datasets": {"embedded": {"fetch": {"seed": 0, "num_train": 3000, "num_test": 200, "clutter": 6, "noise": 0.12}}},
     "train": {"epochs": EPOCHS, "lr": 0.1, "schedule": "step", "milestones": [2]},
-    "tune": {"methods": []},
-    "methods": {"no_attention": {"tuned_from": None}},  # nothing is searched here
+    "tune": {"methods": []},  # nothing is searched here
     "compute": {"num_workers": 2, "max_failures": 1},
 }
 EPOCH_LINE = r"\[resnet seed 0\] epoch {}/4 "
@@ -93,7 +92,7 @@ def test_killed_worker_killed_stage_and_changed_params(tmp_path) -> None:
     # C: A's settings again: A resumes from its latest checkpoint and finishes
     _set_lr(proj, SETTINGS["train"]["lr"])
     third = run(["dvc", "repro", "train@embedded"], proj, timeout=900)
-    final = torch.load(proj / "results/embedded/train/resnet/seed0/model.pt", weights_only=False)
+    final = torch.load(proj / "results/embedded/train/resnet/recipe/seed0/model.pt", weights_only=False)
     assert final["resumed_from"] is not None and 2 <= final["resumed_from"] < EPOCHS
     assert f"resuming at epoch {final['resumed_from'] + 1}/{EPOCHS}" in third.stdout + third.stderr
     assert [h["epoch"] for h in final["history"]] == list(range(1, EPOCHS + 1))
@@ -107,4 +106,4 @@ def test_killed_worker_killed_stage_and_changed_params(tmp_path) -> None:
     assert steps == list(range(1, EPOCHS + 1))  # each epoch once: none lost to the kills, none twice
     assert not glob.glob(str(proj / "results/**/.*.tmp"), recursive=True)
     for f in ("model.pt", "history.csv", "mlflow.json"):
-        assert (proj / "results/embedded/train/resnet/seed0" / f).stat().st_size > 0
+        assert (proj / "results/embedded/train/resnet/recipe/seed0" / f).stat().st_size > 0

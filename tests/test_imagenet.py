@@ -15,7 +15,7 @@ from pipeline.data.download import FetchError
 from pipeline.data.errors import DataError
 from pipeline.data.imagenet import ray_dataset
 from pipeline.data.preprocess import fetch_dataset, load_manifest, load_split, preprocess_dataset
-from tests.archives import imagenet_folders, imagenet_official, upload_tree, wnids
+from tests.archives import imagenet_folders, imagenet_official, photo, upload_tree, wnids
 from tests.servers import S3_ENV, moto_s3
 
 PREP = {"resize": 40, "image_size": 32, "shard_size": 5}
@@ -184,3 +184,126 @@ def test_training_streams_through_ray_data(tmp_path, cluster) -> None:
     te = load_split(proc, "test")
     in_memory = evaluate(model, TensorData.from_numpy(te.images, te.labels), mean, std, 4)
     assert streamed == pytest.approx(in_memory, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation: torchvision's reference protocol, Resize(R) + CenterCrop(S) of the full-resolution image
+
+SIZES = [(500, 375), (375, 500), (333, 500), (640, 427), (300, 300), (200, 150), (50, 40), (61, 97)]
+
+
+def photo_folders(root, sizes, modes=("RGB",)) -> dict[str, bytes]:
+    """``train/<wnid>/`` and ``val/<wnid>/`` of photo-like JPEGs, one per size in each (two classes);
+    returns {file name: JPEG bytes}."""
+    rng = np.random.default_rng(1)
+    out = {}
+    for c, w in enumerate(wnids(2)):
+        for split, tag in (("train", w), ("val", "ILSVRC2012_val")):
+            (root / split / w).mkdir(parents=True, exist_ok=True)
+            for k, (width, height) in enumerate(sizes):
+                name = f"{tag}_{c}{k:03d}.JPEG"
+                out[name] = photo(rng, width, height, mode=modes[k % len(modes)])
+                (root / split / w / name).write_bytes(out[name])
+    return out
+
+
+def reference(blob: bytes, r: int, s: int) -> np.ndarray:
+    """torchvision's reference evaluation transform on the image as its ``pil_loader`` opens it."""
+    import io
+
+    from PIL import Image
+    from torchvision import transforms as T
+
+    with Image.open(io.BytesIO(blob)) as im:
+        return np.asarray(T.Compose([T.Resize(r), T.CenterCrop(s)])(im.convert("RGB")))
+
+
+def centre_square(blob: bytes, s: int) -> np.ndarray:
+    """The former evaluation view: the centre square, resized to ``s``."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(blob)) as im:
+        img = im.convert("RGB")
+    w, h = img.size
+    m = min(w, h)
+    box = ((w - m) // 2, (h - m) // 2, (w - m) // 2 + m, (h - m) // 2 + m)
+    return np.asarray(img.resize((s, s), Image.Resampling.BILINEAR, box=box))
+
+
+def shard_column(proc, man: dict, split: str, column: str) -> list:
+    return pq.read_table([proc / f["path"] for f in man["files"][split]["shards"]]).column(column).to_pylist()
+
+
+@pytest.mark.parametrize("r,s,sizes", [(64, 56, SIZES), (256, 224, [(500, 375), (333, 500), (200, 150)])])
+def test_evaluation_is_torchvisions_reference_protocol_bit_for_bit(tmp_path, cluster, r, s, sizes) -> None:
+    """The test split's evaluation inputs, from load_split and from the Ray Data reader, equal torchvision's
+    Resize(r) + CenterCrop(s) of the original JPEG exactly, for landscape, portrait, square, upscaled, odd
+    and grey/CMYK images; the former centre-square view and a lossy (JPEG) store of the crop would not."""
+    import ray.data
+
+    originals = photo_folders(tmp_path / "src", sizes, modes=("RGB", "L", "CMYK"))
+    man = run(tmp_path, cfg(str(tmp_path / "src"), resize=r, image_size=s, shard_size=4))
+    proc = tmp_path / "proc"
+    assert man["encoding"] == {"train": "jpeg", "test": "png"} and man["format"] == "jpeg"
+    assert man["eval_protocol"]["transform"] == f"Resize({r}) + CenterCrop({s})"
+    assert set(man["eval_protocol"]["made_with"]) == {"pillow", "torchvision"}
+    assert man["image_shape"] == [s, s, 3] and man["stored_shorter_side"] == r
+    assert all(b[:8] == b"\x89PNG\r\n\x1a\n" for b in shard_column(proc, man, "test", "image"))
+    assert all(b[:2] == b"\xff\xd8" for b in shard_column(proc, man, "train", "image"))
+
+    names = shard_column(proc, man, "test", "name")
+    want = np.stack([reference(originals[n], r, s) for n in names])
+    te = load_split(proc, "test")
+    assert te.images.shape == (2 * len(sizes), s, s, 3) and te.labels.tolist() == [0] * len(sizes) + [1] * len(sizes)
+    for n, got, ref in zip(names, te.images, want, strict=True):
+        assert np.array_equal(got, ref), n  # (a) exactly the reference, image by image
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    rows = ray_dataset(str(proc), "test", man).take_all()  # (b) what evaluation during training streams
+    assert np.array_equal(np.stack([row["image"] for row in rows]), want)
+    assert [int(row["label"]) for row in rows] == te.labels.tolist()
+
+    # (c) the test is meaningful: the former centre-square view, or the crop stored as JPEG, differ
+    for n, ref in zip(names, want, strict=True):
+        import io
+
+        from PIL import Image
+
+        w, h = Image.open(io.BytesIO(originals[n])).size
+        if w != h:
+            assert not np.array_equal(centre_square(originals[n], s), ref), n
+        buf = io.BytesIO()
+        Image.fromarray(ref).save(buf, format="JPEG", quality=95)
+        assert not np.array_equal(np.asarray(Image.open(buf).convert("RGB")), ref), n
+
+
+def test_held_out_train_images_are_evaluated_through_eval_view(tmp_path, cluster) -> None:
+    """(d) Train images stay JPEGs with shorter side `resize` (training's augmentation reads them); evaluated
+    (a search's held-out part, via load_split(..., "train")), they are Resize + CenterCrop of the stored JPEG,
+    from load_split and the Ray Data reader alike; the manifest's mean/std are of that view."""
+    import io
+
+    import ray.data
+    from PIL import Image
+
+    from pipeline.data.imagenet import eval_view
+
+    photo_folders(tmp_path / "src", SIZES[:5])
+    man = run(tmp_path, cfg(str(tmp_path / "src"), resize=64, image_size=56))
+    proc = tmp_path / "proc"
+    stored = shard_column(proc, man, "train", "image")
+    for b in stored:
+        assert min(Image.open(io.BytesIO(b)).size) == 64
+    want = np.stack([reference(b, 64, 56) for b in stored])
+    tr = load_split(proc, "train")
+    assert np.array_equal(tr.images, want)
+    assert np.array_equal(np.asarray(eval_view(Image.open(io.BytesIO(stored[0])).convert("RGB"), 64, 56)), want[0])
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    rows = ray_dataset(str(proc), "train", man).take_all()
+    assert np.array_equal(np.stack([row["image"] for row in rows]), want)
+    x = tr.images.reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(man["mean"], x.mean(0), atol=1e-5)
+    np.testing.assert_allclose(man["std"], x.std(0), atol=1e-5)
+    assert not any(np.array_equal(centre_square(b, 56), w) for b, w in zip(stored, want, strict=True))

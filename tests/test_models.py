@@ -102,6 +102,41 @@ def test_published_parameter_counts() -> None:
     assert 0.76e6 <= n_params(create_model("densenet_bc", depth=100, growth_rate=12)) <= 0.80e6
 
 
+def test_option_a_shortcuts_match_he_et_al() -> None:
+    """He et al.'s own CIFAR ResNet-110: zero-padding shortcuts, 1,727,962 parameters at 10 classes."""
+    assert n_params(create_model("resnet", depth=110, shortcut="A")) == 1_727_962
+    x = torch.randn(2, 16, 8, 8)
+    from pipeline.models.resnet import PadShortcut
+
+    y = PadShortcut(16, 32, 2)(x)  # subsampled identity, the new channels zero on both sides
+    assert y.shape == (2, 32, 4, 4) and torch.equal(y[:, 8:24], x[:, :, ::2, ::2])
+    assert not y[:, :8].any() and not y[:, 24:].any()
+    with pytest.raises(ValueError, match="shortcut='C'; allowed: \\['A', 'B'\\]"):
+        create_model("resnet", depth=8, shortcut="C")
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_one_seed_one_backbone_whatever_the_attention(shortcut: str) -> None:
+    """For one seed, the ResNet family starts from identical backbone weights (so its per-seed results pair
+    up), and the digest the training records says so; a different seed or DenseNet differs."""
+    from pipeline.models import backbone_digest
+
+    def built(name: str, seed: int = 3, **kw) -> nn.Module:
+        torch.manual_seed(seed)
+        return small(name, shortcut=shortcut, **kw)
+
+    nets = [built("resnet"), built("se_resnet"), built("cbam_resnet")]
+    nets += [built("attn_resnet", placement=p) for p in PLACEMENTS]
+    ref = {k: v for k, v in nets[0].state_dict().items()}
+    for net in nets[1:]:
+        shared = {k: v for k, v in net.state_dict().items() if k in ref}
+        assert shared.keys() == ref.keys() and all(torch.equal(v, ref[k]) for k, v in shared.items())
+        assert backbone_digest(net) == backbone_digest(nets[0])
+    assert backbone_digest(built("resnet", seed=4)) != backbone_digest(nets[0])
+    torch.manual_seed(3)
+    assert backbone_digest(small("densenet_bc")) != backbone_digest(nets[0])
+
+
 def test_published_imagenet_parameter_counts() -> None:
     import torchvision
 

@@ -1,0 +1,1 @@
+"""Data sets: fetch (download, verify, index), preprocess (Parquet + manifest), and reading them back."""

@@ -14,10 +14,27 @@ Two source layouts are accepted (``datasets.<name>.fetch.layout``):
 
 ``index_source`` (the fetch stage) writes ``index.parquet``: one row per image with the byte range that holds
 it (``container``, ``offset``, ``length``), so preprocess tasks on any node read exactly their images with
-one ranged read per shard, from disk or S3, without unpacking. ``preprocess_imagenet`` resizes (shorter side
-to ``resize``), re-encodes as JPEG and writes ``train-NNNNN.parquet``/``test-NNNNN.parquet`` shards
-(columns ``image`` JPEG bytes, ``label`` int16, ``name``) with a manifest; the ILSVRC2012 val set is the
-``test`` split, as in the paper's tables.
+one ranged read per shard, from disk or S3, without unpacking. ``preprocess_imagenet`` writes
+``train-NNNNN.parquet``/``test-NNNNN.parquet`` shards (columns ``image`` encoded bytes, ``label`` int16,
+``name``) with a manifest; the ILSVRC2012 val set is the ``test`` split, as in the paper's tables.
+
+Evaluation follows torchvision's reference protocol (``references/classification``): the image decoded at
+full resolution, ``Resize(256)`` (shorter side, bilinear, antialiased), then the ``CenterCrop(224)``
+(``eval_view``, built on torchvision's own functions; ``preprocess.resize`` plays 256 and
+``preprocess.image_size`` 224). Stored shards keep shorter side 256 for training; the test split is stored as
+the exact 224 centre crop of the full-resolution Resize(256), losslessly, so evaluation is torchvision's
+reference protocol bit for bit:
+
+- train: shorter side -> ``resize``, JPEG at ``quality``; training reads it through the random-resized-crop
+  augmentation, and train images evaluated (those a search holds out) through ``eval_view`` of the stored
+  JPEG;
+- test: ``eval_view`` of the original, decoded fully (no JPEG draft, no reducing gap), as PNG; read back as
+  is, with no further resizing.
+
+The manifest records this (``encoding``: ``{"train": "jpeg", "test": "png"}``, ``eval_protocol`` with the
+Pillow/torchvision versions that made the shards: "bit for bit" is against the reference run with that
+Pillow); ``load_split`` and ``ray_dataset`` decode accordingly and give the same evaluation inputs. A manifest
+without ``encoding`` (older shards) has both splits as JPEG; both are then evaluated through ``eval_view``.
 """
 
 from __future__ import annotations
@@ -321,6 +338,14 @@ def index_source(cfg: ImageNetFetchCfg, out_dir: Path, log=lambda m: print(m, fi
         "index": INDEX,
         "index_sha256": index_sha,
         "files": files,  # the official files' md5/sha256/size (verified against the pinned values)
+        # "official" only when every official file's md5 is the published one (user checksums may differ)
+        "origin": {
+            "source": cfg.source,
+            "layout": layout,
+            "published": PINNED,
+            "official": layout == "official"
+            and all(f"md5:{files.get(f, {}).get('md5')}" == PINNED[f] for f in (TRAIN_TAR, VAL_TAR, DEVKIT)),
+        },
         "classes": classes,  # from the devkit or the synset mapping; empty: the folders' wnids
         "counts": {s: sum(r[0] == s for r in rows) for s in ("train", "test")},
         "sha256": hashlib.sha256(f"{index_sha}:{files_sha}".encode()).hexdigest(),
@@ -339,30 +364,54 @@ def take_per_class(count: int, per_class: int | float | None) -> int:
     return min(count, per_class)
 
 
-def to_square(img, size: int):
-    """Centre square of a PIL image, resized to ``size`` x ``size`` (the training input)."""
-    from PIL import Image
-
-    w, h = img.size
-    s = min(w, h)
-    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-    return img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+ENCODING = {"train": "jpeg", "test": "png"}
+EVAL_PROTOCOL = (
+    "torchvision reference evaluation (references/classification): Resize(resize) (shorter side, bilinear, "
+    "antialiased) of the image decoded at full resolution, then CenterCrop(image_size)"
+)
 
 
-def decode_jpegs(blobs: list[bytes], size: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Stored JPEGs -> (N, size, size, 3) uint8. Without ``rng``: the centre square (evaluation). With it:
-    the ImageNet training augmentation of He et al. 2016 / torchvision -- a random crop of 8-100 % of the
-    area with aspect ratio 3/4-4/3, resized to ``size``, flipped horizontally half the time."""
+def eval_view(img, resize: int, size: int):
+    """The evaluation input of a PIL image: ``Resize(resize)`` then ``CenterCrop(size)``, with torchvision's
+    own functions (the defaults of ``torchvision.transforms.Resize``: bilinear, antialiased), so it is the
+    reference protocol (256 -> 224 for ImageNet) by construction."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    img = F.resize(img, [resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return F.center_crop(img, [size, size])
+
+
+def encoding(manifest: dict[str, Any], split: str) -> str:
+    """How ``split``'s images are stored: ``jpeg`` (shorter side ``stored_shorter_side``) or ``png`` (the exact
+    evaluation input). Manifests older than the ``encoding`` field stored both splits as JPEG."""
+    return manifest.get("encoding", {}).get(split, "jpeg")
+
+
+def decode_images(
+    blobs: list[bytes], size: int, resize: int | None = None, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Stored images -> (N, size, size, 3) uint8, each decoded at full resolution (no draft).
+
+    - ``rng``: the ImageNet training augmentation of He et al. 2016 / torchvision -- a random crop of 8-100 %
+      of the area with aspect ratio 3/4-4/3, resized to ``size``, flipped horizontally half the time;
+    - else ``resize``: the evaluation view (``eval_view``: Resize(resize) + CenterCrop(size)) of the stored
+      image (a JPEG-stored split, e.g. the train images a search holds out);
+    - neither: the stored images are the evaluation input already (the PNG test split), taken as they are.
+    """
     from PIL import Image
 
     out = np.empty((len(blobs), size, size, 3), np.uint8)
     for i, b in enumerate(blobs):
         with Image.open(io.BytesIO(b)) as im:
-            if rng is None:
-                im.draft("RGB", (size, size))
-                out[i] = np.asarray(to_square(im.convert("RGB"), size))
-                continue
             img = im.convert("RGB")
+        if rng is None:
+            if resize is not None:
+                img = eval_view(img, resize, size)
+            elif img.size != (size, size):
+                raise DataError(f"a stored evaluation image is {img.size[0]}x{img.size[1]}, expected {size}x{size}")
+            out[i] = np.asarray(img)
+            continue
         w, h = img.size
         for _ in range(10):
             area = w * h * rng.uniform(0.08, 1.0)
@@ -379,11 +428,23 @@ def decode_jpegs(blobs: list[bytes], size: int, rng: np.random.Generator | None 
     return out
 
 
-def _resize_encode(blob: bytes, cfg: ImageNetPreprocessCfg) -> tuple[bytes, np.ndarray]:
-    """Decode (fully: a truncated or corrupt file raises), shorter side -> cfg.resize, re-encode; also the
-    per-channel histogram of the training input made from it."""
+def _encode(blob: bytes, split: str, cfg: ImageNetPreprocessCfg) -> tuple[bytes, np.ndarray | None]:
+    """One source image -> its stored bytes (decoding fully: a truncated or corrupt file raises), and for the
+    train split the per-channel histogram of its evaluation view (the mean/std of the manifest).
+
+    - train: shorter side -> ``cfg.resize``, JPEG at ``cfg.quality`` (training's random-resized crops read it);
+    - test: ``eval_view`` of the original decoded at full resolution (no draft, no reducing gap), as lossless
+      PNG: the exact input of the reference evaluation.
+    """
     from PIL import Image
 
+    buf = io.BytesIO()
+    if split == "test":
+        with Image.open(io.BytesIO(blob)) as im:
+            rgb = im.convert("RGB")  # as torchvision's pil_loader: Image.open(f).convert("RGB")
+        # zlib level 6 (Pillow's default): ~3x slower to write than level 1, ~13 % smaller to read each epoch
+        eval_view(rgb, cfg.resize, cfg.image_size).save(buf, format="PNG", compress_level=6)
+        return buf.getvalue(), None
     with Image.open(io.BytesIO(blob)) as im:
         im.draft("RGB", (cfg.resize, cfg.resize))  # JPEG: decode at 1/2, 1/4, 1/8 scale when that is enough
         im.load()
@@ -391,19 +452,18 @@ def _resize_encode(blob: bytes, cfg: ImageNetPreprocessCfg) -> tuple[bytes, np.n
     w, h = rgb.size
     scale = cfg.resize / min(w, h)
     rgb = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=cfg.quality)
     stored = buf.getvalue()
-    x = decode_jpegs([stored], cfg.image_size)[0]
-    hist = np.stack([np.bincount(x[..., c].ravel(), minlength=256) for c in range(3)])
-    return stored, hist
+    x = decode_images([stored], cfg.image_size, cfg.resize)[0]
+    return stored, np.stack([np.bincount(x[..., c].ravel(), minlength=256) for c in range(3)])
 
 
 def process_shard(store: Store, rows: list[dict[str, Any]], cfg: ImageNetPreprocessCfg) -> dict[str, Any]:
-    """Read this shard's images (one ranged read per contiguous run), resize and re-encode them.
+    """Read this shard's images (one ranged read per contiguous run, all of one split) and store them
+    (``_encode``: train as resized JPEG, test as the PNG evaluation input).
 
-    Returns the shard as an Arrow table, the pixel histogram, the sha256 of the source bytes and the
-    images that could not be decoded (name, reason).
+    Returns the shard as an Arrow table, the pixel histogram (train), the sha256 of the source bytes, the
+    images that could not be decoded (name, reason) and the Pillow/torchvision versions that made it.
     """
     images, labels, names, bad = [], [], [], []
     hist = np.zeros((3, 256), np.int64)
@@ -428,19 +488,27 @@ def process_shard(store: Store, rows: list[dict[str, Any]], cfg: ImageNetPreproc
                 bad.append((where, f"short read: {len(b)} of {r['length']} bytes"))
                 continue
             try:
-                stored, h = _resize_encode(b, cfg)
+                stored, h = _encode(b, r["split"], cfg)
             except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
                 bad.append((where, f"{type(e).__name__}: {e}"))
                 continue
             images.append(stored)
             labels.append(r["label"])
             names.append(r["name"])
-            hist += h
+            if h is not None:
+                hist += h
         i = j
     table = pa.table(
         {"image": pa.array(images, pa.binary()), "label": pa.array(labels, pa.int16()), "name": pa.array(names)}
     )
-    return {"table": table, "hist": hist, "bad": bad, "source_sha256": src_hash.hexdigest()}
+    return {"table": table, "hist": hist, "bad": bad, "source_sha256": src_hash.hexdigest(), "versions": _versions()}
+
+
+def _versions() -> dict[str, str]:
+    import PIL
+    import torchvision
+
+    return {"pillow": PIL.__version__, "torchvision": torchvision.__version__}
 
 
 def _plan(source: dict[str, Any], index: pa.Table, cfg: ImageNetPreprocessCfg, log) -> tuple[list[dict], dict]:
@@ -534,6 +602,7 @@ def preprocess_imagenet(
         files: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
         hist = np.zeros((3, 256), np.int64)
         bad: list[dict[str, str]] = []
+        versions: dict[str, set[str]] = {}
         counts = {s: np.zeros(len(info["classes"]), np.int64) for s in ("train", "test")}
         while todo or pending:
             while todo and len(pending) < window:
@@ -549,10 +618,12 @@ def preprocess_imagenet(
                     "preprocess.on_bad_image: skip to skip and count such images"
                 )
             bad += [{"split": split, "name": n, "reason": w} for n, w in res["bad"]]
+            for lib, ver in res["versions"].items():
+                versions.setdefault(lib, set()).add(ver)
             if split == "train":
                 hist += res["hist"]
             fname = f"{split}-{k:05d}.parquet"
-            pq.write_table(res["table"], tmp / fname, compression="none")  # JPEG bytes do not compress
+            pq.write_table(res["table"], tmp / fname, compression="none")  # JPEG/PNG bytes do not compress
             labels = res["table"].column("label").to_numpy()
             counts[split] += np.bincount(labels, minlength=len(counts[split]))
             files[split].append(
@@ -580,7 +651,16 @@ def preprocess_imagenet(
             "class_info": info["classes"],
             "num_classes": len(info["classes"]),
             "image_shape": [cfg.image_size, cfg.image_size, 3],
-            "stored_shorter_side": cfg.resize,
+            "stored_shorter_side": cfg.resize,  # of the train split's JPEGs
+            "encoding": dict(ENCODING),  # per split; readers: ``encoding``, ``decode_images``
+            "eval_protocol": {
+                "transform": f"Resize({cfg.resize}) + CenterCrop({cfg.image_size})",
+                "description": EVAL_PROTOCOL,
+                "test": "stored as the exact evaluation input (lossless PNG), decoded as is",
+                "train": "Resize + CenterCrop of the stored JPEG (train images held out for evaluation)",
+                "made_with": {lib: sorted(v) for lib, v in sorted(versions.items())},
+            },
+            "stats_of": "train split, evaluation view of the stored JPEGs (load_split(..., 'train'))",
             "mean": mean.round(6).tolist(),
             "std": std.round(6).tolist(),
             "class_counts": {s: c.tolist() for s, c in counts.items()},
@@ -590,6 +670,7 @@ def preprocess_imagenet(
             "preprocess": cfg.model_dump(),
             "source_sha256": source["sha256"],
             "source_files": source["files"],
+            "source_origin": source.get("origin", {}),
             "test_split": "ILSVRC2012 val",
         }
         from .preprocess import data_sha
@@ -603,33 +684,47 @@ def split_files(manifest: dict[str, Any], split: str) -> list[str]:
     return [f["path"] for f in manifest["files"][split]["shards"]]
 
 
+def _eval_resize(manifest: dict[str, Any], split: str) -> int | None:
+    """``decode_images``'s ``resize`` for evaluating ``split``: None where the stored image is the input."""
+    return None if encoding(manifest, split) == "png" else manifest["stored_shorter_side"]
+
+
 def ray_dataset(data_uri: str, split: str, manifest: dict[str, Any], augment: bool = False):
     """The split as a Ray Dataset of decoded inputs (``image`` (B, S, S, 3) uint8, ``label`` int64), read with
     ``ray.data.read_parquet`` from a local folder or ``s3://bucket/prefix``. Decoding (and with ``augment``,
     the random-resized-crop + flip augmentation, drawn afresh every epoch) runs in Ray Data tasks on the
-    cluster's CPUs, streamed to the training workers, so the GPUs do not wait on JPEG decoding."""
+    cluster's CPUs, streamed to the training workers, so the GPUs do not wait on JPEG decoding. Without
+    ``augment``, the evaluation inputs: the same values as ``load_split``."""
     import ray.data
 
     size = manifest["image_shape"][0]
+    resize = _eval_resize(manifest, split)
+    if augment and encoding(manifest, split) != "jpeg":
+        raise DataError(
+            f"the {split} split is stored as evaluation inputs ({encoding(manifest, split)}); it is not augmented"
+        )
     paths = [f"{data_uri.rstrip('/')}/{p}" for p in split_files(manifest, split)]
 
     def decode(batch: dict[str, Any]) -> dict[str, Any]:
         rng = np.random.default_rng() if augment else None  # fresh entropy: a new augmentation every epoch
-        return {"image": decode_jpegs(list(batch["image"]), size, rng), "label": batch["label"].astype(np.int64)}
+        images = decode_images(list(batch["image"]), size, resize, rng)
+        return {"image": images, "label": batch["label"].astype(np.int64)}
 
     ds = ray.data.read_parquet(paths, columns=["image", "label"])
     return (ds.random_shuffle() if augment else ds).map_batches(decode, batch_format="numpy")
 
 
 def load_jpeg_split(data_dir: str | Path, split: str, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The whole split decoded into memory, in shard order (the same values ``ray_dataset`` yields)."""
+    """The whole split's evaluation inputs decoded into memory, in shard order (the same values
+    ``ray_dataset`` yields without ``augment``): the test split as stored, a JPEG split through ``eval_view``."""
     from .preprocess import read_table
 
     size = manifest["image_shape"][0]
+    resize = _eval_resize(manifest, split)
     images, labels = [], []
     for p in split_files(manifest, split):
         t = read_table(data_dir, p, columns=["image", "label"])
-        images.append(decode_jpegs(t.column("image").to_pylist(), size))
+        images.append(decode_images(t.column("image").to_pylist(), size, resize))
         labels.append(t.column("label").to_numpy().astype(np.int64))
     if not images:
         return np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64)

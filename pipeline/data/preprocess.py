@@ -9,11 +9,15 @@ Preprocessed directory, two formats (``manifest.json`` ``format``):
 
 - ``raw`` (embedded, CIFAR): ``train.parquet``, ``test.parquet``, columns ``image`` fixed_size_binary[H*W*3]
   (uint8 HWC) and ``label`` int16;
-- ``jpeg`` (ImageNet): ``train-NNNNN.parquet``/``test-NNNNN.parquet`` shards of JPEG bytes + labels.
+- ``jpeg`` (ImageNet): ``train-NNNNN.parquet``/``test-NNNNN.parquet`` shards of encoded images + labels,
+  the encoding per split in the manifest's ``encoding``: train as JPEG with shorter side ``resize`` (256)
+  for training; test as PNG, the exact 224 centre crop of the full-resolution Resize(256), so evaluation is
+  torchvision's reference protocol bit for bit (``pipeline.data.imagenet``).
 
 The manifest holds classes, counts, image shape, per-channel mean/std of the train split (of the images
-training sees), the sha256 of every file, the source checksums and ``data_sha256``, the identity of the
-preprocessed data (what training runs are keyed on: a different subset is different data).
+training sees; ImageNet: of their evaluation view, what ``load_split`` gives), the sha256 of every file,
+the source checksums and ``data_sha256``, the identity of the preprocessed data (what training runs are keyed
+on: a different subset is different data; it hashes the files, so it changes when the stored bytes do).
 
 Every output is written to a temporary directory and renamed into place, so an interrupted stage leaves
 nothing that looks finished.
@@ -70,7 +74,13 @@ def fetch_dataset(name: str, cfg: DatasetCfg, out_dir: str | Path) -> dict[str, 
                 "archive": archive,
                 "sha256": digests["sha256"],
                 "md5": digests["md5"],
-                "origin": {"source": where, "verified_against": str(checksum), "pinned": checksum.hexdigest in pinned},
+                # "official" only when the published md5 itself matched, whatever checksum the user pinned
+                "origin": {
+                    "source": where,
+                    "verified_against": str(checksum),
+                    "published": pinned,
+                    "official": f"md5:{digests['md5']}" == pinned,
+                },
             }
         else:
             from .imagenet import index_source
@@ -159,6 +169,7 @@ def _preprocess_cifar(raw_dir: Path, source: dict[str, Any], out_dir: Path, cfg:
             "preprocess": cfg.model_dump(),
             "source_sha256": source["sha256"],
             "source_files": {source["archive"]: {k: source[k] for k in ("md5", "sha256") if k in source}},
+            "source_origin": source.get("origin", {}),
         }
         manifest["data_sha256"] = data_sha(manifest)
         write_json(tmp / MANIFEST, manifest)

@@ -12,6 +12,7 @@ modules are:
 
 from __future__ import annotations
 
+import hashlib
 from functools import partial
 from typing import Literal
 
@@ -153,6 +154,17 @@ class CbamModule(nn.Module):
 _ATTN = {"softmax": SoftmaxAttention, "se": SEModule, "cbam": CbamModule}
 ATTENTION_TYPES: tuple[str, ...] = tuple(_ATTN)
 ATTENTION_MODULES: tuple[type[nn.Module], ...] = tuple(_ATTN.values())
+
+
+def backbone_digest(model: nn.Module) -> str:
+    """sha256 of the model's weights and buffers outside its attention modules. Equal digests at the start of
+    training mean two nets began from the same backbone, so their results for one seed pair up."""
+    skip = {f"{n}." for n, m in model.named_modules() if isinstance(m, ATTENTION_MODULES)}
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if not any(name.startswith(p) for p in skip):
+            h.update(name.encode() + b"\0" + t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def get_attn(attn_type: str | None, **kwargs: object) -> type[nn.Module] | partial | None:

@@ -25,14 +25,18 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def get_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory registered as ``name`` (its signature lists the model's arguments)."""
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; registered: {list_models()}") from None
+
+
 def is_model(name: str) -> bool:
     return name in _MODELS
 
 
 def create_model(name: str, **kwargs: object) -> nn.Module:
     """Build the registered model ``name``; ``kwargs`` go to its factory."""
-    try:
-        fn = _MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered: {list_models()}") from None
-    return fn(**kwargs)
+    return get_factory(name)(**kwargs)

@@ -12,12 +12,19 @@ takes an attention layer and a placement, and applies it in one fixed place per 
   the network", paper Sec. 7.2);
 * ``none``  -- no attention: the ablation "CNN without attention" (paper Tables 2 and 4).
 
-Deviation from He et al.: shortcuts that change shape are 1x1 conv + BN projections (option B), as in
-most PyTorch reproductions, not zero-padding (option A); ResNet-110 has 1.73 M parameters either way.
+Shortcuts that change shape: ``shortcut="B"`` (default) is a 1x1 conv + BN projection, as in most PyTorch
+reproductions; ``"A"`` is He et al.'s own CIFAR choice (Sec. 4.2): the identity, subsampled, with zero-padded
+extra channels (no parameters; ResNet-110: 1,727,962 parameters at 10 classes, against 1,730,714 with B).
+
+Initialisation: the backbone (every conv and the classifier, not the attention modules) is drawn from its
+own generator, seeded by one draw from the global RNG. So for one seed, ResNet, SE-, CBAM- and attention
+ResNet and the ablation start from identical backbone weights whatever attention they hold, and their
+per-seed results can be compared as pairs (``pipeline.stats``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -29,12 +36,28 @@ from .attention import get_attn
 from .registry import register_model
 
 Placement = Literal["block", "stage", "final", "none"]
+Shortcut = Literal["A", "B"]
+SHORTCUTS: tuple[str, ...] = ("A", "B")
 PLACEMENTS: tuple[str, ...] = ("block", "stage", "final", "none")
 AttnLayer = Callable[[int], nn.Module] | None
 
 
+class PadShortcut(nn.Module):
+    """He et al.'s option A: the input subsampled by ``stride``, its extra channels zeros (split both sides)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.stride, self.pad = stride, out_ch - in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, attn_layer: AttnLayer = None):
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int = 1, attn_layer: AttnLayer = None, shortcut: Shortcut = "B"
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_ch)
@@ -42,7 +65,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.attn = attn_layer(out_ch) if attn_layer is not None else nn.Identity()
         self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
+        if (stride != 1 or in_ch != out_ch) and shortcut == "A":
+            self.shortcut = PadShortcut(in_ch, out_ch, stride)
+        elif stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,8 +86,13 @@ class ResNet(nn.Module):
         width: int = 16,
         attn_layer: AttnLayer = None,
         placement: Placement = "block",
+        shortcut: Shortcut = "B",
     ):
         super().__init__()
+        # one draw, whatever the attention: the backbone's weights come from this seed alone (see _init_weights)
+        init_seed = int(torch.randint(0, 2**62, (1,)).item())
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut={shortcut!r}; allowed: {list(SHORTCUTS)} (A: zero-padding, B: projection)")
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"ResNet depth={depth} must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, 110, ...)")
         if placement not in PLACEMENTS:
@@ -77,7 +107,8 @@ class ResNet(nn.Module):
         in_ch = width
         for i, w in enumerate(widths):
             blocks = [
-                BasicBlock(in_ch if j == 0 else w, w, 2 if (i > 0 and j == 0) else 1, block_attn) for j in range(n)
+                BasicBlock(in_ch if j == 0 else w, w, 2 if (i > 0 and j == 0) else 1, block_attn, shortcut)
+                for j in range(n)
             ]
             stages.append(nn.Sequential(*blocks))
             after = placement == "stage" or (placement == "final" and i == len(widths) - 1)
@@ -86,18 +117,22 @@ class ResNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.stage_attn = nn.ModuleList(stage_attn)
         self.fc = nn.Linear(widths[-1], num_classes)
-        self._init_weights()
+        self._init_weights(torch.Generator().manual_seed(init_seed))
 
-    def _init_weights(self) -> None:
-        # backbone only: attention modules own their initialisation
+    def _init_weights(self, gen: torch.Generator) -> None:
+        """Backbone only, in module order, from ``gen``: attention modules own their initialisation."""
         for name, m in self.named_modules():
             if "attn" in name:
                 continue
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=gen)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):  # torch's own Linear default, drawn from gen
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=gen)
+                bound = 1 / math.sqrt(m.in_features)
+                nn.init.uniform_(m.bias, -bound, bound, generator=gen)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # (B, w, 32, 32)
@@ -110,25 +145,31 @@ class ResNet(nn.Module):
 
 
 @register_model
-def resnet(depth: int = 110, num_classes: int = 10, width: int = 16) -> ResNet:
+def resnet(depth: int = 110, num_classes: int = 10, width: int = 16, shortcut: Shortcut = "B") -> ResNet:
     """ResNet (He et al. 2016); depth 110 is the paper's baseline."""
-    return ResNet(depth, num_classes, width)
+    return ResNet(depth, num_classes, width, shortcut=shortcut)
 
 
 @register_model
-def se_resnet(depth: int = 110, num_classes: int = 10, width: int = 16, reduction: int = 16) -> ResNet:
+def se_resnet(
+    depth: int = 110, num_classes: int = 10, width: int = 16, reduction: int = 16, shortcut: Shortcut = "B"
+) -> ResNet:
     """SE-ResNet (Hu et al. 2018): an SE module in every block."""
-    return ResNet(depth, num_classes, width, get_attn("se", reduction=reduction), "block")
+    return ResNet(depth, num_classes, width, get_attn("se", reduction=reduction), "block", shortcut)
 
 
 @register_model
 def cbam_resnet(
-    depth: int = 110, num_classes: int = 10, width: int = 16, reduction: int = 16, spatial_kernel: int = 7
+    depth: int = 110,
+    num_classes: int = 10,
+    width: int = 16,
+    reduction: int = 16,
+    spatial_kernel: int = 7,
+    shortcut: Shortcut = "B",
 ) -> ResNet:
     """CBAM-ResNet (Woo et al. 2018): channel + spatial attention in every block."""
-    return ResNet(
-        depth, num_classes, width, get_attn("cbam", reduction=reduction, spatial_kernel=spatial_kernel), "block"
-    )
+    layer = get_attn("cbam", reduction=reduction, spatial_kernel=spatial_kernel)
+    return ResNet(depth, num_classes, width, layer, "block", shortcut)
 
 
 @register_model
@@ -140,7 +181,8 @@ def attn_resnet(
     num_maps: int = 1,
     kernel_size: int = 1,
     scaling: str = "hw",
+    shortcut: Shortcut = "B",
 ) -> ResNet:
     """The paper's attention CNN on a ResNet backbone; ``placement='none'`` is its ablation."""
     layer = get_attn("softmax", num_maps=num_maps, kernel_size=kernel_size, scaling=scaling)
-    return ResNet(depth, num_classes, width, layer, placement)
+    return ResNet(depth, num_classes, width, layer, placement, shortcut)

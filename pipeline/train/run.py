@@ -104,7 +104,7 @@ def resume_points(storage: str, dataset: str, keys: list[str]) -> dict[str, str]
 
     import pyarrow.fs as pafs
 
-    from pipeline.train.worker import UNIT_FILE
+    from pipeline.train.loop import UNIT_FILE
 
     fs, base = filesystem(storage)
     want, best = set(keys), {}
@@ -150,21 +150,34 @@ def streaming(data_dir: str | Path) -> bool:
     return load_manifest(data_dir).get("format") == "jpeg"
 
 
-def searched_values(params: Params, method: str, tuned: dict[str, Any]) -> dict[str, Any]:
-    """What the search chose for ``method``: its own result, or the recipe part of its ``tuned_from``'s."""
-    src = params.method(method).tuned_from
-    if src is None:
-        return dict(tuned.get(method, {}).get("best", {}))
-    return {k: v for k, v in tuned.get(src, {}).get("best", {}).items() if k.startswith("train.")}
+TRACKS = ("recipe", "searched")
 
 
-def plan_units(params: Params, data: DataRef, tuned: dict[str, Any]) -> list[RunSpec]:
-    """Every (method, seed) of the grid, with each method's searched values applied."""
-    return [
-        build_spec(params, m, data, seed, searched_values(params, m, tuned))
-        for m in params.grid.methods
-        for seed in params.grid.seeds
-    ]
+def plan_units(params: Params, data: DataRef, tuned: dict[str, Any]) -> dict[str, list[RunSpec]]:
+    """Every (method, seed) of the grid per track: ``recipe`` (the shared recipe, the headline tables) and,
+    when a search ran, ``searched`` (each method at what its search adopted; a method whose search kept the
+    recipe, or that was not searched, is the very same unit as in ``recipe``)."""
+    plan = {"recipe": [build_spec(params, m, data, s) for m in params.grid.methods for s in params.grid.seeds]}
+    if tuned:
+        plan["searched"] = [
+            build_spec(params, m, data, s, tuned[m]["chosen"] if m in tuned else {})
+            for m in params.grid.methods
+            for s in params.grid.seeds
+        ]
+    return plan
+
+
+def _unique(plan: dict[str, list[RunSpec]]) -> list[RunSpec]:
+    """Each unit once (tracks share the units a search did not change), in plan order."""
+    return list({u.key(): u for units in plan.values() for u in units}.values())
+
+
+def unit_dir(root: str | Path, u: RunSpec, track: str) -> Path:
+    return Path(root) / u.method / track / f"seed{u.seed}"
+
+
+def curve_name(u: RunSpec, track: str) -> str:
+    return f"{u.method}-seed{u.seed}.csv" if track == "recipe" else f"{u.method}-{track}-seed{u.seed}.csv"
 
 
 def _write_unit(d: Path, final: dict[str, Any], mlflow_run: dict[str, str]) -> None:
@@ -179,7 +192,9 @@ def _write_unit(d: Path, final: dict[str, Any], mlflow_run: dict[str, str]) -> N
         w.writerows(final["history"])
 
 
-def _mlflow_runs(params: Params, units: list[RunSpec], todo: set[str]) -> tuple[Any, str, dict[str, str]]:
+def _mlflow_runs(
+    params: Params, units: list[RunSpec], todo: set[str], recipe_keys: set[str]
+) -> tuple[Any, str, dict[str, str]]:
     c = tracking.client()
     dataset = units[0].dataset
     exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset.name))
@@ -199,7 +214,8 @@ def _mlflow_runs(params: Params, units: list[RunSpec], todo: set[str]) -> tuple[
             git_commit=commit,
             data_sha256=dataset.sha256,
         )
-        name = f"{params.method(u.method).label} | seed {u.seed}"
+        track = "" if key in recipe_keys else "searched | "
+        name = f"{params.method(u.method).label} | {track}seed {u.seed}"
         runs[key], _ = tracking.find_or_create_run(
             c, exp, name, tags, {**u.model_dump(), "run_key": key}, reopen=key in todo
         )
@@ -246,19 +262,20 @@ def train_dataset(
     metrics_file: str | Path,
     curves_dir: str | Path,
 ) -> dict[str, Any]:
-    """Train (or reuse) every unit of the grid for ``dataset``. Writes ``out_dir/<method>/seed<k>/`` (model.pt,
-    history.csv, mlflow.json), the final metrics per (method, seed) to ``metrics_file`` and one learning
-    curve CSV per unit to ``curves_dir``."""
+    """Train (or reuse) every unit of the grid for ``dataset``. Writes ``out_dir/<method>/<track>/seed<k>/``
+    (model.pt, history.csv, mlflow.json: run, experiment and unit key), what this stage did to
+    ``metrics_file`` and one learning curve CSV per (track, method, seed) to ``curves_dir``."""
     t0 = time.time()
     check_workers_before_start(params.compute)
-    units = plan_units(params, data_ref(dataset, data_dir), read_json(tuned_file)["methods"])
+    plan = plan_units(params, data_ref(dataset, data_dir), read_json(tuned_file)["methods"])
+    units = _unique(plan)
     keys = [u.key() for u in units]
     store = UnitStore(storage_path(params.compute), dataset)
     todo = [u for u, k in zip(units, keys, strict=True) if not store.has(k)]
-    c, exp, runs = _mlflow_runs(params, units, {u.key() for u in todo})
+    c, exp, runs = _mlflow_runs(params, units, {u.key() for u in todo}, {u.key() for u in plan["recipe"]})
     print(
-        f"train@{dataset}: {len(units)} units, {len(units) - len(todo)} already in the unit store, "
-        f"{len(todo)} to train",
+        f"train@{dataset}: {len(units)} units ({', '.join(f'{len(v)} {k}' for k, v in plan.items())}), "
+        f"{len(units) - len(todo)} already in the unit store, {len(todo)} to train",
         flush=True,
     )
     lanes_run, errors = 0, []
@@ -292,12 +309,15 @@ def train_dataset(
     finals = {k: store.load(k) for k in keys}
     with atomic_path(out_dir) as tmp, atomic_path(curves_dir) as ctmp:
         ctmp.mkdir()
-        for u, key in zip(units, keys, strict=True):
-            _write_unit(tmp / u.method / f"seed{u.seed}", finals[key], {"run_id": runs[key], "experiment_id": exp})
-            with open(ctmp / f"{u.method}-seed{u.seed}.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(finals[key]["history"])
+        for track, track_units in plan.items():
+            for u in track_units:
+                key = u.key()
+                record = {"run_id": runs[key], "experiment_id": exp, "key": key}
+                _write_unit(unit_dir(tmp, u, track), finals[key], record)
+                with open(ctmp / curve_name(u, track), "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+                    w.writeheader()
+                    w.writerows(finals[key]["history"])
     # per-(method, seed) accuracy is the evaluate stage's metrics; here, what this stage did and its speed
     rates = [h["images_per_s"] for u in todo for h in finals[u.key()]["history"]]
     metrics = {
@@ -309,9 +329,10 @@ def train_dataset(
     }
     write_json(metrics_file, metrics)
 
+    recipe_keys = {u.key() for u in plan["recipe"]}
     for u in todo:
         key, run_id = u.key(), runs[u.key()]
-        d = Path(out_dir) / u.method / f"seed{u.seed}"
+        d = unit_dir(out_dir, u, "recipe" if key in recipe_keys else "searched")
         c.log_artifact(run_id, str(d / "model.pt"), "model")
         c.log_artifact(run_id, str(d / "history.csv"))
         fig = training_curves(

@@ -1,0 +1,108 @@
+"""What the report may say: "official" only for the published file, flags for runs at chance or diverged,
+pairing only for runs that started alike, verdicts that follow the numbers. The data line is checked through
+the real fetch path (an HTTP server on 127.0.0.1 serving a CIFAR-10-format archive)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from pipeline.analysis import comparisons, method_result, paired
+from pipeline.config import CifarDataCfg, validate_params
+from pipeline.data import cifar
+from pipeline.data.preprocess import fetch_dataset, preprocess_dataset
+from pipeline.report import data_line, fmt_summary, verdict_lines
+from tests.archives import cifar10_archive
+from tests.servers import file_server
+
+NAME = "cifar-10-binary.tar.gz"
+
+
+def fetched(tmp_path, checksum: str | None) -> dict:
+    if not (tmp_path / "srv" / NAME).exists():
+        (tmp_path / "srv").mkdir()
+        cifar10_archive(tmp_path / "srv" / NAME, per_class=3)
+    blob = (tmp_path / "srv" / NAME).read_bytes()
+    with file_server(tmp_path / "srv") as srv:
+        c = {"source": f"{srv.url}/{NAME}", "checksum": checksum or f"sha256:{hashlib.sha256(blob).hexdigest()}"}
+        fetch_dataset("c10", CifarDataCfg.model_validate({"kind": "cifar10", "fetch": c}), tmp_path / "raw")
+    return preprocess_dataset(tmp_path / "raw", tmp_path / "proc")
+
+
+def test_an_archive_with_a_user_checksum_is_never_called_official(tmp_path) -> None:
+    man = fetched(tmp_path, None)  # verified, but only against the user's sha256
+    line = data_line("c10", "cifar10", man)
+    assert "official" not in line.lower().replace("not the published", "")
+    assert "NOT the published file" in line and cifar.OFFICIAL["cifar10"][1].removeprefix("md5:") in line
+    assert man["source_files"][NAME]["md5"] in line and "sha256:" in line  # what it is instead
+
+
+def test_only_the_published_md5_makes_it_official(tmp_path, monkeypatch) -> None:
+    """Stand-in for the real archive: pin the test archive's md5 as the published one."""
+    (tmp_path / "srv").mkdir()
+    cifar10_archive(tmp_path / "srv" / NAME, per_class=3)
+    md5 = hashlib.md5((tmp_path / "srv" / NAME).read_bytes()).hexdigest()
+    url, _ = cifar.OFFICIAL["cifar10"]
+    monkeypatch.setitem(cifar.OFFICIAL, "cifar10", (url, f"md5:{md5}"))
+    man = fetched(tmp_path, f"md5:{md5}")
+    assert "the official binary archive (its md5 matches the published" in data_line("c10", "cifar10", man)
+
+
+def unit(top1: float, seed: int, *, init: str = "i", order: str | None = "o", diverged: bool = False) -> dict:
+    return {
+        "metrics": {"test_top1": top1, "test_top5": 99.0, "params": 10, "flops_per_image": 1e6},
+        "num_test": 1000,
+        "pairing": {"init": f"{init}{seed}", "data_order": None if order is None else f"{order}{seed}"},
+        "diverged": diverged,
+    }
+
+
+@pytest.fixture
+def params(raw_params):
+    raw_params["grid"]["methods"] = ["resnet", "densenet_bc", "attn_resnet", "no_attention"]
+    return validate_params(raw_params)
+
+
+def test_runs_at_chance_or_diverged_are_flagged_never_plain(params) -> None:
+    r = method_result(params, "attn_resnet", {0: unit(10.2, 0), 1: unit(60.0, 1, diverged=True)}, 10)
+    assert r.at_chance == (0,) and r.diverged == (1,)
+    cell = fmt_summary(r)
+    assert cell.startswith("**1 of 2 seeds AT CHANCE; 1 of 2 seeds DIVERGED (NaN loss)**")
+    ok = method_result(params, "resnet", {0: unit(70.0, 0), 1: unit(72.0, 1)}, 10)
+    assert ok.flags == [] and fmt_summary(ok) == "71.00 ± 1.41"
+
+
+def test_paired_only_when_data_order_and_backbone_match(params) -> None:
+    a = method_result(params, "attn_resnet", {s: unit(80.0 + s, s) for s in range(3)}, 10)
+    same = method_result(params, "no_attention", {s: unit(70.0 + s, s) for s in range(3)}, 10)
+    other_init = method_result(params, "densenet_bc", {s: unit(70.0, s, init="d") for s in range(3)}, 10)
+    streamed = method_result(params, "resnet", {s: unit(70.0, s, order=None) for s in range(3)}, 10)
+    assert paired(a, same) and not paired(a, other_init) and not paired(a, streamed)
+
+
+def test_verdicts_follow_the_numbers_and_reach_the_report(params) -> None:
+    values = {
+        "resnet": [70, 71, 69, 70.5],
+        "densenet_bc": [72, 68, 74, 66],
+        "attn_resnet": [75, 76, 74, 76],
+        "no_attention": [80, 81, 79, 80.5],
+    }
+    results = {
+        m: method_result(
+            params, m, {s: unit(x, s, init="d" if m == "densenet_bc" else "i") for s, x in enumerate(v)}, 10
+        )
+        for m, v in values.items()
+    }
+    comps = {c.other.method: c for c in comparisons(params, results, column=None)}
+    assert comps["resnet"].comparison.test == "paired" and comps["resnet"].verdicts[""].word == "reproduced"
+    assert comps["densenet_bc"].comparison.test == "welch"
+    assert comps["densenet_bc"].verdicts[""].word == "inconclusive" and comps["densenet_bc"].verdicts[""].seeds_needed
+    assert comps["no_attention"].verdicts[""].word == "not reproduced"  # the ablation is better
+    lines = verdict_lines(list(comps.values()))
+    assert lines[0].startswith("- **Attention CNN (ours) vs ResNet**: **reproduced**")
+    assert "seeds per method would resolve it" in lines[1]
+    # on a benchmark the claimed size is tested: CIFAR-10's claimed +2.6 over ResNet-110 (Tables 1-2 and 3-4)
+    bench = {c.other.method: c for c in comparisons(params, results, column="CIFAR-10")}
+    assert bench["resnet"].claimed == {"table1": 2.6, "table3": 2.6}
+    assert {v.word for v in bench["resnet"].verdicts.values()} == {"reproduced"}  # +5.1, CI above 2.6
