@@ -96,3 +96,21 @@ def test_one_epoch_learns_and_metrics_are_consistent() -> None:
     assert after["val_loss"] < before["val_loss"] and after["val_top1"] > 60
     assert rec["images_per_s"] > 0 and 0 <= rec["train_top1"] <= 100
     assert after["val_top5"] == 100.0  # 4 classes: the top-5 always holds the label
+
+
+def test_a_diverged_run_finishes_and_is_flagged() -> None:
+    """A NaN loss is a result the report flags (``evaluate._diverged``), not a crash mid-grid."""
+    from pipeline.evaluate import _diverged
+
+    torch.manual_seed(0)
+    data = TensorData(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8), torch.arange(64) % 4)
+    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
+    model = create_model("resnet", depth=8, width=4, num_classes=4)
+    cfg = TrainCfg(epochs=2, batch_size=16, lr=1e12, crop_padding=0, flip=False)
+    opt = build_optimizer(model, cfg)
+    history = [train_one_epoch(model, data, opt, cfg, mean, std, seed=0, epoch=e) for e in range(2)]
+    ev = evaluate(model, data, mean, std)  # no FloatingPointError: the unit finishes
+    assert not torch.isfinite(torch.tensor(history[-1]["train_loss"]))
+    metrics = {"test_loss": ev["val_loss"]}
+    assert _diverged(history, metrics)
+    assert not _diverged([{"train_loss": 1.0}], {"test_loss": 0.5})

@@ -46,6 +46,15 @@ def _train_workers(log: str) -> list[psutil.Process]:
     return [psutil.Process(p) for p in pids if psutil.pid_exists(p)]
 
 
+def _wait_for_registered_checkpoint(proj, timeout: float = 120) -> None:
+    """Ray Train's controller registers a reported checkpoint when it next polls the workers (every 2 s) and
+    then writes its snapshot; a worker killed before that restarts from scratch, as it should. Wait for it."""
+    deadline = time.time() + timeout
+    while not glob.glob(str(proj / ".ray_results/embedded-train-*/checkpoint_manager_snapshot.json")):
+        assert time.time() < deadline, "no checkpoint registered"
+        time.sleep(0.2)
+
+
 def _stop_ray() -> None:
     subprocess.run(["ray", "stop", "--force"], env=project_env(), capture_output=True)
 
@@ -65,7 +74,7 @@ def test_killed_worker_killed_stage_and_changed_params(tmp_path) -> None:
     # every rank's start line, undeduplicated by Ray's log dedup (which ignores words with digits)
     a = Watched(["dvc", "repro", "train@embedded"], proj, tmp_path / "a.log", {**project_env(), "RAY_DEDUP_LOGS": "0"})
     a.wait_for(EPOCH_LINE.format(1))
-    time.sleep(1.0)  # into epoch 2
+    _wait_for_registered_checkpoint(proj)  # epoch 1's checkpoint is known to the controller: into epoch 2
     victims = _train_workers(a.text)
     assert len(victims) == 2, a.text[-3000:]
     victims[-1].kill()
