@@ -14,7 +14,6 @@ unit store; a resumed job skips stored units and restarts the current one from i
 from __future__ import annotations
 
 import io
-import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -64,14 +63,10 @@ def build_model(spec: RunSpec) -> torch.nn.Module:
 
 
 def load_state(checkpoint_uri: str) -> dict[str, Any]:
-    """A checkpoint's training state, read straight from the run storage (local or s3://)."""
+    """A checkpoint's training state, read straight from its directory in the run storage (local or s3://)."""
     fs, base = filesystem(checkpoint_uri)
     with fs.open_input_stream(join(base, STATE_FILE)) as f:
         return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
-
-
-def load_state_dir(d: str) -> dict[str, Any]:
-    return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
 
 
 def data_order(spec: RunSpec, world_size: int, streamed: bool) -> str | None:

@@ -150,9 +150,6 @@ def streaming(data_dir: str | Path) -> bool:
     return load_manifest(data_dir).get("format") == "jpeg"
 
 
-TRACKS = ("recipe", "searched")
-
-
 def plan_units(params: Params, data: DataRef, tuned: dict[str, Any]) -> dict[str, list[RunSpec]]:
     """Every (method, seed) of the grid per track: ``recipe`` (the shared recipe, the headline tables) and,
     when a search ran, ``searched`` (each method at what its search adopted; a method whose search kept the
@@ -272,7 +269,8 @@ def train_dataset(
     keys = [u.key() for u in units]
     store = UnitStore(storage_path(params.compute), dataset)
     todo = [u for u, k in zip(units, keys, strict=True) if not store.has(k)]
-    c, exp, runs = _mlflow_runs(params, units, {u.key() for u in todo}, {u.key() for u in plan["recipe"]})
+    recipe_keys = {u.key() for u in plan["recipe"]}
+    c, exp, runs = _mlflow_runs(params, units, {u.key() for u in todo}, recipe_keys)
     print(
         f"train@{dataset}: {len(units)} units ({', '.join(f'{len(v)} {k}' for k, v in plan.items())}), "
         f"{len(units) - len(todo)} already in the unit store, {len(todo)} to train",
@@ -329,7 +327,6 @@ def train_dataset(
     }
     write_json(metrics_file, metrics)
 
-    recipe_keys = {u.key() for u in plan["recipe"]}
     for u in todo:
         key, run_id = u.key(), runs[u.key()]
         d = unit_dir(out_dir, u, "recipe" if key in recipe_keys else "searched")

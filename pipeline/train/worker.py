@@ -18,7 +18,7 @@ from pipeline.config import FastPathCfg
 from pipeline.provenance import provenance
 from pipeline.spec import RunSpec
 from pipeline.train.engine import Shard, StreamData
-from pipeline.train.loop import STATE_FILE, UNIT_FILE, load_state, load_state_dir, train_units
+from pipeline.train.loop import STATE_FILE, UNIT_FILE, load_state, train_units
 from pipeline.train.store import UnitStore
 
 
@@ -59,7 +59,7 @@ def train_worker(config: dict[str, Any]) -> None:
     own = None
     if ck is not None:
         with ck.as_directory() as d:
-            own = load_state_dir(d)
+            own = load_state(d)
     found = config.get("resume") or {}  # the latest checkpoint of each unit in earlier jobs (driver's index)
 
     def resume(key: str) -> dict[str, Any] | None:
