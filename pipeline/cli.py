@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from pipeline.config import ConfigError, Params, format_errors, load_params
 from pipeline.data.errors import DataError
 
 PARAMS_FILE = "params.yaml"
+
+
+class StageError(RuntimeError):
+    """A stage's work failed in a way its message explains in full (e.g. a crashed search trial): exit 1."""
 
 
 def usage(doc: str, argv: list[str], n: int) -> None:
@@ -22,24 +29,62 @@ def _terminated(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
-def run_stage(
-    main: Callable[[Params, list[str]], object], *, checks: Callable[[Params], list[str]] | None = None
-) -> NoReturn:
+Check = Callable[[Params], list[str]]  # a settings check that needs more than the settings: its problems
+
+
+def check_storage(params: Params) -> list[str]:
+    """``compute.storage_path`` is a directory this user can write: created where missing, a probe file written
+    and removed, and the directories it created removed again (the check leaves nothing behind). Without it an
+    unwritable path fails inside Ray, well into the stage, with a traceback that names no setting. A URI
+    (s3://bucket/prefix) is not probed: no network before work starts."""
+    value = params.compute.storage_path
+    if "://" in value:
+        return []
+    path = Path(value).absolute()
+    missing = [d for d in (path, *path.parents) if not d.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        found = next((d for d in (path, *path.parents) if d.exists()), path)
+        if isinstance(e, PermissionError):
+            why = f"permission denied ({e.filename or path})"
+        elif not found.is_dir():
+            why = f"not a directory ({found} is a file)"
+        else:
+            why = f"{(e.strerror or str(e)).lower()} ({e.filename or path})"
+        return [
+            f"compute.storage_path = {value!r}: cannot write there: {why}; allowed: a directory this user "
+            "can write (relative to the repository, created if missing) or s3://bucket/prefix"
+        ]
+    finally:
+        for d in missing:  # deepest first; only what this check created, and only while still empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+    return []
+
+
+def run_stage(main: Callable[[Params, list[str]], object], *, checks: Check | Sequence[Check] = ()) -> NoReturn:
     """Validate params.yaml (and run ``checks``, e.g. ``pipeline.models.checks.check_models`` for stages that
-    build nets), then call ``main(params, argv)``; exit 2 with the message on ``ConfigError``."""
+    build nets, ``check_storage`` for those that write to the run storage), then call ``main(params, argv)``;
+    exit 2 with the message on ``ConfigError``, 1 on ``DataError`` or ``StageError``."""
     # SIGTERM (`ray job stop`, a scheduler's preemption notice) unwinds like Ctrl-C: cleanup runs, and MLflow
     # runs of unfinished units are closed as FAILED instead of being left RUNNING
     signal.signal(signal.SIGTERM, _terminated)
     try:
         params = load_params(PARAMS_FILE)
-        errs = checks(params) if checks is not None else []
+        errs = [e for check in ([checks] if callable(checks) else checks) for e in check(params)]
         if errs:
             raise ConfigError(format_errors(PARAMS_FILE, errs))
         main(params, sys.argv[1:])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except DataError as e:  # bad or unreachable input data: the message says what to do
+    except (DataError, StageError) as e:  # bad input data, a failed job: the message says what to do
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)

@@ -11,14 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ComputeCfg, ConfigError
+from pipeline.redact import is_secret_name, safe_env
 
 # Settings the workers need that Ray does not forward by itself (the tracking URI, the S3 endpoint and region):
 # passed explicitly through the job's runtime_env. Credentials never are: Ray writes runtime_env variables
 # verbatim into its logs (runtime_env_agent.log) and shows them in the dashboard. Workers get credentials
 # from their node's own environment instead: a local Ray inherits this process's; a cluster node, the one
 # `ray start` ran in (or an instance profile, ~/.aws/credentials).
+# A variable whose *value* carries a credential (MLFLOW_TRACKING_URI=https://user:pass@host) is not forwarded
+# either: a local Ray's workers inherit it from this process; on a cluster, set it on the nodes (or use
+# MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD there).
 FORWARD_ENV_PREFIXES = ("MLFLOW_", "AWS_", "PIPELINE_", "RAY_TRAIN_")
-SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "KEY", "SESSION", "CREDENTIAL", "AUTH")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,15 @@ def check_workers_before_start(cfg: ComputeCfg) -> Workers | None:
 
 def worker_env() -> dict[str, str]:
     """The settings forwarded to every worker: ``FORWARD_ENV_PREFIXES`` variables that are not credentials."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if k.startswith(FORWARD_ENV_PREFIXES) and not any(m in k for m in SECRET_MARKERS)
-    }
+    keep, dropped = safe_env({k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)})
+    by_value = [k for k in dropped if not is_secret_name(k)]
+    if by_value:
+        log.warning(
+            "not forwarded to Ray workers, their values carry credentials: %s (a local Ray's workers inherit "
+            "them; on a cluster set them on the nodes)",
+            ", ".join(by_value),
+        )
+    return keep
 
 
 def storage_path(cfg: ComputeCfg) -> str:

@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PAPER_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours", "ablation")
 
@@ -25,18 +35,45 @@ class ConfigError(ValueError):
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan: .inf / .nan are never a setting (a timeout of .inf crashes the fetch, an lr of .nan trains
+    # nothing); load_params names them wherever they are, free-form sections included (``_non_finite``)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-PosInt = Annotated[int, Field(gt=0)]
-Seed = Annotated[int, Field(ge=0)]
+def _not_bool(v: Any) -> Any:
+    """pydantic's lax mode reads ``true`` as 1: ``epochs: true`` would train one epoch. Numbers only."""
+    if isinstance(v, bool):
+        raise ValueError(f"a boolean ({str(v).lower()}) where a number is expected; allowed: a number")
+    return v
+
+
+NotBool = BeforeValidator(_not_bool)
+Int = Annotated[int, NotBool]  # an int field that refuses true/false
+Float = Annotated[float, NotBool]  # a float field that refuses true/false
+PosInt = Annotated[Int, Field(gt=0)]
+Seed = Annotated[Int, Field(ge=0)]
+
+# Data set and method names become paths (data/raw/<d>, results/<d>/<m>) through dvc.yaml: no `/`, no `..`
+NAME_PATTERN = r"[A-Za-z0-9_-]+"
+
+
+def _name(v: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, v):
+        raise ValueError(
+            f"{v!r} is not a valid name; allowed: letters, digits, '_' and '-' ({NAME_PATTERN}), "
+            "as it becomes a path through dvc.yaml"
+        )
+    return v
+
+
+Name = Annotated[str, AfterValidator(_name)]
 
 
 class GridCfg(Frozen):
     """What `dvc repro` runs: the data set x method x seed grid."""
 
-    datasets: list[str] = Field(min_length=1)
-    methods: list[str] = Field(min_length=1)
+    datasets: list[Name] = Field(min_length=1)
+    methods: list[Name] = Field(min_length=1)
     seeds: list[Seed] = Field(min_length=1)
 
     @field_validator("datasets", "methods", "seeds")
@@ -51,10 +88,10 @@ class EmbeddedFetchCfg(Frozen):
     """The cluttered-glyphs set made locally from a seed (see ``pipeline.data.embedded``)."""
 
     seed: Seed = 0
-    num_train: PosInt = 4000
-    num_test: PosInt = 1000
-    clutter: Annotated[int, Field(ge=0, le=64)] = 6  # distractor fragments per image
-    noise: Annotated[float, Field(ge=0, le=1)] = 0.25  # background noise amplitude
+    num_train: Annotated[Int, Field(gt=0, le=50_000)] = 4000  # at most CIFAR-10's size: the archive is CIFAR-10's
+    num_test: Annotated[Int, Field(gt=0, le=10_000)] = 1000
+    clutter: Annotated[Int, Field(ge=0, le=64)] = 6  # distractor fragments per image
+    noise: Annotated[Float, Field(ge=0, le=1)] = 0.25  # background noise amplitude
 
 
 def _check_checksum(v: str | None) -> str | None:
@@ -71,8 +108,16 @@ class CifarFetchCfg(Frozen):
     source: str = Field(default="official", min_length=1)  # official | http(s):// URL | local path | s3://bucket/key
     checksum: str | None = None  # "md5:<hex>" or "sha256:<hex>"; None: the published checksum pinned in code
     retries: PosInt = 5  # attempts on connection errors, truncation and HTTP 5xx
-    backoff_s: Annotated[float, Field(ge=0)] = 1.0  # wait backoff_s * 2**i before retry i+1
-    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    backoff_s: Annotated[Float, Field(ge=0)] = 1.0  # wait backoff_s * 2**i before retry i+1
+    timeout_s: Annotated[Float, Field(gt=0)] = 60.0  # per connection / read
+    # Limits on what a source may send (a hostile or broken server must not fill the disk or hang the stage).
+    # The published archive is capped at its known size (170,052,171 / 168,513,733 bytes); any other file
+    # (a mirror, another checksum) at max_bytes.
+    max_bytes: PosInt = 250_000_000
+    deadline_s: Annotated[Float, Field(gt=0)] = 3600.0  # the whole fetch, every retry and wait included
+    # slower than min_rate_bytes_s on average over any rate_window_s seconds: give up (a trickling server)
+    min_rate_bytes_s: Annotated[Float, Field(ge=0)] = 10_000.0
+    rate_window_s: Annotated[Float, Field(gt=0)] = 60.0
 
     @field_validator("checksum")
     @classmethod
@@ -88,6 +133,9 @@ class ImageNetFetchCfg(Frozen):
     # folders: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG; auto: official if its files are there
     layout: Literal["auto", "official", "folders"] = "auto"
     checksums: dict[str, str] = {}  # file name -> checksum, overriding the pinned md5s of the official files
+    # Largest archive member read into memory (a per-class train tar, the devkit, one image): checked against
+    # the member's declared size before a byte is read. The largest official member is a class tar of ~150 MB.
+    max_member_bytes: PosInt = 512 << 20
 
     @field_validator("checksums")
     @classmethod
@@ -100,8 +148,8 @@ class ImageNetFetchCfg(Frozen):
 class SubsetCfg(Frozen):
     """Per class: an int keeps the first N images, a float in (0, 1] that fraction (at least one); null keeps all."""
 
-    train: int | float | None = None
-    test: int | float | None = None
+    train: Annotated[int | float | None, NotBool] = None
+    test: Annotated[int | float | None, NotBool] = None
 
     @field_validator("train", "test")
     @classmethod
@@ -121,7 +169,7 @@ class ImageNetPreprocessCfg(PreprocessCfg):
     # test split is stored as exactly that input (PNG, lossless), the train split as JPEGs of shorter side resize
     resize: PosInt = 256  # train JPEGs: shorter side; evaluation: Resize(resize)
     image_size: PosInt = 224  # training crop (random-resized) size; evaluation: CenterCrop(image_size)
-    quality: Annotated[int, Field(ge=1, le=100)] = 90  # JPEG quality of the stored train images
+    quality: Annotated[Int, Field(ge=1, le=100)] = 90  # JPEG quality of the stored train images
     shard_size: PosInt = 1000  # images per Parquet shard (one Ray task each)
     on_bad_image: Literal["skip", "error"] = "skip"  # undecodable image: skip it (counted in the manifest) or fail
     on_missing_class: Literal["error", "skip"] = "error"  # a class without train or val images
@@ -164,23 +212,23 @@ class TrainCfg(Frozen):
     epochs: PosInt
     batch_size: PosInt  # global, split evenly over the data-parallel workers
     eval_batch_size: PosInt = 500
-    lr: Annotated[float, Field(gt=0)]
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    lr: Annotated[Float, Field(gt=0)]
+    momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = False
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    weight_decay: Annotated[Float, Field(ge=0)] = 1e-4
     # Paper Sec. 4.1: step (divide by 10 at the milestones); Sec. 3.2: cosine annealing. Both offered.
     schedule: Literal["step", "cosine"] = "step"
     milestones: list[PosInt] = []
-    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    gamma: Annotated[Float, Field(gt=0, le=1)] = 0.1
     # He et al. 2016 (Sec. 4.2) trained ResNet-110 at lr 0.01 until the training error fell below 80 % ("about
     # 400 iterations", one CIFAR epoch at batch 128), then at the schedule's lr. Not in the paper: 0 = off.
-    warmup_epochs: Annotated[int, Field(ge=0)] = 0
-    warmup_lr: Annotated[float, Field(gt=0)] = 0.01
-    crop_padding: Annotated[int, Field(ge=0, le=16)] = 4
+    warmup_epochs: Annotated[Int, Field(ge=0)] = 0
+    warmup_lr: Annotated[Float, Field(gt=0)] = 0.01
+    crop_padding: Annotated[Int, Field(ge=0, le=16)] = 4
     flip: bool = True
     # Not in the paper: recompute BatchNorm statistics over this many train batches before each evaluation
     # (0: off). Short runs need it; see pipeline.train.engine.recalibrate_bn.
-    bn_recalibration: Annotated[int, Field(ge=0)] = 0
+    bn_recalibration: Annotated[Int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _milestones(self) -> TrainCfg:
@@ -228,8 +276,8 @@ class MethodCfg(Frozen):
 
 class SearchDim(Frozen):
     type: Literal["loguniform", "uniform", "choice"]
-    low: float | None = None
-    high: float | None = None
+    low: Annotated[float | None, NotBool] = None
+    high: Annotated[float | None, NotBool] = None
     values: list[Any] | None = None
 
     @model_validator(mode="after")
@@ -254,19 +302,21 @@ class TuneCfg(Frozen):
 
     # [] : no search, every method trains at the recipe (the like-for-like table); all : every method of
     # grid.methods; a list that leaves some compared methods out is refused unless allow_unequal is true
-    methods: list[str] | Literal["all"] = []
+    methods: list[Name] | Literal["all"] = []
     allow_unequal: bool = False  # opt in to searching only some compared methods (the report marks those rows)
     num_samples: PosInt = 4
     epochs: PosInt = 3
     grace_period: PosInt = 1
-    reduction_factor: Annotated[float, Field(gt=1)] = 2
+    reduction_factor: Annotated[Float, Field(gt=1)] = 2
     # trials side by side; auto: as many as the cluster has room for (compute.cpus_per_worker CPUs or one GPU each)
     max_concurrent_trials: PosInt | Literal["auto"] = "auto"
-    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    val_fraction: Annotated[Float, Field(gt=0, lt=1)] = 0.2
     train_subset: PosInt | None = None  # train on the first N of the non-validation images
     seed: Seed = 0
     space: dict[str, SearchDim] = {}
-    arch_space: dict[str, dict[str, SearchDim]] = {}
+    arch_space: dict[Name, dict[str, SearchDim]] = {}
+    # fail: a crashed trial fails the stage with its error; exclude: recorded FAILED (error tag), not in the decision
+    on_trial_error: Literal["fail", "exclude"] = "fail"
 
     @model_validator(mode="after")
     def _grace(self) -> TuneCfg:
@@ -303,14 +353,14 @@ class ComputeCfg(Frozen):
     num_workers: PosInt | Literal["auto"] = "auto"
     use_gpu: bool | Literal["auto"] = "auto"
     cpus_per_worker: PosInt = 1
-    storage_path: str = ".ray_results"  # relative to the repository, or s3://bucket/prefix
+    storage_path: str = Field(default=".ray_results", min_length=1)  # relative to the repository, or s3://bucket/prefix
     # Preprocessed data for workers on other nodes: None reads data/processed/<d> in place (one machine, or a
     # shared file system); a URI (s3://bucket/prefix) gets a copy per data content, which every node reads.
     shared_data: str | None = None
     # Training jobs side by side (each num_workers workers, one lane of units after another); auto: as many
     # as the cluster's free CPUs (or GPUs) hold.
     concurrency: PosInt | Literal["auto"] = "auto"
-    max_failures: Annotated[int, Field(ge=0)] = 0  # worker-group restarts per job, each from the last checkpoint
+    max_failures: Annotated[Int, Field(ge=0)] = 0  # worker-group restarts per job, each from the last checkpoint
     keep_checkpoints: PosInt = 2
     fast_path: FastPathCfg = FastPathCfg()
 
@@ -328,7 +378,7 @@ class MlflowCfg(Frozen):
 
 class EvaluateCfg(Frozen):
     batch_size: PosInt = 500
-    attention_images: Annotated[int, Field(ge=0, le=64)] = 6
+    attention_images: Annotated[Int, Field(ge=0, le=64)] = 6
 
 
 class ReportCfg(Frozen):
@@ -338,9 +388,9 @@ class ReportCfg(Frozen):
 
 class Params(Frozen):
     grid: GridCfg
-    datasets: dict[str, DatasetCfg]
+    datasets: dict[Name, DatasetCfg]
     train: TrainCfg
-    methods: dict[str, MethodCfg]
+    methods: dict[Name, MethodCfg]
     tune: TuneCfg = TuneCfg()
     compute: ComputeCfg = ComputeCfg()
     mlflow: MlflowCfg = MlflowCfg()
@@ -441,7 +491,9 @@ def _cross_checks(p: Params) -> list[str]:
                 p.recipe(name)
             except ValidationError as e:
                 errs += [
-                    f"methods.{name}.train.{_fmt_loc(x['loc'])} = {x.get('input')!r}: {x['msg']}" for x in e.errors()
+                    f"methods.{name}.train.{_fmt_loc(x['loc'])} = {x.get('input')!r}: "
+                    + x["msg"].removeprefix("Value error, ")
+                    for x in e.errors()
                 ]
         if m.imagenet is not None and set(m.imagenet.train) - train_fields:
             errs.append(
@@ -501,6 +553,7 @@ def _search_checks(p: Params) -> list[str]:
             errs.append(
                 f"tune.space.{key}: not a recipe field; allowed: {sorted('train.' + f for f in TrainCfg.model_fields)}"
             )
+    errs += _space_value_checks(p)
     for m in t.arch_space:
         if searched and m not in searched:  # dormant while nothing is searched
             errs.append(f"tune.arch_space.{m}: {m!r} is not searched; allowed: methods of tune.methods = {t.methods!r}")
@@ -524,16 +577,80 @@ def _search_checks(p: Params) -> list[str]:
     return errs
 
 
+def search_values(dim: SearchDim) -> list[tuple[str, Any]]:
+    """(what, value) a search dimension may set that a check can try: each choice, or the two bounds."""
+    if dim.type == "choice":
+        return [("choice value", v) for v in dim.values or []]
+    return [("low", dim.low), ("high", dim.high)]
+
+
+def _space_value_checks(p: Params) -> list[str]:
+    """Every value ``tune.space`` may set is one the recipe takes, with every searched method (every method of
+    the grid while nothing is searched) on every data set of the grid."""
+    errs: list[str] = []
+    pairs = []
+    for m in p.searched or p.grid.methods:
+        for d in p.grid.datasets:
+            if m in p.methods and d in p.datasets:
+                try:
+                    p.recipe(m, d)
+                except ValidationError:
+                    continue  # the recipe itself is bad: said elsewhere
+                pairs.append((m, d))
+    for key, dim in p.tune.space.items():
+        field = key.partition(".")[2]
+        if field not in TrainCfg.model_fields:
+            continue  # said elsewhere
+        kind = TrainCfg.model_fields[field].annotation
+        if dim.type != "choice" and kind is not float:
+            errs.append(
+                f"tune.space.{key}: {dim.type} samples real numbers, but {field} takes "
+                f"{getattr(kind, '__name__', kind)}; allowed: {{type: choice, values: [...]}}"
+            )
+            continue
+        for what, v in search_values(dim):
+            for m, d in pairs:
+                try:
+                    p.recipe(m, d, {field: v})
+                except ValidationError as e:
+                    why = "; ".join(
+                        (f"{_fmt_loc(x['loc'])}: " if tuple(x["loc"]) not in ((), (field,)) else "")
+                        + x["msg"].removeprefix("Value error, ")
+                        for x in e.errors()
+                    )
+                    errs.append(
+                        f"tune.space.{key}: {what} {v!r} is refused by the recipe (method {m}, data set {d}): {why}"
+                    )
+                    break
+    return errs
+
+
 def validate_params(raw: dict, source: str = "params.yaml") -> Params:
     """Validate a raw params mapping; raise one ``ConfigError`` listing every problem."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    non_finite = _non_finite(raw)
+    nf_errs = [
+        f"{_fmt_loc(loc)} = {v!r}: not a finite number; allowed: a finite number (.inf, -.inf and .nan never are "
+        "a setting)"
+        for loc, v in non_finite
+    ]
     try:
         p = Params.model_validate(raw)
     except ValidationError as e:
         grouped: dict[tuple, list[str]] = {}
-        for x in e.errors():
-            loc, msg = _key_loc(raw, tuple(x["loc"])), x["msg"].removeprefix("Value error, ")
+        locs = [_key_loc(raw, tuple(x["loc"])) for x in e.errors()]
+        deeper = {loc[:i] for loc in locs for i in range(len(loc))}
+        said = {loc for loc, _ in non_finite}
+        for x, loc in zip(e.errors(), locs, strict=True):
+            if x["type"] == "literal_error" and loc in deeper:
+                continue  # a union's other branch (e.g. a list) got further: its error is the one that matters
+            if loc in said:
+                continue  # a non-finite number: said once above, wherever it is
+            msg = x["msg"].removeprefix("Value error, ")
+            if x["loc"] and x["loc"][-1] == "[key]":  # a bad key of a mapping (a data set or method name)
+                grouped.setdefault((loc[:-1], ""), []).append(f"key {msg}")
+                continue
             if x["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc, msg = (*loc, "kind"), f"unknown data set kind; allowed: {', '.join(DATASET_KINDS)}"
             field = re.match(r"(\w+)=", msg)  # a model-level rule names its field first: point at it
@@ -544,7 +661,9 @@ def validate_params(raw: dict, source: str = "params.yaml") -> Params:
             grouped.setdefault((loc, shown), []).append(msg)
         # a union gives one message per alternative: join them into one line
         errs = [f"{_fmt_loc(loc)}{shown}: {' or '.join(dict.fromkeys(msgs))}" for (loc, shown), msgs in grouped.items()]
-        raise ConfigError(format_errors(source, errs)) from None
+        raise ConfigError(format_errors(source, nf_errs + errs)) from None
+    if nf_errs:  # in a free-form section (model arguments, recipe overrides): the models took them
+        raise ConfigError(format_errors(source, nf_errs))
     errs = _cross_checks(p) + _keys_dvc_reads(raw, p)
     if errs:
         raise ConfigError(format_errors(source, errs))
@@ -569,9 +688,92 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file (run from the repository root, or pass its path)")
-    with path.open() as f:
-        raw = yaml.safe_load(f)
-    return validate_params(raw, str(path))
+    return validate_params(read_yaml(path), str(path))
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def read_yaml(path: str | Path) -> Any:
+    """``path`` parsed as YAML (safe types only), or one ``ConfigError``: a syntax error with its line and
+    column, or a key written twice in one mapping (YAML would silently keep the last), with both lines."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        dups = _duplicate_keys(node) if node is not None else []
+        if dups:
+            raise ConfigError(format_errors(str(path), dups))
+        return loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        raise ConfigError(f"{path}: {_yaml_problem(e)}") from None
+    except yaml.YAMLError as e:  # e.g. a byte that is not UTF-8 text
+        raise ConfigError(f"{path}: not readable as YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be settings") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(e: yaml.MarkedYAMLError) -> str:
+    mark = e.problem_mark or e.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = e.problem or e.context or "invalid YAML"
+    if e.context and e.problem:
+        cm = e.context_mark
+        what += f" ({e.context}" + (f" started at line {cm.line + 1}, column {cm.column + 1})" if cm else ")")
+    if "'\\t'" in what:
+        what += "; YAML is indented with spaces, never tabs"
+    return where + what
+
+
+def _duplicate_keys(node: yaml.Node, path: tuple = (), seen: set[int] | None = None) -> list[str]:
+    """Keys written twice in one mapping, with the lines of both. A key brought in by a merge key (``<<``)
+    and set again explicitly is an override, not a duplicate."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already walked (or a recursive one)
+        return []
+    seen.add(id(node))
+    errs: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Node] = {}
+        for k, v in node.value:
+            if k.tag == _MERGE_TAG:
+                errs += _duplicate_keys(v, path, seen)
+                continue
+            sub = path
+            if isinstance(k, yaml.ScalarNode):
+                sub = (*path, k.value)
+                if (k.tag, k.value) in first:
+                    errs.append(
+                        f"{_fmt_loc(sub)}: duplicate key, written at {_at(first[k.tag, k.value])} and again at "
+                        f"{_at(k)} (YAML would silently keep the last); write it once"
+                    )
+                else:
+                    first[k.tag, k.value] = k
+            errs += _duplicate_keys(v, sub, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            errs += _duplicate_keys(v, (*path, i), seen)
+    return errs
+
+
+def _at(node: yaml.Node) -> str:
+    return f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
+
+
+def _non_finite(node: Any, path: tuple = (), above: frozenset[int] = frozenset()) -> list[tuple[tuple, float]]:
+    """(key path, value) of every .inf / -.inf / .nan in the raw tree, free-form sections included."""
+    if isinstance(node, float):
+        return [] if math.isfinite(node) else [(path, node)]
+    if id(node) in above:  # a recursive alias
+        return []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return [hit for k, v in items for hit in _non_finite(v, (*path, k), above | {id(node)})]
 
 
 def config_hash(*parts: Any) -> str:

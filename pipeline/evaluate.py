@@ -25,12 +25,14 @@ from pipeline.data.preprocess import load_manifest, load_split
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.models import SpatialSoftmax, create_model
 from pipeline.spec import RunSpec
+from pipeline.train.checkpoint import read_checkpoint
 from pipeline.train.engine import TensorData, normalize, predict
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunSpec, dict[str, Any]]:
-    """Rebuild the trained network from a ``model.pt`` written by the train stage."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    """Rebuild the trained network from a ``model.pt`` written by the train stage (read as plain data, with
+    ``weights_only=True``: a crafted file raises ``CheckpointError`` and runs nothing)."""
+    ck = read_checkpoint(path)
     spec = RunSpec.model_validate(ck["spec"])
     model = create_model(spec.model, **spec.model_args)
     model.load_state_dict(ck["model"])

@@ -6,22 +6,55 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
+_TMP = re.compile(r"^(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale(path: str | Path) -> list[Path]:
+    """Remove the temporaries of ``path`` that a killed process left (``.<name>.<host>-<pid>-*.tmp`` of this
+    host whose process is gone); a live process's, or another host's on a shared disk, are left alone."""
+    path = Path(path)
+    gone = []
+    prefix = f".{path.name}."
+    with contextlib.suppress(FileNotFoundError):
+        for p in path.parent.iterdir():
+            m = _TMP.match(p.name[len(prefix) :]) if p.name.startswith(prefix) else None
+            if m and m["host"] == _HOST and not _alive(int(m["pid"])):
+                shutil.rmtree(p, ignore_errors=True)
+                gone.append(p)
+    return gone
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` (file or directory).
 
-    On error the temporary is removed and ``path`` is left as it was.
+    On error the temporary is removed and ``path`` is left as it was. A process killed outright (SIGKILL)
+    cannot clean up: its temporary is named after its host and pid, and the next ``atomic_path`` of the same
+    ``path`` removes it (``remove_stale``). The names (``.<name>.*.tmp``) are git- and DVC-ignored.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
         yield target

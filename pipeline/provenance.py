@@ -35,7 +35,7 @@ def hardware() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
         "gpus": gpus,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion object is not plain data: checkpoints hold this
     }
 
 

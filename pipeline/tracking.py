@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.redact import redact
+
 DEFAULT_DB = "mlflow.db"
 
 
@@ -55,13 +57,14 @@ def get_experiment(c, name: str) -> str:
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested settings as MLflow params (``a.b.c``), credentials in URLs redacted (``pipeline.redact``)."""
     out: dict[str, str] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
             out.update(flatten(v, key + "."))
         else:
-            out[key] = str(v)[:6000]
+            out[key] = redact(str(v))[:6000]
     return out
 
 
@@ -91,7 +94,7 @@ def find_or_create_run(
         for k, v in owner_tags().items():  # this process carries the run on now
             c.set_tag(run_id, k, v)
         return run_id, True
-    all_tags = {**tags, **owner_tags()}
+    all_tags = {k: redact(str(v)) for k, v in {**tags, **owner_tags()}.items()}
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run = c.create_run(experiment_id, tags=all_tags, run_name=run_name)

@@ -16,32 +16,47 @@ Each trial trains in the trial's own process (one CPU or one GPU) with the same 
 workers, reporting every epoch to Tune so ASHA can stop weak trials. Why not one ``TorchTrainer`` per trial:
 on a 2-core machine each costs ~50 s of Ray Train start-up (measured), more than the search itself.
 
-MLflow: one parent run per searched method, one nested run per trial. ASHA stops trials by killing them, so
-after the search every trial run still marked RUNNING is closed as KILLED, with the epoch it reached.
-A finished search is cached under its content key in the run storage: a rerun with unchanged inputs
-reuses it.
+MLflow: one parent run per searched method, one nested run per trial. After the search every trial run gets
+its final status from Tune's own record of the trial (``trial_status``), not from whether its process
+managed to close it (ASHA ends a trial's process right after its last report): FINISHED if it trained all
+``tune.epochs``; FAILED, with its error in the ``error`` tag, if it raised; KILLED, tagged ``stopped_by`` ASHA
+and ``stopped_at_epoch``, if ASHA stopped it earlier. A crashed trial fails the search (``SearchError``: the
+stage exits 1 naming the trial and its error; the parent run is FAILED) unless ``tune.on_trial_error`` is
+``exclude``: then it stays recorded FAILED, is left out of the decision, and tune.json lists it under
+``excluded``. A search that ends this way is cached under its content key in the run storage: a rerun with
+unchanged inputs reuses it (a search that failed is never cached, and one that excluded crashed trials is not
+reused under ``fail``).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
-from pipeline.compute import SECRET_MARKERS, check_workers_before_start, ray_session, storage_path
+from pipeline.cli import StageError
+from pipeline.compute import check_workers_before_start, ray_session, storage_path
 from pipeline.config import Params, SearchDim, TrainCfg, TuneCfg, config_hash
 from pipeline.data.preprocess import load_manifest
 from pipeline.io import write_json
 from pipeline.models import registry
 from pipeline.provenance import provenance
+from pipeline.redact import safe_env
 from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, data_ref, shared
 from pipeline.stats import binomial_margin, near_chance
 from pipeline.train.store import SearchCache
 
 METRIC = "val_top1"
+
+
+class SearchError(StageError):
+    """A search that cannot give a decision: a trial crashed (under ``tune.on_trial_error: fail``), or every
+    trial did."""
 
 
 def method_space(t: TuneCfg, method: str) -> dict[str, SearchDim]:
@@ -115,6 +130,40 @@ def _trial_name(chosen: dict[str, Any], recipe: dict[str, Any]) -> str:
     return f"recipe | {what}" if chosen == recipe else what
 
 
+def _trial_run(
+    c,
+    exp: str,
+    parent: str,
+    key: str,
+    method: str,
+    dataset: str,
+    recipe: dict[str, Any],
+    trial_id: str,
+    chosen: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    reopen: bool = True,
+) -> str:
+    """The MLflow run of one trial, found by its ``run_key`` and Tune trial id (created if there is none;
+    ``reopen``: an existing one is set RUNNING again, see ``tracking.find_or_create_run``)."""
+    run_id, _ = tracking.find_or_create_run(
+        c,
+        exp,
+        f"trial {trial_id} | {_trial_name(chosen, recipe)}",
+        tracking.tags_for(
+            run_key=key,
+            trial=trial_id,
+            stage="tune-trial",
+            method=method,
+            dataset=dataset,
+            baseline="recipe" if chosen == recipe else None,
+        ),
+        {**chosen, **(extra or {})},
+        parent_run_id=parent,
+        reopen=reopen,
+    )
+    return run_id
+
+
 def _make_trainable(
     params: Params, method: str, data: DataRef, exp: str, parent: str, key: str, uri: str, threads: int
 ):
@@ -129,23 +178,15 @@ def _make_trainable(
         spec = trial_spec(params, method, data, chosen)
         trial_id = tune.get_context().get_trial_id()
         c = tracking.client(uri)
-        run_id, _ = tracking.find_or_create_run(
-            c,
-            exp,
-            f"trial {trial_id} | {_trial_name(chosen, recipe)}",
-            tracking.tags_for(
-                run_key=key,
-                trial=trial_id,
-                stage="tune-trial",
-                method=method,
-                dataset=data.name,
-                baseline="recipe" if chosen == recipe else None,
-            ),
-            {**chosen, "unit": spec.model_dump()},
-            parent_run_id=parent,
+        run_id = _trial_run(
+            c, exp, parent, key, method, data.name, recipe, trial_id, chosen, {"unit": spec.model_dump()}
         )
-        tune_trial(spec, threads, uri, run_id, params.compute.fast_path)
-        tracking.finish(c, run_id)
+        try:
+            tune_trial(spec, threads, uri, run_id, params.compute.fast_path)  # ends the run at its last epoch
+        except Exception as e:  # not ASHA's stop (SystemExit, or the process killed): the search reads Tune's error
+            c.set_tag(run_id, "error", error_line(e))
+            tracking.finish(c, run_id, "FAILED")
+            raise
 
     return trainable
 
@@ -153,13 +194,15 @@ def _make_trainable(
 def _keep_credentials_out_of_trial_envs() -> None:
     """Ray Tune copies AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, ... from this process into every trial's
     runtime_env (``ray.tune.execution.class_cache``), which Ray writes verbatim into runtime_env_agent.log.
-    Drop them there: trials get credentials from their node's environment, like every other worker
-    (``pipeline.compute``). tests/test_cluster.py greps Ray's logs for a planted secret."""
+    Drop them there, and any whose value carries a credential (``pipeline.redact``): trials get credentials
+    from their node's environment, like every other worker (``pipeline.compute``). tests/test_cluster.py
+    greps Ray's logs for a planted secret."""
     from ray.tune.execution import class_cache
 
     names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
     if isinstance(names, set):
-        class_cache.ENV_VARS_TO_PROPAGATE = {n for n in names if not any(m in n for m in SECRET_MARKERS)}
+        _, dropped = safe_env({n: os.environ.get(n, "") for n in names})
+        class_cache.ENV_VARS_TO_PROPAGATE = names - set(dropped)
 
 
 def _concurrent_trials(t: TuneCfg, per_trial: dict[str, int]) -> int:
@@ -212,8 +255,41 @@ def decide(trials: list[dict[str, Any]], recipe: dict[str, Any], *, n_val: int, 
     return out
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_line(err: BaseException | None) -> str | None:
+    """An exception as one short line, ``Type: first line of its message``. Ray's wrapper of a trial's error
+    (``RayTaskError``, whose text is a traceback) is unwrapped to the trial's own exception."""
+    if err is None:
+        return None
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        err = cause
+    msg = next((ln.strip() for ln in _ANSI.sub("", str(err)).splitlines() if ln.strip()), "")
+    return (f"{type(err).__name__}: {msg}" if msg else type(err).__name__)[:500]
+
+
+NO_EPOCH = "RuntimeError: the trial ended without reporting an epoch"
+
+
+def trial_status(error: str | None, epochs_reached: int, planned: int) -> tuple[str, dict[str, str]]:
+    """A search trial's final MLflow status and tags, from what Tune knows of it: FAILED with its ``error`` if
+    it raised; FINISHED if it trained its ``planned`` epochs; else KILLED by ASHA (the only thing here that
+    ends a trial early without an error) at the epoch it reached. A trial that reported no epoch and no
+    error did not run: FAILED."""
+    if error is not None:
+        return "FAILED", {"error": error}
+    if epochs_reached >= planned:
+        return "FINISHED", {}
+    if epochs_reached == 0:
+        return "FAILED", {"error": NO_EPOCH}
+    return "KILLED", {"stopped_by": "ASHA", "stopped_at_epoch": str(epochs_reached)}
+
+
 def _trials(grid, space: dict[str, SearchDim]) -> list[dict[str, Any]]:
-    """Every trial's configuration, held-out top-1 per epoch and error, from Tune's results."""
+    """Every trial's Tune id, configuration, held-out top-1 per epoch and error (one line; ``error_detail``:
+    Ray's full text), from Tune's results. A trial that reported nothing without an error counts as failed."""
     out = []
     for r in grid:
         df = r.metrics_dataframe
@@ -221,16 +297,48 @@ def _trials(grid, space: dict[str, SearchDim]) -> list[dict[str, Any]]:
             hist = [float(v) for v in df.sort_values("training_iteration")[METRIC]]
         else:
             hist = [float(r.metrics[METRIC])] if r.metrics and METRIC in r.metrics else []
+        error = error_line(r.error) if r.error else (None if hist else NO_EPOCH)
         out.append(
             {
+                "trial_id": (r.metrics or {}).get("trial_id"),
                 "config": {k: r.config[k] for k in space},
                 "history": hist,
                 "epochs": len(hist),
                 METRIC: hist[-1] if hist else None,
-                "error": str(r.error) if r.error else None,
+                "error": error,
+                "error_detail": _ANSI.sub("", str(r.error))[-4000:] if r.error else None,
             }
         )
     return out
+
+
+def _record_trial_runs(
+    c, exp: str, parent: str, key: str, method: str, dataset: str, recipe: dict[str, Any], trials, planned: int
+) -> None:
+    """Give every trial's MLflow run its final status and tags (``trial_status``) from Tune's results, however
+    far its own process got in closing it; a trial that crashed before it made its run gets one. Each trial
+    record notes its run and status. Any other run of this search still RUNNING is closed FAILED."""
+    ids = set()
+    for tr in trials:
+        status, tags = trial_status(tr["error"], tr["epochs"], planned)
+        run_id = _trial_run(
+            c, exp, parent, key, method, dataset, recipe, str(tr["trial_id"]), tr["config"], reopen=False
+        )
+        for k, v in tags.items():
+            c.set_tag(run_id, k, v)
+        tracking.finish(c, run_id, status)
+        tr.update(mlflow_run=run_id, status=status)
+        ids.add(run_id)
+    for r in c.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"):
+        if r.info.run_id not in ids:
+            c.set_tag(r.info.run_id, "pipeline.failure", "not among the trials in Tune's results")
+            tracking.finish(c, r.info.run_id, "FAILED")
+
+
+def _fail(c, parent: str, err: SearchError) -> None:
+    c.set_tag(parent, "error", str(err)[:5000])
+    tracking.finish(c, parent, "FAILED")
+    raise err
 
 
 def search(
@@ -291,22 +399,37 @@ def search(
         tracking.finish(c, parent, "FAILED")
         raise
     trials = _trials(grid, space)
-    if not any(tr["history"] and tr["error"] is None for tr in trials):
-        tracking.finish(c, parent, "FAILED")
-        raise RuntimeError(f"tune@{data.name}: every trial of {method} failed: {trials}")
+    _record_trial_runs(c, exp, parent, key, method, data.name, recipe, trials, t.epochs)
+    c.log_text(parent, json.dumps(trials, indent=2, default=str), "trials.json")
+    crashed = [tr for tr in trials if tr["error"] is not None]
+    listing = "\n".join(f"  trial {tr['trial_id']} {tr['config']}: {tr['error']}" for tr in crashed)
+    if crashed and t.on_trial_error == "fail":
+        _fail(
+            c,
+            parent,
+            SearchError(
+                f"tune@{data.name}: {len(crashed)} of {len(trials)} search trials of method {method!r} crashed:\n"
+                f"{listing}\nFix the search space (tune.space, tune.arch_space.{method}) or the model; or set "
+                "`tune.on_trial_error: exclude` to record crashed trials as FAILED and leave them out of the "
+                "decision."
+            ),
+        )
+    if len(crashed) == len(trials):
+        _fail(c, parent, SearchError(f"tune@{data.name}: every search trial of method {method!r} crashed:\n{listing}"))
     result = decide(trials, recipe, n_val=n_val, num_classes=data.num_classes)
-    _close_stopped_trials(c, exp, parent)
     c.set_tag(parent, "adopted", str(result["adopted"]))
     c.set_tag(parent, "decision", result["reason"])
+    if crashed:
+        c.set_tag(parent, "excluded_trials", f"{len(crashed)} crashed (tune.on_trial_error: exclude)")
     for k, v in result["chosen"].items():
         c.set_tag(parent, f"chosen.{k}", str(v))
-    c.log_text(parent, json.dumps(trials, indent=2, default=str), "trials.json")
     tracking.finish(c, parent)
     budget = {"trials": t.num_samples, "epochs_per_trial": t.epochs, "space": list(space)}
     return {
         **result,
         "recipe": recipe,
         "trials": trials,
+        "excluded": [{k: tr[k] for k in ("trial_id", "config", "error")} for tr in crashed],
         "budget": budget,
         "val_images": n_val,
         "mlflow_parent_run": parent,
@@ -314,17 +437,10 @@ def search(
     }
 
 
-def _close_stopped_trials(c, exp: str, parent: str) -> None:
-    """Trials that ASHA stopped were killed mid-job: close their runs as KILLED, noting the epoch reached."""
-    for r in c.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"):
-        hist = c.get_metric_history(r.info.run_id, METRIC)
-        c.set_tag(r.info.run_id, "stopped_by", f"ASHA after epoch {max((m.step for m in hist), default=0)}")
-        tracking.finish(c, r.info.run_id, "KILLED")
-
-
 def search_key(params: Params, method: str, data: DataRef) -> str:
-    """Content key of one method's search: what its trials train, its budget and space, and the code."""
-    t = params.tune.model_dump(exclude={"methods", "allow_unequal", "arch_space"})
+    """Content key of one method's search: what its trials train, its budget and space, and the code (not
+    ``on_trial_error``, which decides only what a crash does: see ``_reusable``)."""
+    t = params.tune.model_dump(exclude={"methods", "allow_unequal", "arch_space", "on_trial_error"})
     space = {k: d.model_dump() for k, d in method_space(params.tune, method).items()}
     return config_hash(trial_spec(params, method, data, {}).identity(), t, space, code_digest("pipeline.tune"))
 
@@ -341,6 +457,12 @@ def tune_dataset(params: Params, dataset: str, data_dir: str | Path, out_file: s
     return out
 
 
+def _reusable(hit: dict[str, Any], t: TuneCfg) -> bool:
+    """Whether a cached search stands under these settings: one that excluded crashed trials does not
+    under ``on_trial_error: fail``, which would have failed on them (it is searched again, and fails)."""
+    return t.on_trial_error == "exclude" or not any(tr.get("error") for tr in hit.get("trials", []))
+
+
 def _search_all(params: Params, dataset: str, data_dir: str | Path) -> dict[str, Any]:
     data = data_ref(dataset, data_dir)
     n_train = sum(load_manifest(data_dir)["class_counts"]["train"])
@@ -350,7 +472,7 @@ def _search_all(params: Params, dataset: str, data_dir: str | Path) -> dict[str,
     results: dict[str, Any] = {}
     for m in params.searched:
         hit = cache.get(keys[m])
-        if hit is not None:
+        if hit is not None and _reusable(hit, params.tune):
             results[m] = {**hit, "cached": True}
     todo = [m for m in params.searched if m not in results]
     if not todo:
@@ -363,6 +485,7 @@ def _search_all(params: Params, dataset: str, data_dir: str | Path) -> dict[str,
         print(f"tune@{dataset}: MLflow run {run_id} was left RUNNING by a process that died: marked FAILED")
     with ray_session():
         for m in todo:
+            # a search that failed raises here (SearchError): nothing of it is cached
             results[m] = search(params, m, data, keys[m], exp, c, uri, n_val=n_val)
             cache.put(keys[m], results[m])
             results[m]["cached"] = False

@@ -6,7 +6,7 @@ that follow read OUT_FILE, whose content never changes, so they still re-run onl
 
 from pathlib import Path
 
-from pipeline.cli import run_stage, usage
+from pipeline.cli import check_storage, run_stage, usage
 from pipeline.config import Params
 from pipeline.io import atomic_path
 from pipeline.models.checks import check_models
@@ -21,4 +21,4 @@ def main(params: Params, argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, checks=check_models)
+    run_stage(main, checks=[check_models, check_storage])

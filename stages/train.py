@@ -1,6 +1,6 @@
 """train@<dataset>: python -m stages.train DATASET DATA_DIR TUNE_FILE OUT_DIR METRICS_FILE CURVES_DIR"""
 
-from pipeline.cli import run_stage, usage
+from pipeline.cli import check_storage, run_stage, usage
 from pipeline.config import Params
 from pipeline.models.checks import check_models
 from pipeline.train.run import train_dataset
@@ -12,4 +12,4 @@ def main(params: Params, argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, checks=check_models)
+    run_stage(main, checks=[check_models, check_storage])

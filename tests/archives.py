@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +172,55 @@ def photo(rng: np.random.Generator, w: int, h: int, quality: int = 90, mode: str
     buf = io.BytesIO()
     img.convert(mode).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hostile archives
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def gzip_bomb(path: Path, records: int = 700_000, names: int = 10) -> int:
+    """A CIFAR-10 binary archive of a few MB whose ``data_batch_1.bin`` is ``records`` all-zero records
+    (700,000: 2.15 GB once inflated); a valid gzip (CRC and length), written in about a second: deflate
+    blocks flushed with Z_FULL_FLUSH are byte-identical for identical input, so one compressed MiB of zeros
+    is repeated. Returns the member's declared size."""
+    size = records * 3073
+    text = "".join(f"c{i}\n" for i in range(names)).encode()
+    head = _tar_header(f"{CIFAR10.folder}/{CIFAR10.names}", len(text)) + text + bytes(-len(text) % 512)
+    head += _tar_header(f"{CIFAR10.folder}/data_batch_1.bin", size)
+    zeros = size + (-size % 512) + 1024  # the member, its padding, the two end blocks
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = bytes(1 << 20)
+    crc = zlib.crc32(head)
+    with open(path, "wb") as f:
+        f.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff")  # gzip header: deflate, no name, mtime 0
+        f.write(comp.compress(head) + comp.flush(zlib.Z_FULL_FLUSH))
+        one = comp.compress(block) + comp.flush(zlib.Z_FULL_FLUSH)
+        full, rest = divmod(zeros, len(block))
+        f.write(one)
+        f.write(one * (full - 1))
+        for _ in range(full):
+            crc = zlib.crc32(block, crc)
+        f.write(comp.compress(bytes(rest)) + comp.flush())
+        crc = zlib.crc32(bytes(rest), crc)
+        f.write(struct.pack("<II", crc & 0xFFFFFFFF, (len(head) + zeros) & 0xFFFFFFFF))
+    return size
+
+
+def cifar10_archive_with(path: Path, *, train_labels, test_labels, names: int = 10) -> str:
+    """A CIFAR-10 binary archive with these labels (e.g. an empty or incomplete test split, 201 names)."""
+    rng = np.random.default_rng(0)
+    tr, te = np.asarray(train_labels, np.uint8), np.asarray(test_labels, np.uint8)
+    write_cifar_binary(
+        path,
+        CIFAR10,
+        (rng.integers(0, 256, (len(tr), 32, 32, 3), dtype=np.uint8), tr),
+        (rng.integers(0, 256, (len(te), 32, 32, 3), dtype=np.uint8), te),
+        [f"c{i}" for i in range(names)],
+    )
+    return md5(path)

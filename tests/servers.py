@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -19,6 +22,10 @@ class Behaviour:
     truncate_at: int | None = None  # send the full Content-Length but close after this many body bytes
     truncate_times: int = 1 << 30  # ... for this many requests (then serve normally)
     ranges: bool = True  # honour Range requests (206) or ignore them (200, whole file)
+    throttle: tuple[int, float] | None = None  # send the body in blocks of this many bytes, sleeping between
+    endless: bool = False  # 200 with no Content-Length and zeros for ever
+    announce: int | None = None  # claim this Content-Length (then send the file as it is)
+    auth: str | None = None  # require HTTP Basic credentials "user:password" (else 401)
     requests: list[dict] = field(default_factory=list)  # what was asked: path, range, status
 
 
@@ -38,12 +45,24 @@ class FileServer:
                 rng = self.headers.get("Range")
                 rec = {"path": self.path, "range": rng}
                 b.requests.append(rec)
+                if b.auth is not None and self.headers.get("Authorization") != basic(b.auth):
+                    rec["status"] = 401
+                    self.send_error(401)
+                    return
+                if b.endless:
+                    rec["status"] = 200
+                    self.send_response(200)
+                    self.end_headers()
+                    with contextlib.suppress(OSError):
+                        while True:
+                            self.wfile.write(bytes(1 << 16))
+                    return
                 if b.fail_first > 0:
                     b.fail_first -= 1
                     rec["status"] = 500
                     self.send_error(500, "planned failure")
                     return
-                path = server.root / self.path.lstrip("/")
+                path = server.root / urlsplit(self.path).path.lstrip("/")
                 if not path.is_file():
                     rec["status"] = 404
                     self.send_error(404)
@@ -57,7 +76,7 @@ class FileServer:
                 else:
                     self.send_response(200)
                 body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(b.announce or len(body)))
                 self.send_header("Accept-Ranges", "bytes" if b.ranges else "none")
                 self.end_headers()
                 rec["status"] = 206 if start else 200
@@ -69,7 +88,15 @@ class FileServer:
                     with contextlib.suppress(OSError):
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                self.wfile.write(body)
+                if b.throttle is None:
+                    self.wfile.write(body)
+                    return
+                n, pause = b.throttle
+                with contextlib.suppress(OSError):  # the client gave up
+                    for i in range(0, len(body), n):
+                        self.wfile.write(body[i : i + n])
+                        self.wfile.flush()
+                        time.sleep(pause)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -79,6 +106,10 @@ class FileServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def basic(userinfo: str) -> str:
+    return "Basic " + base64.b64encode(userinfo.encode()).decode()
 
 
 @contextlib.contextmanager

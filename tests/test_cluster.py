@@ -142,7 +142,7 @@ def test_job_trained_on_both_nodes_with_s3_storage(cluster) -> None:
     proj = cluster["proj"]
     assert "Job 'raysubmit_" in cluster["out"] and "succeeded" in cluster["out"]
     for m in SETTINGS["grid"]["methods"]:
-        rec = torch.load(proj / f"results/embedded/train/{m}/recipe/seed0/model.pt", weights_only=False)
+        rec = torch.load(proj / f"results/embedded/train/{m}/recipe/seed0/model.pt", weights_only=True)
         nodes = {n["node_id"] for n in rec["provenance"]["nodes"]}
         assert len(nodes) == 2, rec["provenance"]["nodes"]  # one worker per node: the job spanned both
         assert rec["spec"]["dataset"]["path"].startswith(f"s3://{BUCKET}/attncnn/data/embedded/")
@@ -284,5 +284,5 @@ def test_more_units_with_ray_address_reuse_the_finished_ones(cluster) -> None:
     total, reused, trained = map(int, m.groups())
     assert total >= 4 and reused == trained == total // 2
     for m in SETTINGS["grid"]["methods"]:
-        rec = torch.load(proj / f"results/embedded/train/{m}/recipe/seed1/model.pt", weights_only=False)
+        rec = torch.load(proj / f"results/embedded/train/{m}/recipe/seed1/model.pt", weights_only=True)
         assert len({n["node_id"] for n in rec["provenance"]["nodes"]}) == 2

@@ -40,8 +40,8 @@ def test_the_class_is_the_glyph_not_the_background() -> None:
 
 def test_cifar10_binary_layout_roundtrip(tmp_path) -> None:
     rng = np.random.default_rng(0)
-    train = (rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 12).astype(np.uint8))
-    test = (rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 4).astype(np.uint8))
+    train = (rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), rng.permutation(20).astype(np.uint8) % 10)
+    test = (rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), rng.permutation(10).astype(np.uint8))
     path = tmp_path / "cifar-10-binary.tar.gz"
     write_cifar10_binary(path, train, test, [f"c{i}" for i in range(10)])
     with tarfile.open(path) as tar:
@@ -51,7 +51,7 @@ def test_cifar10_binary_layout_roundtrip(tmp_path) -> None:
     # record 0: label byte, then the 1024 red values in row-major order
     assert first[0] == train[1][0]
     assert first[1:1025] == train[0][0, :, :, 0].tobytes()
-    splits, classes = read_cifar_binary(path)
+    splits, classes = read_cifar_binary(path, CIFAR10)
     np.testing.assert_array_equal(splits["train"].images, train[0])
     np.testing.assert_array_equal(splits["test"].labels, test[1])
     assert classes[3] == "c3"
@@ -59,7 +59,8 @@ def test_cifar10_binary_layout_roundtrip(tmp_path) -> None:
 
 def _tar_with(tmp_path, member: str, blob: bytes, with_names: bool = True):
     path = tmp_path / "bad.tar.gz"
-    members = [(f"{CIFAR10.folder}/{CIFAR10.names}", b"a\nb\n")] if with_names else []
+    names = "".join(f"c{i}\n" for i in range(10)).encode()
+    members = [(f"{CIFAR10.folder}/{CIFAR10.names}", names)] if with_names else []
     with gzip.open(path, "wb") as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for name, data in [*members, (member, blob)]:
             info = tarfile.TarInfo(name)
@@ -69,12 +70,12 @@ def _tar_with(tmp_path, member: str, blob: bytes, with_names: bool = True):
 
 
 def test_truncated_or_incomplete_archives_are_rejected(tmp_path) -> None:
-    with pytest.raises(ValueError, match=r"not a whole number of 3073-byte records"):
-        read_cifar_binary(_tar_with(tmp_path, f"{CIFAR10.folder}/data_batch_1.bin", b"\0" * 5000))
+    with pytest.raises(ValueError, match=r"declares 5,000 bytes; allowed: a whole number of 3073-byte records"):
+        read_cifar_binary(_tar_with(tmp_path, f"{CIFAR10.folder}/data_batch_1.bin", b"\0" * 5000), CIFAR10)
     with pytest.raises(ValueError, match=r"missing regular file cifar-10-batches-bin/data_batch_2\.bin"):
-        read_cifar_binary(_tar_with(tmp_path, f"{CIFAR10.folder}/data_batch_1.bin", b"\0" * 3073))
-    with pytest.raises(ValueError, match="not a CIFAR binary archive"):
-        read_cifar_binary(_tar_with(tmp_path, "other/file", b"x", with_names=False))
+        read_cifar_binary(_tar_with(tmp_path, f"{CIFAR10.folder}/data_batch_1.bin", b"\0" * 3073), CIFAR10)
+    with pytest.raises(ValueError, match="'other/file': not under cifar-10-batches-bin/"):
+        read_cifar_binary(_tar_with(tmp_path, "other/file", b"x", with_names=False), CIFAR10)
 
 
 def test_preprocess_writes_parquet_stats_and_checksums(tmp_path) -> None:

@@ -101,7 +101,7 @@ def test_killed_worker_killed_stage_and_changed_params(tmp_path) -> None:
     # C: A's settings again: A resumes from its latest checkpoint and finishes
     _set_lr(proj, SETTINGS["train"]["lr"])
     third = run(["dvc", "repro", "train@embedded"], proj, timeout=900)
-    final = torch.load(proj / "results/embedded/train/resnet/recipe/seed0/model.pt", weights_only=False)
+    final = torch.load(proj / "results/embedded/train/resnet/recipe/seed0/model.pt", weights_only=True)
     assert final["resumed_from"] is not None and 2 <= final["resumed_from"] < EPOCHS
     assert f"resuming at epoch {final['resumed_from'] + 1}/{EPOCHS}" in third.stdout + third.stderr
     assert [h["epoch"] for h in final["history"]] == list(range(1, EPOCHS + 1))

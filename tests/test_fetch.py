@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.config import CifarDataCfg
 from pipeline.data.archives import UnsafeArchiveError, safe_extract
-from pipeline.data.cifar import read_cifar_binary
+from pipeline.data.cifar import CIFAR10, read_cifar_binary
 from pipeline.data.download import FetchError
 from pipeline.data.preprocess import fetch_dataset, load_split, preprocess_dataset
 from tests.archives import cifar10_archive, cifar100_archive
@@ -49,7 +49,7 @@ def test_http_fetch_verifies_then_preprocess_reads_the_real_format(tmp_path, ser
     man = preprocess_dataset(tmp_path / "raw", tmp_path / "proc")
     assert man["classes"][0] == "airplane" and man["class_counts"]["train"] == [40] * 10
     assert man["source_files"][NAME]["md5"] == md5.removeprefix("md5:")
-    expect, _ = read_cifar_binary(tmp_path / "srv" / NAME)
+    expect, _ = read_cifar_binary(tmp_path / "srv" / NAME, CIFAR10)
     np.testing.assert_array_equal(load_split(tmp_path / "proc", "train").images, expect["train"].images)
 
 
@@ -126,11 +126,11 @@ def test_local_file_source_and_a_missing_one(tmp_path, served) -> None:
 
 
 def test_kind_must_match_the_archive(tmp_path, served) -> None:
+    """Fetch verifies the content, not only the checksum: a CIFAR-10 archive is no finished cifar100 output."""
     srv, md5 = served
-    fetch_dataset("c100", cfg(f"{srv.url}/{NAME}", md5, kind="cifar100"), tmp_path / "raw")
-    with pytest.raises(ValueError, match=r"holds cifar-10-batches-bin/, but this data set's kind expects cifar-100"):
-        preprocess_dataset(tmp_path / "raw", tmp_path / "proc")
-    assert not (tmp_path / "proc").exists()
+    with pytest.raises(ValueError, match=r"not under cifar-100-binary/ \(this data set's kind expects a cifar-100"):
+        fetch_dataset("c100", cfg(f"{srv.url}/{NAME}", md5, kind="cifar100"), tmp_path / "raw")
+    assert leftovers(tmp_path) == []
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def test_unsafe_archives_are_refused_before_anything_is_read(tmp_path, member, w
     path = tmp_path / "evil.tar.gz"
     _archive_with(path, member, b"x" if member.isfile() else b"")
     with pytest.raises(UnsafeArchiveError, match=rf"evil\.tar\.gz: unsafe member .*\({why}"):
-        read_cifar_binary(path)
+        read_cifar_binary(path, CIFAR10)
     (tmp_path / "out").mkdir()
     with pytest.raises(UnsafeArchiveError):
         safe_extract(path, tmp_path / "out")

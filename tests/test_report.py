@@ -34,7 +34,7 @@ def test_an_archive_with_a_user_checksum_is_never_called_official(tmp_path) -> N
     man = fetched(tmp_path, None)  # verified, but only against the user's sha256
     line = data_line("c10", "cifar10", man)
     assert "official" not in line.lower().replace("not the published", "")
-    assert "NOT the published file" in line and cifar.OFFICIAL["cifar10"][1].removeprefix("md5:") in line
+    assert "NOT the published file" in line and cifar.OFFICIAL["cifar10"].checksum.removeprefix("md5:") in line
     assert man["source_files"][NAME]["md5"] in line and "sha256:" in line  # what it is instead
 
 
@@ -43,8 +43,9 @@ def test_only_the_published_md5_makes_it_official(tmp_path, monkeypatch) -> None
     (tmp_path / "srv").mkdir()
     cifar10_archive(tmp_path / "srv" / NAME, per_class=3)
     md5 = hashlib.md5((tmp_path / "srv" / NAME).read_bytes()).hexdigest()
-    url, _ = cifar.OFFICIAL["cifar10"]
-    monkeypatch.setitem(cifar.OFFICIAL, "cifar10", (url, f"md5:{md5}"))
+    url = cifar.OFFICIAL["cifar10"].url
+    size = (tmp_path / "srv" / NAME).stat().st_size
+    monkeypatch.setitem(cifar.OFFICIAL, "cifar10", cifar.Official(url, f"md5:{md5}", size))
     man = fetched(tmp_path, f"md5:{md5}")
     assert "the official binary archive (its md5 matches the published" in data_line("c10", "cifar10", man)
 

@@ -1,14 +1,30 @@
 """The search track's rules, without running a search: trials see the final schedule's shape, the recipe is
 the first trial, and a searched setting is adopted only when it beats the recipe by more than the held-out
-split's noise and left chance. (tests/test_pipeline_e2e.py runs real searches through Ray Tune.)"""
+split's noise and left chance; what each trial's MLflow run is closed as. (tests/test_pipeline_e2e.py and
+tests/test_tune_trials.py run real searches through Ray Tune.)"""
 
 from __future__ import annotations
 
+import signal
+import sys
+
 import pytest
 
-from pipeline.config import TrainCfg, validate_params
+from pipeline import tracking
+from pipeline.cli import run_stage
+from pipeline.config import TrainCfg, TuneCfg, validate_params
 from pipeline.stats import binomial_margin
-from pipeline.tune import compressed, decide, method_space, recipe_point
+from pipeline.tune import (
+    SearchError,
+    _record_trial_runs,
+    _reusable,
+    compressed,
+    decide,
+    error_line,
+    method_space,
+    recipe_point,
+    trial_status,
+)
 
 RECIPE = {"train.lr": 0.1, "train.weight_decay": 1e-4}
 
@@ -75,3 +91,83 @@ def test_recipe_point_and_space(raw_params: dict) -> None:
         "train.weight_decay": p.train.weight_decay,
         "args.placement": p.method("attn_resnet").args["placement"],
     }
+
+
+def test_trial_status_comes_from_what_tune_knows() -> None:
+    """Completed: FINISHED; raised: FAILED with its error; fewer epochs without an error: ASHA stopped it."""
+    assert trial_status(None, 3, 3) == ("FINISHED", {})
+    assert trial_status("ValueError: bad", 0, 3) == ("FAILED", {"error": "ValueError: bad"})
+    assert trial_status("ValueError: bad", 3, 3)[0] == "FAILED"  # crashed after its last report: still failed
+    assert trial_status(None, 1, 3) == ("KILLED", {"stopped_by": "ASHA", "stopped_at_epoch": "1"})
+    status, tags = trial_status(None, 0, 3)  # never reported, no error: it did not run, ASHA never saw it
+    assert status == "FAILED" and "without reporting an epoch" in tags["error"]
+
+
+def test_error_line_is_the_trials_own_exception_on_one_line() -> None:
+    from ray.exceptions import RayTaskError
+
+    wrapped = RayTaskError("train", "Traceback (most recent call last):\n  File ...", ValueError("num_maps=3\nmore"))
+    assert error_line(wrapped) == "ValueError: num_maps=3"
+    assert error_line(RuntimeError("")) == "RuntimeError" and error_line(None) is None
+
+
+def test_trial_runs_are_closed_from_tunes_results_not_from_running(tmp_path) -> None:
+    """Real sqlite store. Trials as their processes left them: one completed but cut off before it closed its
+    run, one stopped by ASHA after epoch 1, one crashed (it closed its run FAILED), one crashed before it
+    made its run. Only the ASHA-stopped one ends KILLED."""
+    c = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = tracking.get_experiment(c, "t-embedded")
+    parent, _ = tracking.find_or_create_run(c, exp, "search", {"run_key": "k", "stage": "tune"}, {})
+    recipe = {"train.lr": 0.1}
+    runs = {}
+    for tid in ("t1", "t2", "t3"):
+        tags = {"run_key": "k", "trial": tid, "stage": "tune-trial"}
+        runs[tid], _ = tracking.find_or_create_run(c, exp, tid, tags, {}, parent_run_id=parent)
+    tracking.finish(c, runs["t3"], "FAILED")
+    trials = [
+        {"trial_id": "t1", "config": recipe, "epochs": 3, "error": None},
+        {"trial_id": "t2", "config": {"train.lr": 0.2}, "epochs": 1, "error": None},
+        {"trial_id": "t3", "config": {"train.lr": 0.3}, "epochs": 1, "error": "ValueError: boom"},
+        {"trial_id": "t4", "config": {"train.lr": 0.4}, "epochs": 0, "error": "TypeError: early"},
+    ]
+    _record_trial_runs(c, exp, parent, "k", "resnet", "embedded", recipe, trials, planned=3)
+    got = {tr["trial_id"]: c.get_run(tr["mlflow_run"]) for tr in trials}
+    assert {t: r.info.status for t, r in got.items()} == {
+        "t1": "FINISHED",
+        "t2": "KILLED",
+        "t3": "FAILED",
+        "t4": "FAILED",
+    }
+    assert [tr["status"] for tr in trials] == ["FINISHED", "KILLED", "FAILED", "FAILED"]
+    assert got["t1"].info.run_id == runs["t1"] and got["t3"].info.run_id == runs["t3"]  # the trials' own runs
+    assert got["t2"].data.tags["stopped_by"] == "ASHA" and got["t2"].data.tags["stopped_at_epoch"] == "1"
+    assert got["t3"].data.tags["error"] == "ValueError: boom" and got["t4"].data.tags["error"] == "TypeError: early"
+    assert got["t4"].data.tags["mlflow.parentRunId"] == parent  # made for the trial that crashed before its run
+    assert "stopped_by" not in got["t1"].data.tags and "error" not in got["t1"].data.tags
+    assert c.get_run(parent).info.status == "RUNNING"  # the parent is the search's to close
+
+
+def test_a_search_that_excluded_crashes_is_not_reused_under_fail() -> None:
+    clean = {"trials": [{"error": None}]}
+    excluded = {"trials": [{"error": None}, {"error": "ValueError: boom"}]}
+    assert _reusable(clean, TuneCfg()) and _reusable(excluded, TuneCfg(on_trial_error="exclude"))
+    assert not _reusable(excluded, TuneCfg())  # default: fail
+
+
+def test_a_failed_search_fails_its_stage_with_one_message(monkeypatch, capsys) -> None:
+    from tests.conftest import ROOT
+
+    def main(params, argv):
+        raise SearchError("tune@embedded: 1 of 2 search trials of method 'attn_resnet' crashed: ValueError: x")
+
+    monkeypatch.chdir(ROOT)  # run_stage reads ./params.yaml
+    monkeypatch.setattr(sys, "argv", ["stages.tune"])
+    before = signal.getsignal(signal.SIGTERM)  # run_stage installs its own
+    try:
+        with pytest.raises(SystemExit) as e:
+            run_stage(main)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: tune@embedded: 1 of 2 search trials") and "Traceback" not in err

@@ -4,13 +4,22 @@ Rejected, with an error naming the archive and the member: absolute paths, ``..`
 hard links, device files and FIFOs (stricter than Python's ``tarfile`` ``data`` filter, which admits links
 that stay inside the destination: no data set we read needs a link). Extraction additionally goes through
 the ``data`` filter, so permissions and ownership from the archive are never applied.
+
+Sizes are checked from the headers too (``open_checked``'s ``rule``): a decompression bomb -- a few MB
+of gzip declaring a member of gigabytes -- is refused before its content is inflated. A corrupt,
+truncated or non-tar file gives one ``DataError`` naming it (``readable``), never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import lzma
 import tarfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from .errors import DataError
 
@@ -48,11 +57,57 @@ def check_members(archive: str, members: Iterable[tarfile.TarInfo]) -> list[tarf
     return out
 
 
-def open_checked(path: str | Path) -> tarfile.TarFile:
-    """Open a (possibly compressed) tar file after checking every member; the caller closes it."""
-    tar = tarfile.open(path, "r:*")  # noqa: SIM115  (returned open, the caller closes it)
+# A member rule: None if the member is acceptable, else why not (e.g. its declared size is more than the
+# format allows). It sees only the header, so it runs before a byte of the member is decompressed.
+MemberRule = Callable[[tarfile.TarInfo], "str | None"]
+UNREADABLE = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, OSError)
+
+
+def unreadable(archive: str | Path, e: BaseException) -> DataError:
+    why = " ".join(str(e).split())  # tarfile lists one line per compression it tried
+    if isinstance(e, tarfile.ReadError) and "could not be opened" in why:
+        why = "neither gzip, bzip2, xz nor tar"
+    return DataError(
+        f"{archive}: not a readable tar archive ({type(e).__name__}: {why}); it is corrupt, truncated or not a "
+        "tar file: fetch it again or from another source"
+    )
+
+
+@contextlib.contextmanager
+def readable(archive: str | Path) -> Iterator[None]:
+    """Turn the many ways a corrupt or truncated archive fails (tar, gzip, zlib, EOF) into one ``DataError``."""
     try:
-        check_members(str(path), tar.getmembers())
+        yield
+    except UNREADABLE as e:
+        if isinstance(e, DataError):
+            raise
+        raise unreadable(archive, e) from None
+
+
+def open_checked(
+    path: str | Path, rule: MemberRule | None = None, max_members: int = 1 << 20, *, fileobj: BinaryIO | None = None
+) -> tarfile.TarFile:
+    """Open a (possibly compressed) tar file after checking every member; the caller closes it.
+
+    Members are checked as their headers are read, each before the reader moves past its data: a member
+    refused by ``check_member`` or ``rule`` stops the scan before its (possibly gigabytes of compressed-away)
+    content is decompressed, and an archive of more than ``max_members`` members is refused the same way.
+    """
+    with readable(path):
+        # returned open, the caller closes it; ``path`` only names it when ``fileobj`` holds the bytes
+        tar = tarfile.open(None if fileobj else path, "r:*", fileobj)  # noqa: SIM115
+    try:
+        with readable(path):
+            for i, m in enumerate(tar):
+                if i >= max_members:
+                    raise UnsafeArchiveError(
+                        f"{path}: more than {max_members} members; this format has at most {max_members}: "
+                        "get the archive from a trusted source"
+                    )
+                check_member(str(path), m)
+                why = rule(m) if rule is not None else None
+                if why:
+                    raise UnsafeArchiveError(f"{path}: member {m.name!r}: {why}; refusing to read this archive")
     except BaseException:
         tar.close()
         raise
@@ -61,6 +116,6 @@ def open_checked(path: str | Path) -> tarfile.TarFile:
 
 def safe_extract(path: str | Path, dest: str | Path) -> list[str]:
     """Extract every member of ``path`` under ``dest`` after checking all of them; returns the member names."""
-    with open_checked(path) as tar:
+    with open_checked(path) as tar, readable(path):
         tar.extractall(dest, filter="data")
         return tar.getnames()

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.io import atomic_path
 
-from .archives import open_checked
+from .archives import open_checked, readable
 from .errors import DataError
 
 PIXELS = 32 * 32 * 3
@@ -31,8 +31,37 @@ class Layout:
     label_bytes: int
     label_offset: int  # which label byte is the class (CIFAR-100: the fine label)
     names: str
+    num_classes: int
+    # records per member in the official archive: the most a member of this layout may declare
+    max_records: dict[str, int]
+    extra: tuple[str, ...] = ()  # other members the official archive has, never read
+
+    @property
+    def record_bytes(self) -> int:
+        return self.label_bytes + PIXELS
+
+    def member_rule(self, info: tarfile.TarInfo) -> str | None:
+        """Why a member of an archive of this layout is refused, from its header alone (None: accepted)."""
+        top, _, rest = info.name.rstrip("/").partition("/")
+        if top != self.folder or "/" in rest:
+            return f"not under {self.folder}/ (this data set's kind expects a {self.folder} archive)"
+        if info.isdir():
+            return None
+        if rest in self.max_records:
+            most = self.max_records[rest] * self.record_bytes
+            if info.size > most or info.size % self.record_bytes:
+                return (
+                    f"declares {info.size:,} bytes; allowed: a whole number of {self.record_bytes}-byte records, "
+                    f"at most {self.max_records[rest]:,} ({most:,} bytes, the official file's size)"
+                )
+            return None
+        if rest in (self.names, *self.extra):
+            return None if info.size <= MAX_TEXT else f"declares {info.size:,} bytes; allowed: at most {MAX_TEXT:,}"
+        allowed = sorted([*self.max_records, self.names, *self.extra])
+        return f"unexpected file; a {self.folder} archive holds {allowed}"
 
 
+MAX_TEXT = 1 << 20  # class-name lists and the readme: a few KB in the official archives
 CIFAR10 = Layout(
     "cifar-10-batches-bin",
     tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
@@ -40,8 +69,21 @@ CIFAR10 = Layout(
     1,
     0,
     "batches.meta.txt",
+    10,
+    {**{f"data_batch_{i}.bin": 10_000 for i in range(1, 6)}, "test_batch.bin": 10_000},
+    ("readme.html",),
 )
-CIFAR100 = Layout("cifar-100-binary", ("train.bin",), ("test.bin",), 2, 1, "fine_label_names.txt")
+CIFAR100 = Layout(
+    "cifar-100-binary",
+    ("train.bin",),
+    ("test.bin",),
+    2,
+    1,
+    "fine_label_names.txt",
+    100,
+    {"train.bin": 50_000, "test.bin": 10_000},
+    ("coarse_label_names.txt",),
+)
 LAYOUTS = (CIFAR10, CIFAR100)
 
 
@@ -60,50 +102,69 @@ def decode_records(blob: bytes, layout: Layout, name: str) -> ImageSet:
     return ImageSet(np.ascontiguousarray(images), arr[:, layout.label_offset].astype(np.int64))
 
 
-def read_cifar_binary(archive: str | Path, expect: Layout | None = None) -> tuple[dict[str, ImageSet], list[str]]:
-    """Read a CIFAR-10/100 binary archive: ({'train': ImageSet, 'test': ImageSet}, class names).
+def read_cifar_binary(
+    archive: str | Path, layout: Layout, *, label: str | None = None
+) -> tuple[dict[str, ImageSet], list[str]]:
+    """Read a CIFAR-10/100 binary archive of ``layout``: ({'train': ImageSet, 'test': ImageSet}, class names).
 
-    Every member is checked first (no links, no paths leaving the archive); nothing is extracted to disk.
+    Every member is checked from its header first (no links, no paths leaving the archive, no member
+    larger than the official one: memory stays bounded by the real data's size); nothing is extracted to
+    disk. Then the content: ``layout.num_classes`` class names, non-empty splits, labels in range, and every
+    class present in each split. Messages name the archive as ``label`` (default: its path).
     """
-    archive = Path(archive)
-    with open_checked(archive) as tar:
-        names = set(tar.getnames())
-        layout = next((lay for lay in LAYOUTS if f"{lay.folder}/{lay.names}" in names), None)
-        if layout is None:
-            raise DataError(
-                f"{archive}: not a CIFAR binary archive (expected "
-                f"{' or '.join(f'{lay.folder}/{lay.names}' for lay in LAYOUTS)})"
-            )
-        if expect is not None and layout != expect:
-            raise DataError(
-                f"{archive}: holds {layout.folder}/, but this data set's kind expects {expect.folder}/ "
-                "(a CIFAR-10 archive for kind cifar10, CIFAR-100 for cifar100)"
-            )
+    name = label or str(archive)
+    with (
+        readable(name),
+        open(archive, "rb") as fh,
+        open_checked(name, layout.member_rule, max_members=32, fileobj=fh) as tar,
+    ):
+        infos = {m.name: m for m in tar.getmembers()}
 
         def member(fname: str) -> bytes:
-            full = f"{layout.folder}/{fname}"
-            info = tar.getmember(full) if full in names else None
+            info = infos.get(f"{layout.folder}/{fname}")
             if info is None or not info.isfile():
-                raise DataError(f"{archive}: missing regular file {full}")
+                raise DataError(
+                    f"{name}: missing regular file {layout.folder}/{fname}; is this the CIFAR binary archive "
+                    f"({layout.folder})?"
+                )
             return tar.extractfile(info).read()
 
+        classes = [c.strip() for c in member(layout.names).decode(errors="replace").splitlines() if c.strip()]
+        if len(classes) != layout.num_classes:
+            raise DataError(
+                f"{name}: {layout.folder}/{layout.names} names {len(classes)} classes; this kind has exactly "
+                f"{layout.num_classes}"
+            )
         splits = {}
         for split, files in (("train", layout.train), ("test", layout.test)):
             parts = [decode_records(member(f), layout, f) for f in files]
             splits[split] = ImageSet(
                 np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts])
             )
-        classes = [c.strip() for c in member(layout.names).decode().splitlines() if c.strip()]
     for split, s in splits.items():
-        if s.labels.size and s.labels.max() >= len(classes):
-            raise DataError(f"{archive}: {split} label {s.labels.max()} >= number of classes {len(classes)}")
+        check_split(name, split, s.labels, classes)
     return splits, classes
+
+
+def check_split(archive: str, split: str, labels: np.ndarray, classes: list[str]) -> None:
+    """A split is non-empty, its labels name classes, and every class has at least one image."""
+    if not labels.size:
+        raise DataError(f"{archive}: the {split} split is empty; a CIFAR archive has images in both splits")
+    if labels.max() >= len(classes):
+        raise DataError(f"{archive}: {split} label {labels.max()} >= the number of classes {len(classes)}")
+    missing = [classes[k] for k in np.flatnonzero(np.bincount(labels, minlength=len(classes)) == 0)]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise DataError(
+            f"{archive}: the {split} split has no image of {len(missing)} of {len(classes)} classes ({shown}); "
+            "every class must be present in each split: the archive is incomplete or not the official one"
+        )
 
 
 def _encode(images: np.ndarray, labels: np.ndarray) -> bytes:
     """Records: label byte(s) (``labels`` is (N,) or (N, 2) for CIFAR-100's coarse, fine), then R, G, B planes."""
     planes = images.transpose(0, 3, 1, 2).reshape(len(images), PIXELS)  # HWC -> CHW rows
-    lab = labels.astype(np.uint8).reshape(len(images), -1)
+    lab = labels.astype(np.uint8).reshape(len(images), -1 if len(images) else 1)  # (0, 1) for an empty split
     return np.concatenate([lab, planes], axis=1).tobytes()
 
 
@@ -149,9 +210,20 @@ def write_cifar10_binary(
     write_cifar_binary(path, CIFAR10, train, test, classes)
 
 
+@dataclass(frozen=True)
+class Official:
+    url: str
+    checksum: str  # the MD5 published on the CIFAR page
+    size: int  # bytes: the cap on a download of this file
+
+
 # The binary archives and the MD5 checksums published on the CIFAR page (https://www.cs.toronto.edu/~kriz/cifar.html).
 OFFICIAL = {
-    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", "md5:c32a1d4ab5d03f1284b67883e8d87530"),
-    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz", "md5:03b5dce01913d631647c71ecec9e9cb8"),
+    "cifar10": Official(
+        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", "md5:c32a1d4ab5d03f1284b67883e8d87530", 170_052_171
+    ),
+    "cifar100": Official(
+        "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz", "md5:03b5dce01913d631647c71ecec9e9cb8", 168_513_733
+    ),
 }
 LAYOUT_OF_KIND = {"embedded": CIFAR10, "cifar10": CIFAR10, "cifar100": CIFAR100}

@@ -7,8 +7,15 @@ Guarantees, whatever the source:
 - HTTP: connection errors, timeouts, truncated bodies and 5xx answers are retried with exponential backoff;
   a retry resumes from the bytes already received when the server honours ``Range`` (206), else restarts;
   4xx answers (404, 403) fail at once;
-- every failure raises ``FetchError`` naming the source, what went wrong and what to do, and removes the
-  temporary file;
+- limits (``Limits``): a size cap (the official file's known size, else ``fetch.max_bytes``), checked against
+  the announced size before the body is read and against every block received; an overall deadline over
+  all attempts and waits; a minimum rate over a sliding window, so a server trickling a byte at a time
+  cannot hold the stage. Each failure names the setting to change;
+- the bytes go to a fixed hidden ``.part`` file (``partial``): a run killed outright (SIGKILL, power loss)
+  leaves it, and the next run resumes it with ``Range`` (HTTP) or starts it over (S3, local); a failure
+  the process sees removes it; an interrupt (Ctrl-C, SIGTERM) keeps it to be resumed;
+- every failure raises ``FetchError`` naming the source (credentials redacted: ``pipeline.redact``), what
+  went wrong and what to do;
 - a progress line (size, rate, ETA) goes to stderr.
 
 S3 goes through boto3 and honours the standard AWS variables (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``,
@@ -17,18 +24,23 @@ S3 goes through boto3 and honours the standard AWS variables (``AWS_ACCESS_KEY_I
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
+import json
+import os
 import socket
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pipeline.io import atomic_path
+from pipeline.redact import redact, redact_url
 
 from .errors import DataError
 
@@ -63,6 +75,74 @@ class Retry:
     attempts: int = 5
     backoff_s: float = 1.0  # sleep backoff_s * 2**i before attempt i+1, capped at 30 s
     timeout_s: float = 60.0  # per connection/read
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int | None = None  # None: no cap
+    deadline_s: float = 3600.0  # the whole fetch: every attempt and wait
+    min_rate_bytes_s: float = 0.0  # 0: off
+    rate_window_s: float = 60.0
+    setting: str = "datasets.<name>.fetch"  # where the user changes these, for the messages
+    cap_note: str = ""  # why the cap is what it is (e.g. the official file's known size)
+
+
+class _TooSlow(Exception):
+    """An attempt fell below the minimum rate; retried (resuming) while attempts and the deadline allow."""
+
+
+class Meter:
+    """One fetch's bytes and clock against its ``Limits``; raises ``FetchError`` (or ``_TooSlow``)."""
+
+    def __init__(self, limits: Limits, shown: str) -> None:
+        self.limits, self.shown = limits, shown
+        self.start = time.monotonic()
+        self.window: deque[tuple[float, int]] = deque()
+        self.attempt_start = self.start
+        self.received = 0
+
+    def remaining(self) -> float:
+        left = self.limits.deadline_s - (time.monotonic() - self.start)
+        if left <= 0:
+            raise FetchError(
+                f"{self.shown}: not finished within the deadline of {self.limits.deadline_s:g} s "
+                f"({self.received:,} bytes received); raise {self.limits.setting}.deadline_s for a slow link"
+            )
+        return left
+
+    def new_attempt(self) -> None:
+        self.attempt_start = time.monotonic()
+        self.window.clear()
+
+    def check_size(self, size: int, announced: bool) -> None:
+        cap = self.limits.max_bytes
+        if cap is not None and size > cap:
+            what = "announces" if announced else "sent more than"
+            raise FetchError(
+                f"{self.shown}: the source {what} {size:,} bytes, more than the {cap:,} allowed "
+                f"({self.limits.setting}.max_bytes{self.limits.cap_note}); nothing was kept"
+            )
+
+    def add(self, n: int, total: int) -> None:
+        """``n`` more bytes arrived; ``total`` is the file's size so far."""
+        self.received += n
+        self.check_size(total, announced=False)
+        self.remaining()
+        if not self.limits.min_rate_bytes_s:
+            return
+        now = time.monotonic()
+        self.window.append((now, total))
+        while len(self.window) > 2 and self.window[1][0] <= now - self.limits.rate_window_s:
+            self.window.popleft()
+        t0, b0 = self.window[0]
+        if now - self.attempt_start >= self.limits.rate_window_s and now > t0:
+            rate = (total - b0) / (now - t0)
+            if rate < self.limits.min_rate_bytes_s:
+                raise _TooSlow(
+                    f"{rate:,.0f} bytes/s over the last {now - t0:.0f} s, below {self.limits.setting}."
+                    f"min_rate_bytes_s = {self.limits.min_rate_bytes_s:g} (over rate_window_s = "
+                    f"{self.limits.rate_window_s:g} s)"
+                )
 
 
 def is_s3(uri: str) -> bool:
@@ -144,16 +224,32 @@ class Progress:
 def _retryable_http(e: Exception) -> bool:
     if isinstance(e, urllib.error.HTTPError):
         return e.code >= 500 or e.code in (408, 429)
-    return isinstance(e, (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, OSError))
+    return isinstance(
+        e, (_TooSlow, urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, OSError)
+    )
 
 
-def _http_attempt(url: str, part: Path, retry: Retry, progress_label: str) -> None:
+def _split_userinfo(url: str) -> tuple[str, dict[str, str]]:
+    """``https://user:pass@host/x`` -> (``https://host/x``, a Basic ``Authorization`` header), as curl does;
+    urllib itself would take ``user:pass@host`` for the host name."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, {}
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=hostport)), {"Authorization": f"Basic {token}"}
+
+
+def _http_attempt(url: str, part: Path, retry: Retry, meter: Meter, progress_label: str) -> None:
     """One GET into ``part``, resuming from its current size when the server accepts ranges."""
     have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"User-Agent": "attncnn-pipeline"})
+    url, auth = _split_userinfo(url)
+    req = urllib.request.Request(url, headers={"User-Agent": "attncnn-pipeline", **auth})
     if have:
         req.add_header("Range", f"bytes={have}-")
-    with urllib.request.urlopen(req, timeout=retry.timeout_s) as r:
+    meter.new_attempt()
+    with urllib.request.urlopen(req, timeout=min(retry.timeout_s, meter.remaining())) as r:
         if have and r.status == 206:
             start = int(r.headers.get("Content-Range", "bytes 0-").split()[1].split("-")[0])
             if start != have:
@@ -163,33 +259,38 @@ def _http_attempt(url: str, part: Path, retry: Retry, progress_label: str) -> No
             have, mode = 0, "wb"
         length = r.headers.get("Content-Length")
         expected = have + int(length) if length is not None else None
+        if expected is not None:
+            meter.check_size(expected, announced=True)
         prog = Progress(progress_label, expected)
         prog.done = have
         with open(part, mode) as f:
-            while block := r.read(CHUNK):
+            # read1: whatever one socket read gives, so the limits are checked even when a server trickles
+            while block := r.read1(CHUNK):
                 f.write(block)
                 prog.update(len(block))
+                meter.add(len(block), prog.done)
         prog.close()
     got = part.stat().st_size
     if expected is not None and got != expected:
         raise http.client.IncompleteRead(b"", expected - got)
 
 
-def _download_http(url: str, part: Path, retry: Retry, label: str, log: Callable[[str], None]) -> None:
+def _download_http(url: str, part: Path, retry: Retry, meter: Meter, label: str, log: Callable[[str], None]) -> None:
+    shown = redact_url(url)
     last: Exception | None = None
     for attempt in range(retry.attempts):
         if attempt:
-            delay = min(retry.backoff_s * 2 ** (attempt - 1), 30.0)
-            log(f"{url}: attempt {attempt} failed ({last}); retrying in {delay:.1f} s")
+            delay = min(retry.backoff_s * 2 ** (attempt - 1), 30.0, meter.remaining())
+            log(f"{shown}: attempt {attempt} failed ({redact(str(last))}); retrying in {delay:.1f} s")
             time.sleep(delay)
         try:
-            _http_attempt(url, part, retry, label)
+            _http_attempt(url, part, retry, meter, label)
             return
         except urllib.error.HTTPError as e:
             if not _retryable_http(e):
                 raise FetchError(
-                    f"{url}: HTTP {e.code} {e.reason}; check the URL (datasets.<name>.fetch.source) or use a mirror, "
-                    "a local file or s3://bucket/key"
+                    f"{shown}: HTTP {e.code} {e.reason}; check the URL ({meter.limits.setting}.source) or use a "
+                    "mirror, a local file or s3://bucket/key"
                 ) from None
             last = e
         except Exception as e:
@@ -200,37 +301,45 @@ def _download_http(url: str, part: Path, retry: Retry, label: str, log: Callable
     what = (
         f"transfer truncated: {have} bytes received, {last.expected} more expected"
         if isinstance(last, http.client.IncompleteRead)
-        else str(last)
+        else redact(str(last))
     )
     raise FetchError(
-        f"{url}: failed after {retry.attempts} attempts: {what}; check the network or the server, then rerun "
-        "(raise datasets.<name>.fetch.retries for a flaky link)"
+        f"{shown}: failed after {retry.attempts} attempts: {what}; check the network or the server, then rerun "
+        f"(raise {meter.limits.setting}.retries for a flaky link)"
     )
 
 
-def _download_s3(uri: str, part: Path, label: str) -> None:
+def _download_s3(uri: str, part: Path, meter: Meter, label: str) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3(uri)
     try:
         client = s3_client()
         size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        meter.check_size(size, announced=True)
         prog = Progress(label, size)
-        client.download_file(bucket, key, str(part), Callback=prog.update)
+
+        def progress(n: int) -> None:
+            prog.update(n)
+            meter.add(n, prog.done)
+
+        client.download_file(bucket, key, str(part), Callback=progress)
         prog.close()
     except (BotoCoreError, ClientError) as e:
-        raise s3_error(uri, e) from None
+        raise s3_error(redact_url(uri), e) from None
 
 
-def _copy_local(src: str, part: Path, label: str) -> None:
+def _copy_local(src: str, part: Path, meter: Meter, label: str) -> None:
     path = Path(src.removeprefix("file://")).expanduser()
     if not path.is_file():
         raise FetchError(f"{src}: no such file; give an existing file, an http(s):// URL or s3://bucket/key")
+    meter.check_size(path.stat().st_size, announced=True)
     prog = Progress(label, path.stat().st_size)
     with open(path, "rb") as fi, open(part, "wb") as fo:
         while block := fi.read(CHUNK):
             fo.write(block)
             prog.update(len(block))
+            meter.add(len(block), prog.done)
     prog.close()
 
 
@@ -243,31 +352,72 @@ def file_digests(path: str | Path, algorithms: tuple[str, ...] = ALGORITHMS) -> 
     return {a: h.hexdigest() for a, h in hs.items()}
 
 
+def _resumable(partial: Path, source: str, checksum: Checksum) -> bool:
+    """Whether ``partial`` holds the start of this very download (same source and checksum), left by a run
+    that was killed; anything else there is removed."""
+    stamp = partial.with_name(partial.name + ".json")
+    want = {"source_sha256": hashlib.sha256(source.encode()).hexdigest(), "checksum": str(checksum)}
+    try:
+        ok = is_http(source) and partial.is_file() and json.loads(stamp.read_text()) == want
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        partial.unlink(missing_ok=True)
+        stamp.write_text(json.dumps(want))
+    return ok
+
+
+def _drop(partial: Path) -> None:
+    partial.unlink(missing_ok=True)
+    partial.with_name(partial.name + ".json").unlink(missing_ok=True)
+
+
 def fetch_file(
     source: str,
     dest: str | Path,
     checksum: Checksum,
     retry: Retry = Retry(),
+    limits: Limits = Limits(),
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    partial: str | Path | None = None,
 ) -> dict[str, str]:
-    """Fetch ``source`` to ``dest``, verified against ``checksum``; returns the file's md5 and sha256."""
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        label = f"fetch {dest.name}"
-        if is_http(source):
-            _download_http(source, tmp, retry, label, log)
-        elif is_s3(source):
-            _download_s3(source, tmp, label)
-        elif "://" in source and not source.startswith("file://"):
-            raise FetchError(f"{source}: unsupported scheme; use http(s)://, s3:// or a local path")
-        else:
-            _copy_local(source, tmp, label)
-        digests = file_digests(tmp)
-        if digests[checksum.algorithm] != checksum.hexdigest:
+    """Fetch ``source`` to ``dest``, verified against ``checksum``; returns the file's md5 and sha256.
+
+    The bytes go to ``partial`` (default: a hidden ``.part`` beside ``dest``) and are moved onto ``dest``
+    only once verified."""
+    dest, shown = Path(dest), redact_url(source)
+    partial = Path(partial) if partial is not None else dest.with_name(f".{dest.name}.part")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    meter, label = Meter(limits, shown), f"fetch {dest.name}"
+    try:
+        for resumed in (_resumable(partial, source, checksum), False):
+            if resumed:
+                log(f"{shown}: resuming the {partial.stat().st_size:,} bytes a killed run left in {partial}")
+            if is_http(source):
+                _download_http(source, partial, retry, meter, label, log)
+            elif is_s3(source):
+                _download_s3(source, partial, meter, label)
+            elif "://" in source and not source.startswith("file://"):
+                raise FetchError(f"{shown}: unsupported scheme; use http(s)://, s3:// or a local path")
+            else:
+                _copy_local(source, partial, meter, label)
+            digests = file_digests(partial)
+            if digests[checksum.algorithm] == checksum.hexdigest:
+                break
+            if resumed:  # the kept start may be what is wrong: once more from byte 0
+                log(f"{shown}: the resumed file does not match {checksum}; downloading it again from the start")
+                _drop(partial)
+                _resumable(partial, source, checksum)
+                continue
             raise FetchError(
-                f"{source}: checksum mismatch: expected {checksum}, got {checksum.algorithm}:"
-                f"{digests[checksum.algorithm]} ({tmp.stat().st_size} bytes); the file is corrupt, truncated or "
-                "not the one pinned; fetch it again or from another source, or set datasets.<name>.fetch.checksum "
+                f"{shown}: checksum mismatch: expected {checksum}, got {checksum.algorithm}:"
+                f"{digests[checksum.algorithm]} ({partial.stat().st_size} bytes); the file is corrupt, truncated or "
+                f"not the one pinned; fetch it again or from another source, or set {limits.setting}.checksum "
                 "if you deliberately use a different file. Nothing was kept."
             )
+        os.replace(partial, dest)
+        _drop(partial)
+    except Exception:
+        _drop(partial)  # a failure seen here: nothing kept (an interrupt keeps the partial file to resume)
+        raise
     return digests

@@ -56,8 +56,9 @@ import pyarrow.parquet as pq
 
 from pipeline.config import ImageNetFetchCfg, ImageNetPreprocessCfg
 from pipeline.io import atomic_path, read_json, sha256_file, write_json
+from pipeline.redact import redact_url
 
-from .archives import check_member, check_members
+from .archives import check_member, check_members, open_checked, readable
 from .download import CHUNK, Checksum, FetchError, is_s3, s3_client, s3_error, split_s3
 from .errors import DataError
 
@@ -203,12 +204,22 @@ def _verify(where: str, digests: dict[str, Any], expected: str) -> None:
 # Fetch: index the source
 
 
+DEVKIT_MEMBER_MAX = 64 << 20
+
+
 def parse_devkit(blob: bytes, where: str) -> tuple[list[dict[str, Any]], list[int]]:
     """(classes sorted by ILSVRC2012_ID: {ilsvrc_id, wnid, name}, val labels as ILSVRC2012_IDs in image order)."""
     from scipy.io import loadmat
 
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
-        members = {m.name: m for m in check_members(where, tar.getmembers())}
+    def rule(m: tarfile.TarInfo) -> str | None:  # the official devkit's largest member is ~2 MB
+        return (
+            f"declares {m.size:,} bytes; a devkit member has at most {DEVKIT_MEMBER_MAX:,}"
+            if (m.size > DEVKIT_MEMBER_MAX)
+            else None
+        )
+
+    with open_checked(where, rule, max_members=4096, fileobj=io.BytesIO(blob)) as tar, readable(where):
+        members = {m.name: m for m in tar.getmembers()}
         for need in (DEVKIT_META, DEVKIT_VAL_GT):
             if need not in members or not members[need].isfile():
                 raise FetchError(f"{where}: devkit archive lacks {need}; is this ILSVRC2012_devkit_t12.tar.gz?")
@@ -224,6 +235,16 @@ def parse_devkit(blob: bytes, where: str) -> tuple[list[dict[str, Any]], list[in
     return classes, [int(x) for x in gt.split()]
 
 
+def _check_size(where: str, size: int, cap: int) -> None:
+    """A member or file larger than ``fetch.max_member_bytes`` is refused from its declared size, unread."""
+    if size > cap:
+        raise FetchError(
+            f"{where}: declares {size:,} bytes, more than datasets.<name>.fetch.max_member_bytes = {cap:,}; "
+            "no ImageNet file is that large (a decompression bomb or the wrong file?). Raise the setting only "
+            "for a source you trust"
+        )
+
+
 def _read_verified(store: Store, rel: str, expected: str) -> tuple[bytes, dict[str, Any]]:
     blob = store.read(rel)
     digests = {"md5": hashlib.md5(blob).hexdigest(), "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
@@ -233,7 +254,7 @@ def _read_verified(store: Store, rel: str, expected: str) -> tuple[bytes, dict[s
 
 def _walk_tar(store: Store, rel: str, expected: str, visit) -> dict[str, Any]:
     """Stream the tar ``rel`` once: check every member, ``visit(tar, member)`` each file, verify the checksum."""
-    with store.stream(rel) as raw:
+    with store.stream(rel) as raw, readable(store.where(rel)):
         h = HashingReader(raw)
         with tarfile.open(fileobj=h, mode="r|") as tar:
             for m in tar:
@@ -245,8 +266,11 @@ def _walk_tar(store: Store, rel: str, expected: str, visit) -> dict[str, Any]:
     return digests
 
 
-def _index_official(store: Store, sums: dict[str, str], rows: list[tuple], log) -> tuple[list, dict]:
+def _index_official(
+    store: Store, listing: dict[str, int], sums: dict[str, str], rows: list[tuple], log, *, cap: int
+) -> tuple[list, dict]:
     files: dict[str, Any] = {}
+    _check_size(store.where(DEVKIT), listing[DEVKIT], cap)
     blob, files[DEVKIT] = _read_verified(store, DEVKIT, sums[DEVKIT])
     classes, val_ids = parse_devkit(blob, store.where(DEVKIT))
     wnid_of = {c["ilsvrc_id"]: c["wnid"] for c in classes}
@@ -255,10 +279,12 @@ def _index_official(store: Store, sums: dict[str, str], rows: list[tuple], log) 
         wnid = m.name.removesuffix(".tar")
         if not (m.name.endswith(".tar") and WNID.match(wnid)):
             raise FetchError(f"{store.where(TRAIN_TAR)}: unexpected member {m.name!r}; expected <wnid>.tar")
+        _check_size(f"{store.where(TRAIN_TAR)}/{m.name}", m.size, cap)
         inner = tar.extractfile(m).read()
         with tarfile.open(fileobj=io.BytesIO(inner), mode="r:") as tin:
             for im in check_members(f"{store.where(TRAIN_TAR)}/{m.name}", tin.getmembers()):
                 if im.isfile():
+                    _check_size(f"{store.where(TRAIN_TAR)}/{m.name}/{im.name}", im.size, cap)
                     rows.append(("train", wnid, Path(im.name).name, TRAIN_TAR, m.offset_data + im.offset_data, im.size))
 
     def val_member(tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
@@ -268,6 +294,7 @@ def _index_official(store: Store, sums: dict[str, str], rows: list[tuple], log) 
                 f"{store.where(VAL_TAR)}: unexpected member {m.name!r}; expected ILSVRC2012_val_NNNNNNNN.JPEG "
                 f"numbered 1..{len(val_ids)} (the devkit's ground truth)"
             )
+        _check_size(f"{store.where(VAL_TAR)}/{m.name}", m.size, cap)
         rows.append(("test", wnid_of[val_ids[int(k.group(1)) - 1]], Path(m.name).name, VAL_TAR, m.offset_data, m.size))
 
     for rel, visit in ((TRAIN_TAR, train_member), (VAL_TAR, val_member)):
@@ -276,10 +303,15 @@ def _index_official(store: Store, sums: dict[str, str], rows: list[tuple], log) 
     return classes, files
 
 
-def _index_folders(store: Store, listing: dict[str, int], sums: dict[str, str], rows: list[tuple]) -> tuple[list, dict]:
+def _index_folders(
+    store: Store, listing: dict[str, int], sums: dict[str, str], rows: list[tuple], *, cap: int
+) -> tuple[list, dict]:
     files: dict[str, Any] = {}
     classes: list[dict[str, Any]] = []
     val_ids: list[int] = []
+    for rel in (DEVKIT, SYNSET_MAPPING):
+        if rel in listing:
+            _check_size(store.where(rel), listing[rel], cap)
     if DEVKIT in listing:
         blob, files[DEVKIT] = _read_verified(store, DEVKIT, sums[DEVKIT])
         classes, val_ids = parse_devkit(blob, store.where(DEVKIT))
@@ -295,6 +327,7 @@ def _index_folders(store: Store, listing: dict[str, int], sums: dict[str, str], 
         if not rel.lower().endswith(IMAGE_EXT) or parts[0] not in ("train", "val"):
             continue
         split = "train" if parts[0] == "train" else "test"
+        _check_size(store.where(rel), size, cap)
         if len(parts) == 3:
             rows.append((split, parts[1], parts[2], rel, 0, size))
         elif len(parts) == 2 and split == "test":
@@ -324,9 +357,9 @@ def index_source(cfg: ImageNetFetchCfg, out_dir: Path, log=lambda m: print(m, fi
         missing = [f for f in (TRAIN_TAR, VAL_TAR, DEVKIT) if f not in listing]
         if missing:
             raise FetchError(f"{cfg.source}: layout 'official' needs {missing}; found {sorted(listing)[:10]}")
-        classes, files = _index_official(store, sums, rows, log)
+        classes, files = _index_official(store, listing, sums, rows, log, cap=cfg.max_member_bytes)
     else:
-        classes, files = _index_folders(store, listing, sums, rows)
+        classes, files = _index_folders(store, listing, sums, rows, cap=cfg.max_member_bytes)
     table = pa.Table.from_pylist([dict(zip(INDEX_SCHEMA.names, r, strict=True)) for r in rows], schema=INDEX_SCHEMA)
     pq.write_table(table, out_dir / INDEX, compression="zstd")
     index_sha = sha256_file(out_dir / INDEX)
@@ -340,7 +373,7 @@ def index_source(cfg: ImageNetFetchCfg, out_dir: Path, log=lambda m: print(m, fi
         "files": files,  # the official files' md5/sha256/size (verified against the pinned values)
         # "official" only when every official file's md5 is the published one (user checksums may differ)
         "origin": {
-            "source": cfg.source,
+            "source": redact_url(cfg.source),
             "layout": layout,
             "published": PINNED,
             "official": layout == "official"

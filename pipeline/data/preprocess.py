@@ -34,8 +34,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import DatasetCfg, PreprocessCfg
+from pipeline.config import CifarDataCfg, DatasetCfg, PreprocessCfg
 from pipeline.io import atomic_path, filesystem, join, read_json, sha256_file, write_json
+from pipeline.redact import redact_url
 
 from .cifar import LAYOUT_OF_KIND, OFFICIAL, ImageSet, read_cifar_binary
 from .errors import DataError
@@ -61,27 +62,7 @@ def fetch_dataset(name: str, cfg: DatasetCfg, out_dir: str | Path) -> dict[str, 
                 "origin": {"generator": "pipeline.data.embedded", "settings": cfg.fetch.model_dump()},
             }
         elif cfg.kind in ("cifar10", "cifar100"):
-            from .download import Checksum, Retry, fetch_file
-
-            url, pinned = OFFICIAL[cfg.kind]
-            where = url if cfg.fetch.source == "official" else cfg.fetch.source
-            checksum = Checksum.parse(cfg.fetch.checksum or pinned)
-            archive = Path(url).name
-            retry = Retry(cfg.fetch.retries, cfg.fetch.backoff_s, cfg.fetch.timeout_s)
-            digests = fetch_file(where, tmp / archive, checksum, retry)
-            source = {
-                "format": "cifar-binary",
-                "archive": archive,
-                "sha256": digests["sha256"],
-                "md5": digests["md5"],
-                # "official" only when the published md5 itself matched, whatever checksum the user pinned
-                "origin": {
-                    "source": where,
-                    "verified_against": str(checksum),
-                    "published": pinned,
-                    "official": f"md5:{digests['md5']}" == pinned,
-                },
-            }
+            source = _fetch_cifar(name, cfg, tmp, partial=out_dir.parent / f".{out_dir.name}.part")
         else:
             from .imagenet import index_source
 
@@ -90,6 +71,44 @@ def fetch_dataset(name: str, cfg: DatasetCfg, out_dir: str | Path) -> dict[str, 
         source["kind"] = cfg.kind
         write_json(tmp / SOURCE, source)
     return source
+
+
+def _fetch_cifar(name: str, cfg: CifarDataCfg, tmp: Path, *, partial: Path) -> dict[str, Any]:
+    """Download and verify the archive (checksum, then every member and the content: ``read_cifar_binary``),
+    so a finished fetch output is data preprocess can read."""
+    from .download import Checksum, Limits, Retry, fetch_file
+
+    official = OFFICIAL[cfg.kind]
+    where = official.url if cfg.fetch.source == "official" else cfg.fetch.source
+    checksum = Checksum.parse(cfg.fetch.checksum or official.checksum)
+    published = str(checksum) == official.checksum  # then the size is known exactly
+    f = cfg.fetch
+    limits = Limits(
+        max_bytes=official.size if published else f.max_bytes,
+        deadline_s=f.deadline_s,
+        min_rate_bytes_s=f.min_rate_bytes_s,
+        rate_window_s=f.rate_window_s,
+        setting=f"datasets.{name}.fetch",
+        cap_note=f": the published archive is {official.size:,} bytes" if published else "",
+    )
+    archive = Path(official.url).name
+    digests = fetch_file(
+        where, tmp / archive, checksum, Retry(f.retries, f.backoff_s, f.timeout_s), limits, partial=partial
+    )
+    read_cifar_binary(tmp / archive, LAYOUT_OF_KIND[cfg.kind], label=redact_url(where))  # the content, too
+    return {
+        "format": "cifar-binary",
+        "archive": archive,
+        "sha256": digests["sha256"],
+        "md5": digests["md5"],
+        # "official" only when the published md5 itself matched, whatever checksum the user pinned
+        "origin": {
+            "source": redact_url(where),
+            "verified_against": str(checksum),
+            "published": official.checksum,
+            "official": f"md5:{digests['md5']}" == official.checksum,
+        },
+    }
 
 
 def _table(s: ImageSet) -> pa.Table:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from pipeline.config import ConfigError, Params, format_errors, validate_params
+from pipeline.config import ConfigError, Params, SearchDim, format_errors, search_values, validate_params
 
 from .registry import create_model, get_factory, is_model, list_models
 
@@ -20,6 +20,34 @@ from .registry import create_model, get_factory, is_model, list_models
 def _factory_args(model: str) -> tuple[set[str], bool]:
     sig = inspect.signature(get_factory(model))
     return set(sig.parameters) - {"num_classes"}, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _numeric_args(model: str) -> dict[str, type]:
+    """The factory's parameters whose default is a number (int or float, not bool): {name: type}."""
+    params = inspect.signature(get_factory(model)).parameters.values()
+    return {p.name: type(p.default) for p in params if type(p.default) in (int, float)}
+
+
+def _bool_args(model: str, args: dict[str, Any]) -> list[str]:
+    """Arguments given true/false where the factory takes a number (Python would read true as 1)."""
+    numeric = _numeric_args(model)
+    return [k for k, v in args.items() if isinstance(v, bool) and k in numeric]
+
+
+def _bool_message(model: str, arg: str) -> str:
+    return f"a boolean where {model!r} takes a number ({_numeric_args(model)[arg].__name__}); allowed: a number"
+
+
+def _build_error(model: str, args: dict[str, Any]) -> str | None:
+    """Why ``model`` does not build with ``args`` (a real CPU build), or None when it does."""
+    bools = _bool_args(model, args)
+    if bools:
+        return "; ".join(f"{k}={str(args[k]).lower()}: {_bool_message(model, k)}" for k in bools)
+    try:
+        create_model(model, **args)
+    except (TypeError, ValueError) as e:
+        return str(e)
+    return None
 
 
 def _check_net(where: str, model: str, args: dict[str, Any], build: bool = True) -> list[str]:
@@ -30,13 +58,13 @@ def _check_net(where: str, model: str, args: dict[str, Any], build: bool = True)
     bad = sorted(set(args) - allowed)
     if bad and not var_kw:
         return [f"{where}.args: unknown argument(s) {bad} for {model!r}; allowed: {sorted(allowed)}"]
+    bools = _bool_args(model, args)
+    if bools:  # no build needed to know; checked on ImageNet variants too
+        return [f"{where}.args.{k} = {str(args[k]).lower()}: {_bool_message(model, k)}" for k in bools]
     if not build:
         return []
-    try:
-        create_model(model, **args)
-    except (TypeError, ValueError) as e:
-        return [f"{where}.args = {args}: {e}"]
-    return []
+    err = _build_error(model, args)
+    return [f"{where}.args = {args}: {err}"] if err else []
 
 
 def check_models(p: Params) -> list[str]:
@@ -54,13 +82,44 @@ def check_models(p: Params) -> list[str]:
         if name not in p.methods or not is_model(p.methods[name].model):
             continue
         allowed, var_kw = _factory_args(p.methods[name].model)
+        unknown = [key for key in dims if key.partition(".")[2] not in allowed and not var_kw]
         errs += [
             f"tune.arch_space.{name}.{key}: not an argument of model {p.methods[name].model!r}; "
             f"allowed: {sorted('args.' + a for a in allowed)}"
-            for key in dims
-            if key.partition(".")[2] not in allowed and not var_kw
+            for key in unknown
         ]
+        if not any(e.startswith(f"methods.{name}.") for e in errs):
+            errs += _arch_value_checks(p, name, {k: d for k, d in dims.items() if k not in unknown})
     return list(dict.fromkeys(errs))
+
+
+def _arch_value_checks(p: Params, method: str, dims: dict[str, SearchDim]) -> list[str]:
+    """Every value the search may set on ``method``'s model builds (a real CPU build with the method's other
+    arguments), for each net the method is on the grid's data sets."""
+    nets = {}
+    for d in p.grid.datasets if p.grid.datasets else [None]:
+        model, args = p.model_of(method, d if d in p.datasets else None)
+        if is_model(model):
+            nets[repr((model, sorted(args.items())))] = (model, args)
+    errs: list[str] = []
+    for key, dim in dims.items():
+        arg = key.partition(".")[2]
+        for model, args in nets.values():
+            numeric = _numeric_args(model)
+            if dim.type != "choice" and numeric.get(arg) is not float:
+                takes = numeric[arg].__name__ if arg in numeric else "a value that is not a float"
+                errs.append(
+                    f"tune.arch_space.{method}.{key}: {dim.type} samples real numbers, but {arg} of {model!r} takes "
+                    f"{takes}; allowed: {{type: choice, values: [...]}}"
+                )
+                break
+            bad = [(what, v, err) for what, v in search_values(dim) if (err := _build_error(model, {**args, arg: v}))]
+            errs += [
+                f"tune.arch_space.{method}.{key}: {what} {v!r} does not build {model!r}: {err}" for what, v, err in bad
+            ]
+            if bad:
+                break
+    return errs
 
 
 def validate_all(raw: dict, source: str = "params.yaml") -> Params:

@@ -13,7 +13,6 @@ unit store; a resumed job skips stored units and restarts the current one from i
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ from pipeline.data.preprocess import load_split
 from pipeline.io import filesystem, join
 from pipeline.models import backbone_digest, create_model
 from pipeline.spec import RunSpec
+from pipeline.train.checkpoint import read_checkpoint
 from pipeline.train.engine import (
     FastPath,
     Shard,
@@ -66,7 +66,7 @@ def load_state(checkpoint_uri: str) -> dict[str, Any]:
     """A checkpoint's training state, read straight from its directory in the run storage (local or s3://)."""
     fs, base = filesystem(checkpoint_uri)
     with fs.open_input_stream(join(base, STATE_FILE)) as f:
-        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+        return read_checkpoint(f.read(), join(checkpoint_uri, STATE_FILE))
 
 
 def data_order(spec: RunSpec, world_size: int, streamed: bool) -> str | None:

@@ -17,12 +17,14 @@ from typing import Any
 import torch
 
 from pipeline.io import filesystem
+from pipeline.train.checkpoint import read_checkpoint
 
 
 class KeyedStore:
     def __init__(self, storage_path: str, name: str, dataset: str, suffix: str):
         self.fs, base = filesystem(storage_path)
         self.dir = f"{base.rstrip('/')}/{name}/{dataset}"
+        self.where = f"{storage_path.rstrip('/')}/{name}/{dataset}" if "://" in storage_path else self.dir
         self.suffix = suffix
 
     def path(self, key: str) -> str:
@@ -57,7 +59,7 @@ class UnitStore(KeyedStore):
         self.write(key, buf.getvalue())
 
     def load(self, key: str) -> dict[str, Any]:
-        return torch.load(io.BytesIO(self.read(key)), map_location="cpu", weights_only=False)
+        return read_checkpoint(self.read(key), f"{self.where}/{key}{self.suffix}")
 
 
 class SearchCache(KeyedStore):

@@ -97,16 +97,27 @@ def train_worker(config: dict[str, Any]) -> None:
 
 def tune_trial(spec: RunSpec, threads: int, mlflow_uri: str, run_id: str, fast_path: FastPathCfg) -> None:
     """Ray Tune entry point: train one unit in the trial's own process, reporting each epoch to Tune
-    (ASHA stops weak trials between epochs). Nothing is checkpointed: a search trial is cheap to redo."""
+    (ASHA stops weak trials between epochs). Nothing is checkpointed: a search trial is cheap to redo.
+
+    The trial's MLflow run ``run_id`` is ended FINISHED just before its last epoch is reported: Tune stops a
+    trial that reached ``max_t`` right after that report, so later work in this process may never run. (The
+    search then sets every trial run's status from Tune's results: ``pipeline.tune``.)"""
     from ray import tune
 
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    c = tracking.client(mlflow_uri)
+
+    def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        if metrics.get("epoch") == spec.train.epochs:  # logged already (the loop logs before it reports)
+            tracking.finish(c, run_id)
+        tune.report(metrics)
+
     train_units(
         [spec],
         Shard(),
         device,
-        lambda metrics, state: tune.report(metrics),
+        report,
         loggers=_loggers(mlflow_uri, {spec.key(): run_id}),
         fast_path=fast_path,
     )
