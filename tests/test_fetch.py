@@ -212,3 +212,13 @@ def test_unsafe_archives_are_refused_before_anything_is_read(tmp_path, member, w
     with pytest.raises(UnsafeArchiveError):
         safe_extract(path, tmp_path / "out")
     assert os.listdir(tmp_path / "out") == [] and not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_s3_fetch_keeps_to_its_size_cap_and_deadline(tmp_path, s3) -> None:
+    md5 = cifar10_archive(tmp_path / "c10.tar.gz", per_class=40)  # ~1.2 MB: several callback blocks
+    s3.upload_file(str(tmp_path / "c10.tar.gz"), "datasets", "c10.tar.gz")
+    with pytest.raises(FetchError, match=r"announces 1,2\d\d,\d\d\d bytes, more than the 100,000 allowed"):
+        fetch_dataset("c10", cfg("s3://datasets/c10.tar.gz", md5, max_bytes=100_000), tmp_path / "raw")
+    with pytest.raises(FetchError, match=r"not finished within the deadline of 0.001 s .*fetch.deadline_s"):
+        fetch_dataset("c10", cfg("s3://datasets/c10.tar.gz", md5, deadline_s=0.001), tmp_path / "raw")
+    assert leftovers(tmp_path) == ["c10.tar.gz"]
