@@ -1,8 +1,14 @@
-"""Switch params.yaml to a named group of settings (e.g. the paper's), in place.
+"""Switch params.yaml to a named group of settings (e.g. the paper's), in place -- exactly as DVC would.
 
-A profile is a YAML map of dotted keys to values (``train.epochs: 200``). Applying it edits params.yaml
-with a round-trip parser, so comments, anchors and every other setting stay as they are; the result is
-validated before anything is written. Undo with ``git checkout params.yaml``.
+There is one way to set a parameter, and it is DVC's: ``dvc exp run -S key=value`` edits params.yaml through
+``dvc.utils.hydra.apply_overrides`` (Hydra's override grammar), and so does this tool, on a copy that is
+validated before it replaces params.yaml. The result is byte for byte what ``-S`` writes (tests/test_profiles.py
+checks it against ``dvc exp run -S``): params.yaml is plain YAML in the style DVC writes (no anchors or merge
+keys, block lists, ``null`` as an empty value), so an edit changes exactly the lines of the keys it sets, and
+comments stay where they are.
+
+A profile is a YAML map of dotted keys to values (``train.epochs: 200``); each becomes ``++key=value`` (set,
+or add where params.yaml has no such key yet). Undo with ``git checkout params.yaml``.
 
     python -m pipeline.profiles configs/paper.yaml [params.yaml]
     python -m pipeline.profiles --set compute.storage_path=s3://bucket/runs compute.max_failures=3
@@ -10,67 +16,59 @@ validated before anything is written. Undo with ``git checkout params.yaml``.
 
 from __future__ import annotations
 
-import io
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+import yaml
+from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, read_yaml
 from pipeline.io import atomic_path
 from pipeline.models.checks import validate_all
 
 
-def _set(doc: CommentedMap, dotted: str, value: Any, source: str) -> None:
-    node: Any = doc
-    parts = dotted.split(".")
-    for i, p in enumerate(parts[:-1]):
-        if not isinstance(node, dict) or p not in node:
-            raise ConfigError(f"{source}: {dotted}: no key {'.'.join(parts[: i + 1])!r} in params.yaml")
-        node = node[p]
-    if not isinstance(node, dict):
-        raise ConfigError(f"{source}: {dotted}: {'.'.join(parts[:-1])!r} is not a mapping")
-    if isinstance(value, list):  # keep lists on one line, as params.yaml writes them
-        value = CommentedSeq(value)
-        value.fa.set_flow_style()
-    node[parts[-1]] = value
+def override_value(v: Any) -> str:
+    """``v`` in Hydra's override grammar (what ``dvc exp run -S key=<this>`` takes)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ",".join(override_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{override_value(x)}" for k, x in v.items()) + "}"
+    return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"  # quoted: a string stays a string
 
 
-def apply_overrides(overrides: dict[str, Any], source: str, params: str | Path = "params.yaml") -> list[str]:
-    """Set dotted keys in ``params``; return them. Nothing is written if the result is invalid."""
-    yaml = YAML()  # round-trip: keeps comments and anchors
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    doc = yaml.load(Path(params).read_text())
-    for key, value in overrides.items():
-        _set(doc, str(key), value, source)
-    buf = io.StringIO()
-    yaml.dump(doc, buf)
-    validate_all(YAML(typ="safe").load(buf.getvalue()), f"{params} with {source}")
+def apply_overrides(overrides: list[str], source: str, params: str | Path = "params.yaml") -> list[str]:
+    """Apply Hydra overrides (``key=value``, ``+key=value``, ``++key=value``: DVC's ``-S`` grammar) to
+    ``params`` with DVC's own function; return the keys. Nothing is written if the result is invalid."""
+    params = Path(params)
+    keys = [o.partition("=")[0].lstrip("+~") for o in overrides]
     with atomic_path(params) as tmp:
-        tmp.write_text(buf.getvalue())
-    return list(overrides)
+        shutil.copy2(params, tmp)
+        try:
+            dvc_apply_overrides(tmp, overrides)
+        except Exception as e:  # DVC's InvalidArgumentError hides Hydra's reason in its cause
+            why = " ".join(str(e.__cause__ or e).split())
+            raise ConfigError(f"{source}: {why}") from None
+        validate_all(read_yaml(tmp), f"{params} with {source}")
+    return keys
 
 
 def apply_profile(profile: str | Path, params: str | Path = "params.yaml") -> list[str]:
     """Apply the profile file ``profile`` to ``params``; return the keys set."""
-    overrides = YAML(typ="safe").load(Path(profile).read_text()) or {}
+    try:
+        overrides = yaml.safe_load(Path(profile).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{profile}: not readable as YAML: {e}") from None
     if not isinstance(overrides, dict):
         raise ConfigError(f"{profile}: expected a map of dotted keys to values")
-    return apply_overrides(overrides, str(profile), params)
-
-
-def parse_assignments(items: list[str]) -> dict[str, Any]:
-    """``key=value`` strings to {key: value}, each value read as YAML (``3``, ``null``, ``[0, 1]``, text)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
-        out[key] = YAML(typ="safe").load(value) if value else ""
-    return out
+    return apply_overrides([f"++{k}={override_value(v)}" for k, v in overrides.items()], str(profile), params)
 
 
 def main(argv: list[str]) -> int:
@@ -79,7 +77,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         if argv[0] == "--set":
-            keys, source = apply_overrides(parse_assignments(argv[1:]), "--set"), "the command line"
+            keys, source = apply_overrides(argv[1:], "--set"), "the command line"
         else:
             keys, source = apply_profile(*argv), argv[0]
     except ConfigError as e:
