@@ -1,7 +1,11 @@
-"""Figures: training curves and attention maps over images (matplotlib, no display needed)."""
+"""Figures: training curves and attention maps over images (matplotlib, no display needed).
+
+Every figure uses constrained layout and is saved with a tight bounding box, so no title or label is clipped.
+"""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,20 +18,20 @@ from matplotlib.ticker import MaxNLocator
 
 
 def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], title: str):
-    """Train loss and validation top-1 per epoch, one line per entry of ``histories``."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    """Train loss and top-1 after each epoch, one line per entry of ``histories``. The per-epoch top-1 is the
+    training loop's ``val_top1``, which the train stage measures on the test split: labelled "test top-1"."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     for label, hist in histories.items():
         ep = [h["epoch"] for h in hist]
         ax1.plot(ep, [h["train_loss"] for h in hist], marker=".", label=label)
         ax2.plot(ep, [h["val_top1"] for h in hist], marker=".", label=label)
     ax1.set(xlabel="epoch", ylabel="train loss", title="training loss")
-    ax2.set(xlabel="epoch", ylabel="top-1 (%)", title="validation top-1")
+    ax2.set(xlabel="epoch", ylabel="test top-1 (%)", title="test top-1 per epoch (test split)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -43,7 +47,7 @@ def attention_grid(
 
     n, h, w, _ = images.shape
     cols = 1 + len(maps)
-    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n), squeeze=False)
+    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n), squeeze=False, layout="constrained")
     for i in range(n):
         axes[i, 0].imshow(images[i])
         axes[i, 0].set_title(titles[i], fontsize=7)
@@ -54,11 +58,10 @@ def attention_grid(
             axes[i, j + 1].imshow(images[i])
             axes[i, j + 1].imshow(up, cmap="jet", alpha=0.5)
             if i == 0:
-                axes[i, j + 1].set_title(names[j], fontsize=7)
+                axes[i, j + 1].set_title(textwrap.fill(names[j], 28), fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(textwrap.fill(suptitle, max(24, int(11 * 1.9 * cols))), fontsize=9)  # ~11 characters an inch
     return fig
 
 
@@ -66,5 +69,5 @@ def save(fig, path) -> None:
     from pipeline.io import atomic_path
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)

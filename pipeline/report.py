@@ -5,20 +5,33 @@ For each data set: a table of every method at the one shared recipe (the headlin
 attention CNN against each baseline and against its ablation with a verdict per claimed gain, and -- when the
 search track ran -- the same at each method's searched recipe, beside the search's budget and outcome. A
 measured column is only put under a paper column when the data set *is* that benchmark (the embedded set
-never is). The figures go to ``tables.md``, ``tables.csv``, ``summary.json`` (DVC metrics) and an MLflow
-run per data set (``report | <dataset>``).
+never is). The figures go to ``tables.md`` (and ``index.html``, the same as a page that opens offline with its
+pictures), ``tables.csv``, ``summary.json`` (everything, comparisons included), ``metrics.json`` (per method: test
+top-1 mean, std, CI and n; the one DVC metrics file, so ``dvc exp show`` has a column per method, not per seed)
+and an MLflow run per data set (``report | <dataset>``).
+
+Pictures (``figures/``, also DVC image plots, in the order ``dvc plots show`` sorts them): ``curves-<d>.png``,
+every method's test top-1 per epoch on one axis; ``confusion/<d>-<method>.png``, each method's confusion matrix
+summed over seeds, classes in label order; ``maps/attention-<d>.png``, the paper's attention maps.
+
+One name per number: "test top-1" is the top-1 accuracy on the test split. The per-epoch curve is the same
+measurement after each epoch (the training loop logs it as ``val_top1``; in the train stage its "val" split is
+the test split), and its last point is the evaluated test top-1.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import math
+import re
 import shutil
 import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from pipeline import tracking
@@ -33,7 +46,10 @@ from pipeline.stats import Summary, chance_level
 MAIN_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours")
 ABLATION_ROWS = ("ablation", "ours")
 TRACK_TITLES = {"recipe": "at the shared recipe", "searched": "at its searched recipe"}
-OUTPUTS = ("tables.md", "tables.csv", "summary.json", "provenance.json", "figures")
+OUTPUTS = ("tables.md", "index.html", "tables.csv", "summary.json", "metrics.json", "provenance.json", "figures")
+METRIC_FIELDS = ("mean", "std", "ci_low", "ci_high", "n")  # metrics.json, per method: its test top-1
+CURVE_KEY = "val_top1"  # the training loop's per-epoch top-1; the train stage measures it on the test split
+TOP5_ABOVE = 10  # test top-5 is shown only with more classes than this (of 10 it is near 100 % and says nothing)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -148,7 +164,9 @@ STATS_LINE = (
     "backbone weights, Welch's t-test otherwise. Verdicts: *reproduced* = the CI lies above 0; *not reproduced* "
     "= the CI lies below the claimed gain (on the paper's benchmarks; elsewhere, at or below 0); otherwise "
     "*inconclusive*, with the seeds per method that would resolve it at the observed spread. Runs at or near "
-    "chance (below 1.5 x chance or within 3 binomial standard errors of it) or diverged (NaN loss) are flagged."
+    "chance (below 1.5 x chance or within 3 binomial standard errors of it) or diverged (NaN loss) are flagged. "
+    "Δ vs paper = the measured mean minus the paper's claim for that row on this data set (n/a off the paper's "
+    f"benchmarks). Test top-5 is shown only for data sets of more than {TOP5_ABOVE} classes."
 )
 
 
@@ -176,23 +194,53 @@ def _published(row: str | None, column: str | None) -> str:
     return "-" if p is None else p.cell
 
 
+def delta_vs_paper(version: str, r: MethodResult, column: str | None) -> float | str:
+    """The measured mean minus the paper's claim for ``r``'s row on ``column``: "n/a" when the data set is none of
+    the paper's benchmarks (a difference there would mean nothing), "-" when the paper has no number."""
+    if column is None:
+        return "n/a"
+    claim = CLAIMS[version].get(r.paper_row or "", {}).get(column)
+    return "-" if claim is None else round(r.summary.mean - claim, 3)
+
+
+def fmt_delta(d: float | str, r: MethodResult) -> str:
+    if isinstance(d, str):
+        return d
+    return f"**flagged**: {d:+.2f}" if r.flags else f"{d:+.2f}"
+
+
+def show_top5(num_classes: int) -> bool:
+    return num_classes > TOP5_ABOVE
+
+
 def method_table(
-    params: Params, results: dict[str, MethodResult], rows: tuple[str, ...], column: str | None, marks: dict[str, str]
+    params: Params,
+    results: dict[str, MethodResult],
+    rows: tuple[str, ...],
+    column: str | None,
+    marks: dict[str, str],
+    num_classes: int,
 ) -> list[str]:
-    """One row per method of the grid whose paper row is in ``rows``."""
+    """One row per method of the grid whose paper row is in ``rows``: test top-1, its CI and n, test top-5 (only
+    with more than ``TOP5_ABOVE`` classes), costs, then per claims version the paper's numbers and Δ vs paper."""
     cols = COLUMNS if column is None else (column,)
-    head = ["Method", "test top-1", "95 % CI", "n", "top-5", "params", "GFLOPs/img", "train img/s/device"]
-    head += [f"Paper {TABLE_NAMES[v]}: {c}" for v in params.report.claims for c in cols]
+    top5 = show_top5(num_classes)
+    head = ["Method", "test top-1", "95 % CI", "n", *(["test top-5"] if top5 else [])]
+    head += ["params", "GFLOPs/img", "train img/s/device"]
+    for v in params.report.claims:
+        head += [*(f"Paper {TABLE_NAMES[v]}: {c}" for c in cols), f"Δ vs {TABLE_NAMES[v]}"]
     head += ["Published by its authors"] if column is not None else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results.values():
         if r.paper_row not in rows:
             continue
         label = f"{r.label} **{marks[r.method]}**" if r.method in marks else r.label
-        top5 = statistics.fmean(r.top5.values())
-        cells = [label, fmt_summary(r), fmt_ci(r.summary), str(r.summary.n), f"{top5:.2f}", f"{r.params:,}"]
-        cells += [f"{r.flops / 1e9:.3g}" if r.flops else "-", f"{r.speed:,.0f}" if r.speed is not None else "-"]
-        cells += [_claim(v, r.paper_row, c) for v in params.report.claims for c in cols]
+        cells = [label, fmt_summary(r), fmt_ci(r.summary), str(r.summary.n)]
+        cells += [f"{statistics.fmean(r.top5.values()):.2f}"] if top5 else []
+        cells += [f"{r.params:,}", f"{r.flops / 1e9:.3g}" if r.flops else "-"]
+        cells += [f"{r.speed:,.0f}" if r.speed is not None else "-"]
+        for v in params.report.claims:
+            cells += [*(_claim(v, r.paper_row, c) for c in cols), fmt_delta(delta_vs_paper(v, r, column), r)]
         cells += [_published(r.paper_row, column)] if column is not None else []
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -247,17 +295,22 @@ def _values(config: dict[str, Any] | None) -> str:
 
 
 def track_section(
-    params: Params, track: str, results: dict[str, MethodResult], column: str | None, marks: dict[str, str]
+    params: Params,
+    track: str,
+    results: dict[str, MethodResult],
+    column: str | None,
+    marks: dict[str, str],
+    num_classes: int,
 ) -> tuple[list[str], list[ComparisonResult]]:
     comps = comparisons(params, results, column)
     main = [c for c in comps if c.other.paper_row != "ablation"]
     ablation = [c for c in comps if c.other.paper_row == "ablation"]
     title = TRACK_TITLES[track]
     lines = [f"### Every method {title} (paper Tables 1 and 3)", ""]
-    lines += [*method_table(params, results, MAIN_ROWS, column, marks), ""]
+    lines += [*method_table(params, results, MAIN_ROWS, column, marks, num_classes), ""]
     lines += ["Attention CNN against each baseline:", "", *verdict_lines(main), ""]
     lines += [f"### Ablation {title}: the same network without attention (paper Tables 2 and 4)", ""]
-    lines += [*method_table(params, results, ABLATION_ROWS, column, marks), ""]
+    lines += [*method_table(params, results, ABLATION_ROWS, column, marks, num_classes), ""]
     lines += [*verdict_lines(ablation), *_twins(results), ""]
     return lines, comps
 
@@ -287,11 +340,11 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
     units = collect(results, params, dataset)
     lines = [f"## Data set `{dataset}`", "", data_line(dataset, kind, man), "", settings_line(params, units["recipe"])]
     lines += ["", STATS_LINE, ""]
-    rows, summary = [], {}
+    rows, summary, metrics = [], {}, {}
     for track, by_method in units.items():
         results_t = {m: method_result(params, m, u, man["num_classes"]) for m, u in by_method.items()}
         marks = {m: "NOT SEARCHED" for m in params.grid.methods if track == "searched" and m not in tuned}
-        text, comps = track_section(params, track, results_t, column, marks)
+        text, comps = track_section(params, track, results_t, column, marks, man["num_classes"])
         if track != "recipe" and _same_units(units[track], units["recipe"]):
             text = [
                 f"### Every method {TRACK_TITLES[track]}",
@@ -301,14 +354,22 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
                 "",
             ]
         lines += text
-        rows += csv_rows(dataset, track, results_t, comps, column, marks)
+        rows += csv_rows(dataset, track, results_t, comps, column, marks, man["num_classes"])
         summary[track] = summary_of(results_t, comps)
+        metrics[track] = {m: {k: summary[track][m][k] for k in METRIC_FIELDS} for m in results_t}
     if column is None:
         lines += ["The paper columns are its claims on CIFAR/ImageNet, for reference only: this data set is none.", ""]
     if tuned:
         lines += ["### The search: budget and outcome (Ray Tune, ASHA; held-out part of train)", ""]
         lines += [*search_lines(params, tuned, man["num_classes"]), ""]
-    return {"text": "\n".join(lines), "rows": rows, "summary": summary, "manifest": man, "units": units}
+    return {
+        "text": "\n".join(lines),
+        "rows": rows,
+        "summary": summary,
+        "metrics": metrics,
+        "manifest": man,
+        "units": units,
+    }
 
 
 def _same_units(a: dict[str, dict[int, dict[str, Any]]], b: dict[str, dict[int, dict[str, Any]]]) -> bool:
@@ -322,8 +383,10 @@ def csv_rows(
     comps: list[ComparisonResult],
     column: str | None,
     marks: dict[str, str],
+    num_classes: int,
 ) -> list[dict[str, Any]]:
-    """One row per method; baselines carry ours-minus-them and its verdict."""
+    """One row per method; baselines carry ours-minus-them and its verdict. Test top-5 is left empty where the
+    tables omit it (``TOP5_ABOVE`` classes or fewer)."""
     vs = {c.other.method: c for c in comps}
     rows = []
     for m, r in results.items():
@@ -341,7 +404,7 @@ def csv_rows(
             "test_top1_ci_low": _round(s.ci_low),
             "test_top1_ci_high": _round(s.ci_high),
             "test_top1_values": " ".join(f"{r.top1[k]:.2f}" for k in sorted(r.top1)),
-            "test_top5_mean": round(statistics.fmean(r.top5.values()), 3),
+            "test_top5_mean": round(statistics.fmean(r.top5.values()), 3) if show_top5(num_classes) else "",
             "flags": "; ".join(r.flags),
             "params": r.params,
             "flops_per_image": r.flops,
@@ -351,6 +414,7 @@ def csv_rows(
         for v in CLAIMS:
             for c in COLUMNS:
                 row[f"paper_{v}_{c}"] = _claim(v, r.paper_row, c)
+            row[f"test_top1_minus_paper_{v}"] = delta_vs_paper(v, r, column)
         row.update(_comparison_fields(vs.get(m)))
         rows.append(row)
     return rows
@@ -403,23 +467,66 @@ def _json(x: float | None) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Figures, files and MLflow
+# Figures
 
 
-def curves_figure(params: Params, curves: dict[str, dict[str, dict[int, list[dict[str, float]]]]]):
-    fig, axes = plt.subplots(1, len(curves), figsize=(6.5 * len(curves), 4), squeeze=False)
-    for ax, (d, per_method) in zip(axes[0], curves.items(), strict=True):
-        for m, seeds in per_method.items():
-            runs = list(seeds.values())
-            epochs = [r["epoch"] for r in runs[0]]
-            vals = [[c[i]["val_top1"] for c in runs] for i in range(len(epochs))]
-            line = ax.plot(epochs, [statistics.fmean(v) for v in vals], marker=".", label=params.method(m).label)[0]
-            ax.fill_between(epochs, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.15)
-        ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{d}: mean over seeds (band: min-max)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+CLASS_NAMES_UP_TO = 20  # a confusion matrix names each class on its axes up to this many; beyond, index ticks
+CELL_VALUES_UP_TO = 12  # and writes each cell's percentage up to this many
+
+
+def curves_figure(params: Params, dataset: str, per_method: dict[str, dict[int, list[dict[str, float]]]]):
+    """Every method's test top-1 after each epoch (recipe track) on one axis: mean over seeds, band min to max."""
+    fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
+    n = 0
+    for m, by_seed in per_method.items():
+        runs = list(by_seed.values())
+        n = max(n, len(runs))
+        epochs = [r["epoch"] for r in runs[0]]
+        vals = [[run[i][CURVE_KEY] for run in runs] for i in range(len(epochs))]
+        line = ax.plot(epochs, [statistics.fmean(v) for v in vals], marker=".", label=params.method(m).label)[0]
+        ax.fill_between(epochs, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="epoch", ylabel="test top-1 (%)")
+    ax.set_title(f"{dataset}: test top-1 after each epoch (test split)\nmean over {n} seeds; band: min to max", size=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=8)
+    return fig
+
+
+def confusion_counts(results: Path, dataset: str, method: str, seeds: list[int], classes: list[str]) -> np.ndarray:
+    """The recipe track's test confusion counts summed over ``seeds``: [true, predicted], in label order (the
+    order of ``classes``, the manifest's, never alphabetical)."""
+    index = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for s in seeds:
+        with open(results / dataset / "confusion" / method / "recipe" / f"seed{s}.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                counts[index[row["actual"]], index[row["predicted"]]] += 1
+    return counts
+
+
+def confusion_figure(counts: np.ndarray, classes: list[str], title: str):
+    """Rows as % of each true class, classes in the given (label) order; class names on the axes up to
+    ``CLASS_NAMES_UP_TO`` classes (index ticks beyond), each cell's % written up to ``CELL_VALUES_UP_TO``."""
+    k = len(classes)
+    pct = 100.0 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(max(3.5, 0.38 * k + 1.5), 6.5)
+    fig, ax = plt.subplots(figsize=(side + 1.3, side), layout="constrained")
+    named = k <= CLASS_NAMES_UP_TO
+    im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100, interpolation="nearest" if named else "antialiased")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="% of the true class")
+    if named:
+        ax.set_xticks(range(k), classes, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
+        ax.set_yticks(range(k), classes, fontsize=8)
+        ax.set(xlabel="predicted class", ylabel="true class")
+    else:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(10, integer=True))
+        ax.set(xlabel=f"predicted class (index in label order, 0-{k - 1})", ylabel="true class (index)")
+    if k <= CELL_VALUES_UP_TO:
+        for (i, j), v in np.ndenumerate(pct):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v > 60 else "black")
+    ax.set_title(title, fontsize=9)
     return fig
 
 
@@ -432,8 +539,124 @@ def _attention_picture(params: Params, results: Path, dataset: str) -> Path | No
     return None
 
 
+def write_figures(params: Params, results: Path, dataset: str, man: dict[str, Any], fig_dir: Path) -> list[str]:
+    """Draw ``dataset``'s pictures into ``fig_dir`` (curves, a confusion matrix per method, the attention maps);
+    return the markdown that shows them, paths relative to the report."""
+    seeds = list(params.grid.seeds)
+    save(curves_figure(params, dataset, read_curves(results, params, dataset)), fig_dir / f"curves-{dataset}.png")
+    lines = [
+        "### Figures",
+        "",
+        f"Test top-1 after each epoch, every method (recipe track; measured on the test split after each epoch, so "
+        f"the last point is the test top-1 of the tables; mean over {len(seeds)} seeds, band: min to max):",
+        "",
+        f"![test top-1 per epoch on {dataset}](figures/curves-{dataset}.png)",
+        "",
+        f"Confusion matrices (recipe track, test split, the {len(seeds)} seeds summed; each row is a true class, in "
+        "label order, as % of its test images):",
+        "",
+    ]
+    pictures = []
+    for m in params.grid.methods:
+        counts = confusion_counts(results, dataset, m, seeds, man["classes"])
+        label = params.method(m).label
+        title = f"{label} on {dataset}\ntest split, {len(seeds)} seeds summed"
+        save(confusion_figure(counts, man["classes"], title), fig_dir / "confusion" / f"{dataset}-{m}.png")
+        pictures.append(f"![confusion matrix of {label} on {dataset}](figures/confusion/{dataset}-{m}.png)")
+    lines += [" ".join(pictures), ""]
+    attention = _attention_picture(params, results, dataset)
+    if attention is not None:
+        (fig_dir / "maps").mkdir(exist_ok=True)
+        shutil.copyfile(attention, fig_dir / "maps" / f"attention-{dataset}.png")
+        lines += [
+            f"Attention maps of the paper's method on `{dataset}` (seed {seeds[0]}; each module's map upsampled over "
+            "the test image; title: true -> predicted class):",
+            "",
+            f"![attention maps on {dataset}](figures/maps/attention-{dataset}.png)",
+            "",
+        ]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The page: tables.md as HTML, pictures by relative path, nothing fetched, no scripts
+
+PAGE_STYLE = (
+    "body{font-family:sans-serif;line-height:1.4;margin:1.5em auto;padding:0 1em;max-width:110em}"
+    "table{border-collapse:collapse;font-size:.9em}th,td{border:1px solid #bbb;padding:.2em .5em;"
+    "vertical-align:top}th{background:#eee;text-align:left}.table{overflow-x:auto;margin:.5em 0}"
+    "code{background:#f3f3f3;padding:0 .2em}img{max-width:100%;vertical-align:top;margin:.2em}"
+    'img[src*="confusion/"]{width:30em}'  # side by side
+)
+_CODE = re.compile(r"`([^`]*)`")
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+_ITALIC = re.compile(r"(?<![*\w])\*(?![\s*])(.+?)(?<![\s*])\*(?![*\w])")
+
+
+def _inline(text: str) -> str:
+    """Code spans, images, bold and italic; everything else escaped."""
+    out = []
+    for i, part in enumerate(_CODE.split(text)):  # odd parts are code
+        if i % 2:
+            out.append(f"<code>{html.escape(part)}</code>")
+            continue
+        part = _IMAGE.sub(lambda m: f'<img src="{m[2]}" alt="{m[1]}">', html.escape(part))
+        out.append(_ITALIC.sub(r"<em>\1</em>", _BOLD.sub(r"<strong>\1</strong>", part)))
+    return "".join(out)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _block(kind: str, lines: list[str]) -> str:
+    if kind == "heading":
+        level = len(lines[0]) - len(lines[0].lstrip("#"))
+        return f"<h{level}>{_inline(lines[0][level:].strip())}</h{level}>"
+    if kind == "list":
+        return "<ul>\n" + "\n".join(f"<li>{_inline(x[2:])}</li>" for x in lines) + "\n</ul>"
+    if kind == "table":
+        rows = [c for c in map(_cells, lines) if not all(re.fullmatch(r":?-{3,}:?", x) for x in c)]  # no |---|
+        head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
+        body = "\n".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+        return f'<div class="table"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>'
+    return "<p>" + " ".join(_inline(x) for x in lines) + "</p>"
+
+
+def _kind(line: str) -> str:
+    if line.startswith("#"):
+        return "heading"
+    return "table" if line.startswith("|") else "list" if line.startswith("- ") else "paragraph"
+
+
+def markdown_to_html(md: str) -> str:
+    """The markdown tables.md uses (headings, paragraphs, bullet lists, pipe tables, bold, italic, code, images)
+    as one self-contained page: no scripts, no fetched styles or fonts; images by their relative paths."""
+    lines, blocks, i = md.split("\n"), [], 0
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        kind, j = _kind(lines[i]), i + 1
+        while kind != "heading" and j < len(lines) and lines[j].strip() and _kind(lines[j]) == kind:
+            j += 1
+        blocks.append(_block(kind, lines[i:j]))
+        i = j
+    title = next((x.lstrip("#").strip() for x in lines if x.startswith("# ")), "Report")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+        f"<style>{PAGE_STYLE}</style>\n</head>\n<body>\n" + "\n".join(blocks) + "\n</body>\n</html>\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files and MLflow
+
+
 def make_report(params: Params, results_dir: str | Path, data_root: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Write ``out_dir``/{tables.md, tables.csv, summary.json, provenance.json, figures/} and log them to MLflow."""
+    """Write ``out_dir``/{tables.md, index.html, tables.csv, summary.json, metrics.json, provenance.json,
+    figures/} and log them to MLflow."""
     results, data_root, out_dir = Path(results_dir), Path(data_root), Path(out_dir)
     sections = {d: dataset_report(params, d, results, data_root) for d in params.grid.datasets}
     prov = provenance(datasets={d: _provenance(results, d, s) for d, s in sections.items()})
@@ -447,33 +670,26 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
         "Full provenance: `provenance.json`.",
         "",
     ]
-    figures = ["![training curves](figures/curves.png)", ""]
-    pictures = {d: p for d in sections if (p := _attention_picture(params, results, d)) is not None}
-    for d in pictures:
-        figures += [
-            f"Attention maps of the paper's method on `{d}` (each module's map upsampled over the test image; "
-            "title: true -> predicted class):",
-            "",
-            f"![attention maps on {d}](figures/attention-{d}.png)",
-            "",
-        ]
     rows = [r for s in sections.values() for r in s["rows"]]
     summary = {d: s["summary"] for d, s in sections.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".report.") as tmp_s:  # same file system: renames
         tmp = Path(tmp_s)
-        (tmp / "figures").mkdir()
-        (tmp / "tables.md").write_text("\n".join(header + [s["text"] for s in sections.values()] + figures))
+        (tmp / "figures" / "confusion").mkdir(parents=True)
+        texts = [
+            "\n".join([s["text"], *write_figures(params, results, d, s["manifest"], tmp / "figures")])
+            for d, s in sections.items()
+        ]
+        md = "\n".join(header + texts)
+        (tmp / "tables.md").write_text(md)
+        (tmp / "index.html").write_text(markdown_to_html(md))
         with open(tmp / "tables.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
         write_json(tmp / "summary.json", summary)
+        write_json(tmp / "metrics.json", {d: s["metrics"] for d, s in sections.items()})
         write_json(tmp / "provenance.json", prov)
-        curves = {d: read_curves(results, params, d) for d in sections}
-        save(curves_figure(params, curves), tmp / "figures" / "curves.png")
-        for d, p in pictures.items():
-            shutil.copyfile(p, tmp / "figures" / f"attention-{d}.png")
         _log_to_mlflow(params, summary, tmp)
         _move_into_place(tmp, out_dir)
     return {"rows": rows, "summary": summary}
@@ -524,7 +740,7 @@ def _log_to_mlflow(params: Params, summary: dict[str, Any], tmp: Path) -> None:
                             c.set_tag(run_id, f"{track}.{name}.{k}.{version}", str(word))
                     elif isinstance(v, (int, float)) and not isinstance(v, bool):
                         c.log_metric(run_id, f"{track}.{name}.{k}", float(v))
-        for name in ("tables.md", "tables.csv", "summary.json"):
+        for name in ("tables.md", "index.html", "tables.csv", "summary.json", "metrics.json"):
             c.log_artifact(run_id, str(tmp / name))
         c.log_artifacts(run_id, str(tmp / "figures"), "figures")
         tracking.finish(c, run_id)

@@ -12,6 +12,7 @@ the runs still RUNNING whose owner on this host is gone (``close_dead_runs``).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -31,6 +32,9 @@ def tracking_uri() -> str:
 def client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
+    # the store's schema migrations log at INFO ("Creating initial MLflow database tables...") in every stage
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri or tracking_uri())
 
 

@@ -370,6 +370,10 @@ def search(
         },
     )
     try:
+        # Tune's new console output prints a configuration box, the results path and a TensorBoard hint for
+        # every search whatever `verbose` says; the legacy reporter honours verbose=0. The pipeline prints
+        # its own line per search.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         tuner = tune.Tuner(
             tune.with_resources(
                 _make_trainable(params, method, data, exp, parent, key, uri, params.compute.cpus_per_worker), per_trial

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 
 import pytest
@@ -51,8 +52,9 @@ def test_outputs_and_report(project) -> None:
         assert abs(float(r["test_top1_ci_low"]) - low) < 1e-2 and abs(float(r["test_top1_ci_high"]) - high) < 1e-2
         # cost columns: torch's flop counter and the measured training speed per device
         assert float(r["flops_per_image"]) > 0 and float(r["train_images_per_s_per_device"]) > 0
-    assert "![attention maps on embedded](figures/attention-embedded.png)" in md
-    for png in ("curves.png", "attention-embedded.png"):
+    assert "![attention maps on embedded](figures/maps/attention-embedded.png)" in md
+    confusion = [f"confusion/embedded-{m}.png" for m in METHODS]
+    for png in ("curves-embedded.png", "maps/attention-embedded.png", *confusion):
         assert (proj / "reports" / "figures" / png).read_bytes()[:4] == b"\x89PNG"
     prov = json.loads((proj / "reports" / "provenance.json").read_text())
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj, capture_output=True, text=True).stdout.strip()
@@ -105,12 +107,17 @@ def test_dvc_metrics_plots_and_experiments(project) -> None:
     proj, _ = project
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], proj).stdout)
     files = next(iter(shown.values()))["data"]
+    # DVC shows the per-method summary; the per-seed files are outputs, out of `dvc exp show`'s way
+    assert not any(f.startswith("results/embedded/metrics/") for f in files)
     for m in METHODS:
-        for s in SEEDS:  # a row per method, a column group per track and seed
-            metrics = files[f"results/embedded/metrics/{m}.json"]["data"]["recipe"][f"seed{s}"]
+        per_seed = json.loads((proj / f"results/embedded/metrics/{m}.json").read_text())
+        for s in SEEDS:
+            metrics = per_seed["recipe"][f"seed{s}"]
             assert 0 <= metrics["test_top1"] <= 100 and metrics["params"] > 0
-    summary = files["reports/summary.json"]["data"]["embedded"]["recipe"]
-    assert summary["attn_resnet"]["n"] == len(SEEDS) and "ours_vs_no_attention" in summary
+    summary = files["reports/metrics.json"]["data"]["embedded"]["recipe"]
+    ours = summary["attn_resnet"]
+    assert ours["n"] == len(SEEDS) and ours["ci_low"] <= ours["mean"] <= ours["ci_high"]
+    assert "ours_vs_no_attention" in json.loads((proj / "reports/summary.json").read_text())["embedded"]["recipe"]
     train = files["results/embedded/train_metrics.json"]["data"]
     assert train["units_reused"] == 0 and train["units_trained"] >= len(METHODS) * len(SEEDS)
     # the grid ran as two jobs at once (2 cores, 1 worker each): each job's units overlap the other's in time
@@ -130,7 +137,8 @@ def test_dvc_metrics_plots_and_experiments(project) -> None:
             with open(proj / f"results/embedded/curves/{m}-seed{s}.csv") as f:
                 last = list(csv.DictReader(f))[-1]
             assert int(last["epoch"]) == EPOCHS
-            measured = files[f"results/embedded/metrics/{m}.json"]["data"]["recipe"][f"seed{s}"]["test_top1"]
+            per_seed = json.loads((proj / f"results/embedded/metrics/{m}.json").read_text())
+            measured = per_seed["recipe"][f"seed{s}"]["test_top1"]
             assert abs(measured - float(last["val_top1"])) < 1e-6
     run(["dvc", "plots", "show", "-o", "plots_html"], proj)
     assert (proj / "plots_html" / "index.html").stat().st_size > 1000
@@ -207,3 +215,27 @@ def test_changing_one_method_reruns_only_that_method(project) -> None:
     tuned = json.loads((proj / "results/embedded/tune.json").read_text())["methods"]
     assert [m for m, r in tuned.items() if not r["cached"]] == ["resnet"]
     assert "Running stage 'fetch@embedded'" not in out  # a net changed: no data is fetched again
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RAY_PREFIX = re.compile(r"^\([\w:]+ pid=\d+(?:, ip=[\d.]+)?\)\s*")
+# The pipeline's own lines (stage messages, unit progress) and DVC's; anything else is somebody else's noise
+OWN = re.compile(
+    r"^(?:(?:check|fetch|preprocess|tune|train|evaluate|report)(?:@[\w-]+)?[: ]|\[[\w-]+ seed \d+\]|worker rank "
+    r"|Running stage|> |(?:Updating|Generating) lock file|To track the changes|To enable auto staging|git add "
+    r"|dvc config|Use `dvc push`|$)"
+)
+
+
+def test_the_terminal_shows_the_pipelines_own_lines_once(project) -> None:
+    """At most 1 line in 10 of `dvc repro`'s output is not the pipeline's (or DVC's) own, and each unit's
+    progress is printed once: as many "starting epoch 1" lines in the train stage as units it trained."""
+    _, first = project
+    lines = [RAY_PREFIX.sub("", ANSI.sub("", ln)).strip() for ln in (first.stdout + first.stderr).splitlines()]
+    foreign = [ln for ln in lines if not OWN.match(ln)]
+    assert len(foreign) <= len(lines) / 10, f"{len(foreign)} of {len(lines)} lines are not the pipeline's: {foreign}"
+    trained = int(re.search(r"train@embedded: \d+ units .*?, (\d+) to train", first.stdout)[1])
+    out = first.stdout
+    train_part = out[out.index("Running stage 'train@embedded'") :]
+    train_part = train_part[: train_part.find("Running stage", 10)]
+    assert len(re.findall(r"\] starting epoch 1/", train_part)) == trained

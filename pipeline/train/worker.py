@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from typing import Any
@@ -42,12 +43,21 @@ def _nodes(shard: Shard) -> list[dict[str, str]]:
     return out
 
 
+def quiet_ray_logs() -> None:
+    """Ray Train sets the worker's root logger to INFO, and Ray Train logs every ``report`` there (a
+    540-character "Reporting training result" line per epoch, from a logger named after its file): keep the
+    root at WARNING. This process's own lines are prints, which ``RAY_TRAIN_ENABLE_PRINT_PATCH=0``
+    (``pipeline.compute.ray_session``) keeps out of logging, so each reaches the terminal once."""
+    logging.getLogger().setLevel(logging.WARNING)
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: units (RunSpec dicts), store (storage path), mlflow_uri,
     mlflow_runs {unit key: run_id}, resume {unit key: checkpoint URI}, threads, origin, fast_path, stream."""
     import ray.train
     import ray.train.torch
 
+    quiet_ray_logs()
     units = [RunSpec.model_validate(u) for u in config["units"]]
     torch.set_num_threads(config.get("threads", 1))
     ctx = ray.train.get_context()
@@ -104,6 +114,7 @@ def tune_trial(spec: RunSpec, threads: int, mlflow_uri: str, run_id: str, fast_p
     search then sets every trial run's status from Tune's results: ``pipeline.tune``.)"""
     from ray import tune
 
+    quiet_ray_logs()
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     c = tracking.client(mlflow_uri)

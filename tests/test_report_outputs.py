@@ -1,0 +1,351 @@
+"""What the report stage writes besides the tables' words, on constructed results (no Ray, no training): the
+per-method metrics file DVC shows, the pictures (every method's curves on one axis, a confusion matrix per
+method in label order), Δ vs paper, test top-5 only where it says something, and the HTML page that opens
+offline. The DVC checks run the real `dvc` on a throw-away repository with this project's dvc.yaml."""
+
+from __future__ import annotations
+
+import csv
+import html.parser
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import report
+from pipeline.analysis import method_result
+from pipeline.config import validate_params
+from pipeline.data.embedded import CLASSES as GLYPHS  # "zero", "one", ...: label order is not alphabetical
+from pipeline.paper import CLAIMS
+from pipeline.plots import plt
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS, SEEDS = ["resnet", "attn_resnet", "no_attention"], [0, 1]
+ACCURACY = {"resnet": 0.6, "attn_resnet": 0.8, "no_attention": 0.7}  # + 2 points per seed
+DATASETS = {"embedded": GLYPHS, "cifar100": [f"class{i:02d}" for i in range(99, -1, -1)]}  # 100, reversed
+PER_CLASS = 50  # test images per class
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def _fake_results(root: Path, train: dict) -> None:
+    """What fetch/preprocess/tune/train/evaluate would leave for DATASETS x METHODS x SEEDS (recipe track)."""
+    rng = random.Random(0)
+    for d, classes in DATASETS.items():
+        k = len(classes)
+        _write_json(
+            root / "data" / d / "manifest.json",
+            {
+                "classes": classes,
+                "num_classes": k,
+                "class_counts": {"train": [5] * k, "test": [PER_CLASS] * k},
+                "source_sha256": "0" * 64,
+                "data_sha256": "1" * 64,
+                "files": {},
+            },
+        )
+        res = root / "results" / d
+        _write_json(res / "tune.json", {"methods": {}})
+        _write_json(res / "train_metrics.json", {"wall_time_s": 1.0})
+        for m in METHODS:
+            for s in SEEDS:
+                # a confusion CSV whose accuracy is the method's; mistakes go to the next class in label order
+                right = round((ACCURACY[m] + 0.02 * s) * PER_CLASS)
+                pairs = [
+                    (c, c if i < right else classes[(j + 1) % k])
+                    for j, c in enumerate(classes)
+                    for i in range(PER_CLASS)
+                ]
+                rng.shuffle(pairs)
+                conf = res / "confusion" / m / "recipe" / f"seed{s}.csv"
+                conf.parent.mkdir(parents=True, exist_ok=True)
+                with open(conf, "w", newline="") as f:
+                    csv.writer(f).writerows([("actual", "predicted"), *pairs])
+                top1 = 100.0 * right / PER_CLASS
+                unit = res / "eval" / m / "recipe" / f"seed{s}"
+                metrics = {"test_top1": top1, "test_top5": 99.0, "params": 1000, "flops_per_image": 2e6}
+                _write_json(
+                    unit / "summary.json",
+                    {
+                        "key": f"{m}-{s}",
+                        "spec": {"train": train, "model_args": {}},
+                        "metrics": metrics | {"train_images_per_s_per_device": 100.0},
+                        "num_test": PER_CLASS * k,
+                        "pairing": {"init": f"i{s}", "data_order": f"o{s}"},
+                        "diverged": False,
+                    },
+                )
+                if m == "attn_resnet" and s == 0:
+                    fig, ax = plt.subplots(figsize=(1, 1))
+                    ax.imshow(np.zeros((4, 4)))
+                    fig.savefig(unit / "attention.png")
+                    plt.close(fig)
+                curve = res / "curves" / f"{m}-seed{s}.csv"
+                curve.parent.mkdir(exist_ok=True)
+                with open(curve, "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerow(["epoch", "train_loss", "val_top1", "val_top5"])
+                    w.writerows((e, 2.0 / e, top1 * e / 3, 99.0) for e in (1, 2, 3))
+
+
+def _params(raw: dict):
+    raw["grid"].update(datasets=list(DATASETS), methods=METHODS, seeds=SEEDS)
+    return validate_params(raw)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """make_report over the constructed results once; MLflow and the (slow) hardware probe stubbed out."""
+    root = tmp_path_factory.mktemp("report")
+    with open(ROOT / "params.yaml") as f:
+        params = _params(yaml.safe_load(f))
+    _fake_results(root, params.train.model_dump())
+    logged: dict[str, list[str]] = {}
+
+    def log(params, summary, tmp: Path) -> None:  # what MLflow would get: every file, at logging time
+        logged["files"] = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+
+    stub = {"git": {"commit": "0" * 40, "dirty": False}, "hardware": {"host": "h", "cpu_count": 2, "gpus": []}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "_log_to_mlflow", log)
+        mp.setattr(report, "provenance", lambda **extra: stub | extra)
+        out = report.make_report(params, root / "results", root / "data", root / "reports")
+    return {"root": root, "reports": root / "reports", "out": out, "logged": logged["files"], "params": params}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pictures
+
+
+def test_confusion_matrix_is_in_label_order_with_class_names(made) -> None:
+    root, params = made["root"], made["params"]
+    counts = report.confusion_counts(root / "results", "embedded", "resnet", SEEDS, GLYPHS)
+    # per class, seed 0: 30 of 50 right, seed 1: 31; the rest predicted as the next class in label order
+    assert counts.sum() == PER_CLASS * len(GLYPHS) * len(SEEDS)
+    assert counts[0, 0] == 61 and counts[0, 1] == 39  # "zero" -> "one", not "eight" (alphabetical order's next)
+    fig = report.confusion_figure(counts, GLYPHS, "t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == GLYPHS != sorted(GLYPHS)
+    assert [t.get_text() for t in ax.get_yticklabels()] == GLYPHS
+    shown = ax.images[0].get_array()
+    assert np.allclose(shown.sum(axis=1), 100.0) and shown[0, 0] == pytest.approx(61.0)  # rows: % of true class
+    assert len(ax.texts) == len(GLYPHS) ** 2  # each cell's % written
+    plt.close(fig)
+    hundred = DATASETS["cifar100"]
+    counts = report.confusion_counts(root / "results", "cifar100", "resnet", SEEDS, hundred)
+    fig = report.confusion_figure(counts, hundred, "t")
+    ax = fig.axes[0]
+    assert not set(hundred) & {t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()}
+    assert not ax.texts and "label order" in ax.get_xlabel()
+    plt.close(fig)
+    for d in DATASETS:
+        for m in METHODS:
+            assert (made["reports"] / "figures" / "confusion" / f"{d}-{m}.png").read_bytes()[:4] == b"\x89PNG"
+    assert params.grid.methods == METHODS
+
+
+def test_one_curves_figure_per_data_set_overlays_every_method(made) -> None:
+    params, root = made["params"], made["root"]
+    fig = report.curves_figure(params, "embedded", report.read_curves(root / "results", params, "embedded"))
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == [params.method(m).label for m in METHODS]
+    assert ax.get_ylabel() == "test top-1 (%)" and "test split" in ax.get_title()
+    assert ax.get_lines()[1].get_ydata()[-1] == pytest.approx(81.0)  # attn_resnet's last epoch: mean of 80, 82
+    plt.close(fig)
+    for d in DATASETS:
+        assert (made["reports"] / "figures" / f"curves-{d}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (made["reports"] / "figures" / "maps" / "attention-embedded.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def _table(md: str, heading: str) -> list[dict[str, str]]:
+    """The first pipe table after the line ``heading``, as {column: cell} rows."""
+    lines = md.split("\n")
+    i = lines.index(heading)
+    while not lines[i].startswith("|"):
+        i += 1
+    rows = []
+    while i < len(lines) and lines[i].startswith("|"):
+        rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+        i += 1
+    return [dict(zip(rows[0], r, strict=True)) for r in rows[2:]]
+
+
+def test_delta_vs_paper_and_top5_only_with_more_than_ten_classes(made) -> None:
+    params = made["params"]
+    units = {s: {"metrics": {"test_top1": 90.0 + s, "test_top5": 99.5, "params": 1, "flops_per_image": 1.0},
+                 "num_test": 1000} for s in SEEDS}  # fmt: skip
+    results = {m: method_result(params, m, units, 10) for m in METHODS}
+    for column, classes in (("CIFAR-10", 10), ("CIFAR-100", 100)):
+        lines = report.method_table(params, results, report.MAIN_ROWS, column, {}, classes)
+        rows = [dict(zip(report._cells(lines[0]), report._cells(x), strict=True)) for x in lines[2:]]
+        assert ("test top-5" in rows[0]) == (classes > 10)
+        by = {r["Method"]: r for r in rows}
+        for v in params.report.claims:
+            claim = CLAIMS[v]["resnet"][column]
+            assert by["ResNet"][f"Δ vs {report.TABLE_NAMES[v]}"] == f"{90.5 - claim:+.2f}"
+    # the ablation has no ImageNet claim: "-"; off the paper's benchmarks: "n/a", never a difference
+    lines = report.method_table(params, results, report.ABLATION_ROWS, "ImageNet", {}, 1000)
+    by = {
+        r["Method"]: r for r in (dict(zip(report._cells(lines[0]), report._cells(x), strict=True)) for x in lines[2:])
+    }
+    assert (
+        by["CNN without attention"]["Δ vs Tables 1-2"] == "-" and by["Attention CNN (ours)"]["Δ vs Tables 1-2"] != "-"
+    )
+    assert report.delta_vs_paper("table1", results["no_attention"], "ImageNet") == "-"
+    assert report.delta_vs_paper("table1", results["resnet"], None) == "n/a"
+
+    md = (made["reports"] / "tables.md").read_text()
+    embedded = _table(md, "### Every method at the shared recipe (paper Tables 1 and 3)")
+    assert "test top-5" not in embedded[0] and {r["Δ vs Tables 1-2"] for r in embedded} == {"n/a"}
+    c100 = md[md.index("## Data set `cifar100`") :].split("\n")
+    c100_rows = _table("\n".join(c100), "### Every method at the shared recipe (paper Tables 1 and 3)")
+    ours = next(r for r in c100_rows if r["Method"] == "Attention CNN (ours)")
+    assert ours["test top-5"] == "99.00" and ours["Δ vs Tables 1-2"] == f"{81.0 - 80.5:+.2f}"
+    with open(made["reports"] / "tables.csv") as f:
+        rows = {(r["dataset"], r["method"]): r for r in csv.DictReader(f)}
+    assert rows[("embedded", "resnet")]["test_top5_mean"] == "" and rows[("cifar100", "resnet")]["test_top5_mean"]
+    assert rows[("embedded", "resnet")]["test_top1_minus_paper_table1"] == "n/a"
+    assert float(rows[("cifar100", "resnet")]["test_top1_minus_paper_table1"]) == pytest.approx(61.0 - 72.7)
+
+
+def test_one_name_per_metric(made) -> None:
+    """The per-epoch curve is the test top-1 measured after each epoch: the report never calls it otherwise."""
+    md = (made["reports"] / "tables.md").read_text()
+    assert "val_top1" not in md and "validation" not in md.lower() and "| top-5 |" not in md
+    assert "test top-1 after each epoch" in md.lower()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metrics for DVC and the HTML page
+
+
+def test_metrics_file_is_per_method_summary(made) -> None:
+    metrics = json.loads((made["reports"] / "metrics.json").read_text())
+    summary = json.loads((made["reports"] / "summary.json").read_text())
+    assert set(metrics) == set(DATASETS)
+    for d, tracks in metrics.items():
+        assert set(tracks) == {"recipe"}
+        for track, methods in tracks.items():
+            assert set(methods) == set(METHODS)  # no comparisons, no per-seed values
+            for m, fields in methods.items():
+                assert set(fields) == {"mean", "std", "ci_low", "ci_high", "n"}
+                assert fields == {k: summary[d][track][m][k] for k in fields} and fields["n"] == len(SEEDS)
+    assert metrics["embedded"]["recipe"]["attn_resnet"]["mean"] == pytest.approx(81.0)
+    assert {"index.html", "metrics.json", "tables.md", "figures/curves-embedded.png"} <= set(made["logged"])
+
+
+class _Page(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: dict[str, list[dict[str, str | None]]] = {}
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.tags.setdefault(tag, []).append(dict(attrs))
+
+
+def test_html_page_has_the_tables_and_its_pictures_offline(made) -> None:
+    reports = made["reports"]
+    md, page = (reports / "tables.md").read_text(), (reports / "index.html").read_text()
+    parsed = _Page()
+    parsed.feed(page)
+    assert len(parsed.tags["table"]) == md.count("\n|---") > 0
+    srcs = [t["src"] for t in parsed.tags["img"]]
+    assert srcs == re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md) and len(srcs) == len(DATASETS) * (2 + len(METHODS))
+    assert all((reports / s).is_file() for s in srcs)  # relative to the page, all there
+    assert "script" not in parsed.tags and "link" not in parsed.tags and not re.search(r"https?://", page)
+    assert "<strong>reproduced</strong>" in page or "<strong>inconclusive</strong>" in page
+    assert "<td>Attention CNN (ours)</td>" in page and "<code>embedded</code>" in page
+    assert "<em>reproduced</em>" in page  # the statistics line's italics
+
+
+def test_markdown_subset() -> None:
+    page = report.markdown_to_html(
+        "# T\n\nA `a*b*c` and **b** and *i* & <x>.\n\n- one\n- two\n\n| h | k |\n|---|---|\n| 1 | ![p](f/p.png) |\n"
+    )
+    assert "<h1>T</h1>" in page and "<title>T</title>" in page
+    assert "<p>A <code>a*b*c</code> and <strong>b</strong> and <em>i</em> &amp; &lt;x&gt;.</p>" in page
+    assert "<ul>\n<li>one</li>\n<li>two</li>\n</ul>" in page
+    assert "<thead><tr><th>h</th><th>k</th></tr></thead>" in page and '<td><img src="f/p.png" alt="p"></td>' in page
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real DVC on this project's dvc.yaml
+
+
+def _dvc(args: list[str], cwd: Path) -> str:
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    r = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_dvc_shows_one_metrics_file_and_image_plots_offline(made, tmp_path) -> None:
+    """dvc.yaml as shipped: the per-seed metrics are no DVC metrics, `dvc metrics show` (what `dvc exp show`
+    puts in columns) has the per-method summary, and `dvc plots show` writes a page of the report's PNGs only
+    (no Vega, nothing fetched), curves first, then the confusion matrices, then the attention maps."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", repo)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["grid"].update(datasets=["embedded"], methods=METHODS, seeds=SEEDS)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(made["reports"], repo / "reports")
+    res = made["root"] / "results" / "embedded"
+    shutil.copytree(res / "curves", repo / "results/embedded/curves")
+    shutil.copytree(res / "confusion", repo / "results/embedded/confusion")
+    for m in METHODS:  # the evaluate stage's per-seed metrics, as it writes them
+        _write_json(
+            repo / f"results/embedded/metrics/{m}.json", {"recipe": {f"seed{s}": {"test_top1": 1.0} for s in SEEDS}}
+        )
+    _write_json(repo / "results/embedded/train_metrics.json", {"units_trained": 0, "wall_time_s": 1.0})
+    _dvc(["init", "--no-scm", "-q"], repo)
+
+    shown = json.loads(_dvc(["metrics", "show", "--json"], repo))
+    files = shown[""]["data"]
+    assert set(files) == {"reports/metrics.json", "results/embedded/train_metrics.json"}
+    assert files["reports/metrics.json"]["data"]["embedded"]["recipe"]["attn_resnet"]["n"] == len(SEEDS)
+
+    _dvc(["plots", "show", "-o", "plots"], repo)
+    page = (repo / "plots" / "index.html").read_text()
+    named = re.findall(r"<p>(reports/figures/[^<]+)</p>", page)
+    assert named[0] == "reports/figures/curves-cifar100.png" and named[1] == "reports/figures/curves-embedded.png"
+    assert [n.split("/")[2] for n in named] == ["curves-cifar100.png", "curves-embedded.png"] + ["confusion"] * (
+        len(DATASETS) * len(METHODS)
+    ) + ["maps"] * len(DATASETS)
+    assert "<script" not in page and not re.search(r"https?://", page)
+    assert all((repo / "plots" / s).is_file() for s in re.findall(r'<img src="([^"]+)"', page))
+
+
+def test_attention_picture_title_fits(tmp_path) -> None:
+    """The evaluate stage's attention picture of a one-module net is two images wide: its title used to be wider
+    than the figure and was cut at both edges."""
+    from pipeline.plots import attention_grid, save
+
+    title = "attn_resnet seed 0: attention maps (map 0 of each module)"
+    images, maps = np.zeros((2, 8, 8, 3), np.uint8), [np.ones((2, 2, 2))]
+    fig = attention_grid(images, maps, ["stage_attn.2.softmax (2x2)"], ["seven -> one"] * 2, title)
+    fig.canvas.draw()
+    box, page = fig._suptitle.get_window_extent(), fig.bbox  # matplotlib has no public getter for the Text
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1
+    assert " ".join(fig.get_suptitle().split()) == title  # wrapped, not cut
+    save(fig, tmp_path / "attention.png")
+    assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG"
