@@ -42,6 +42,7 @@ from pipeline.train.engine import (  # noqa: E402
     recalibrate_bn,
     train_one_epoch,
 )
+from pipeline.train.job import TrainJob  # noqa: E402
 from pipeline.train.loop import load_data  # noqa: E402
 from pipeline.train.run import fit  # noqa: E402
 from pipeline.train.store import UnitStore  # noqa: E402
@@ -80,15 +81,12 @@ def pipeline_run(spec: RunSpec, params: Params, workers: int, threads: int, stor
     )
     c = tracking.client()
     exp = tracking.get_experiment(c, "benchmark")
-    run_id, _ = tracking.find_or_create_run(c, exp, f"benchmark {workers} worker(s)", {"run_key": f"b{workers}"}, {})
+    ref = tracking.UnitRun(experiment_id=exp, name=f"benchmark {workers} worker(s)", tags={"run_key": spec.key()})
+    job = TrainJob(
+        units=[spec], store=storage, mlflow_uri=tracking.tracking_uri(), runs={spec.key(): ref}, threads=threads
+    )
     with ray_session(num_cpus=max(workers * threads, os.cpu_count() or 1)):
-        fit(
-            [spec],
-            params,
-            f"benchmark-{workers}-{time.time_ns()}",
-            {"store": storage, "mlflow_uri": tracking.tracking_uri(), "mlflow_runs": {spec.key(): run_id}},
-            Workers(workers, False, threads),
-        )
+        fit(job, params, f"benchmark-{workers}-{time.time_ns()}", Workers(workers, False, threads))
     hist = UnitStore(storage, spec.dataset.name).load(spec.key())["history"]
     stamps = [h["timestamp_ms"] / 1000 for h in hist]
     return [hist[0]["epoch_time_s"]] + [b - a for a, b in itertools.pairwise(stamps)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -68,6 +69,18 @@ def check_storage(params: Params) -> list[str]:
     return []
 
 
+def setup_logging() -> None:
+    """The pipeline's own lines (loggers under ``pipeline``) go to stdout as plain messages, once each; other
+    libraries keep Python's default (warnings and errors to stderr)."""
+    root = logging.getLogger("pipeline")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
 def run_stage(main: Callable[[Params, list[str]], object], *, checks: Check | Sequence[Check] = ()) -> NoReturn:
     """Validate params.yaml (and run ``checks``, e.g. ``pipeline.models.checks.check_models`` for stages that
     build nets, ``check_storage`` for those that write to the run storage), then call ``main(params, argv)``;
@@ -75,6 +88,7 @@ def run_stage(main: Callable[[Params, list[str]], object], *, checks: Check | Se
     # SIGTERM (`ray job stop`, a scheduler's preemption notice) unwinds like Ctrl-C: cleanup runs, and MLflow
     # runs of unfinished units are closed as FAILED instead of being left RUNNING
     signal.signal(signal.SIGTERM, _terminated)
+    setup_logging()
     try:
         params = load_params(PARAMS_FILE)
         errs = [e for check in ([checks] if callable(checks) else checks) for e in check(params)]

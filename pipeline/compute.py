@@ -110,10 +110,10 @@ def ray_session(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
     # Worker start-up (imports) on a small, busy machine can exceed Ray's 60 s default; wait longer.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     # Ray Train turns a worker's print into a log record and, where stdout is wrapped, prints it as well: every
-    # line twice. Plain prints (forwarded once by Ray); see pipeline.train.worker.quiet_ray_logs
+    # line twice. Plain prints (the workers' own progress is not printed at all: pipeline.progress)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    # Ray's log dedup folds lines that differ only in their numbers ("[repeated 3x across cluster]"): that is
-    # every per-epoch line of every unit. Show each as printed.
+    # Ray's log dedup folds forwarded worker lines that differ only in their numbers ("[repeated 3x across
+    # cluster]"): on a cluster, where worker output is forwarded, show each as written.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
 
@@ -127,14 +127,20 @@ def ray_session(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
         _leave_job_env()
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
     else:
-        # No dashboard on a local Ray (seconds of start-up per stage), so no State API: Ray Train's placement-group
-        # cleaner then warns every few seconds that it cannot query the controller (63 of 427 lines of a default
-        # `dvc repro`). Ray's Python loggers in this job's processes are set to ERROR here; the pipeline's own
-        # lines are prints. On a cluster (RAY_ADDRESS, above) the dashboard exists and Ray's warnings stay on.
+        # A local Ray's workers are this machine's processes: their output is not forwarded here. Progress comes
+        # as events through the driver (pipeline.progress), errors as the exceptions Ray raises here, and what
+        # else a worker writes (Ray's own notices, a worker's SIGTERM at shutdown) stays in Ray's log files
+        # (/tmp/ray/session_latest/logs). No dashboard (seconds of start-up per stage), so no State API: Ray
+        # Train's placement-group cleaner would warn every few seconds that it cannot query the controller (63 of
+        # 427 lines of a default `dvc repro`); Ray's Python loggers in this job's processes are set to ERROR. No
+        # preemption watcher: a local Ray's node is never drained, and it is one more actor per job. On a cluster
+        # (RAY_ADDRESS, above) worker output, Ray's warnings and the watcher stay on.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
             runtime_env=env,
+            log_to_driver=False,
             logging_level=logging.WARNING,
             logging_config=ray.LoggingConfig(log_level="ERROR"),
         )

@@ -374,6 +374,9 @@ class ComputeCfg(Frozen):
 
 class MlflowCfg(Frozen):
     experiment_prefix: str = Field(default="attncnn", min_length=1)
+    # MLflow system metrics (CPU, memory, disk, network; GPU with NVIDIA's library) sampled into each training
+    # unit's run every this many seconds while it trains; 0: off
+    system_metrics_s: Annotated[Float, Field(ge=0)] = 5.0
 
 
 class EvaluateCfg(Frozen):

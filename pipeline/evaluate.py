@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import tracking
+from pipeline import serving, tracking
 from pipeline.config import EvaluateCfg
 from pipeline.data.preprocess import load_manifest, load_split
 from pipeline.io import atomic_path, read_json, write_json
@@ -158,8 +158,9 @@ def evaluate_method(
 ) -> dict[str, Any]:
     """Evaluate every unit the train stage wrote under ``method_dir`` (``<track>/seed<k>/``) on the test split;
     write ``out_dir/<track>/seed<k>/``, ``confusion_dir/<track>/seed<k>.csv`` and {track: {seed<k>: metrics}}
-    to ``metrics_file``, and log the test metrics and pictures to each unit's MLflow run. A unit two tracks
-    share is evaluated once."""
+    to ``metrics_file``; log the test metrics and pictures to each unit's MLflow run, each net as an MLflow
+    model, and register the lowest seed's per track (``pipeline.serving``). A unit two tracks share is
+    evaluated once."""
     method_dir = Path(method_dir)
     units = sorted(p for p in method_dir.glob("*/seed*") if p.is_dir())  # <track>/seed<k>
     if not units:
@@ -168,24 +169,26 @@ def evaluate_method(
     te = load_split(data_dir, "test")
     test = TensorData.from_numpy(te.images, te.labels)
     metrics: dict[str, Any] = {}
-    done: dict[str, Path] = {}  # unit key -> where it was evaluated: tracks share the units a search kept
+    places: dict[Path, Path] = {}  # <track>/seed<k> -> where its unit was evaluated: tracks share unchanged units
+    first: dict[str, Path] = {}  # unit key -> the place it was evaluated
     with atomic_path(out_dir) as tmp, atomic_path(confusion_dir) as ctmp:
         for u in units:
             rel = u.relative_to(method_dir)
             (ctmp / rel.parent).mkdir(parents=True, exist_ok=True)
-            key = _unit_key(u)
-            if key in done:
-                shutil.copytree(tmp / done[key], tmp / rel)
-                shutil.copyfile(ctmp / f"{done[key]}.csv", ctmp / f"{rel}.csv")
-                metrics.setdefault(rel.parent.name, {})[u.name] = read_json(tmp / rel / "summary.json")["metrics"]
-                continue
-            m = evaluate_unit(u, man, test, te.images, cfg, tmp / rel, ctmp / f"{rel}.csv")
-            metrics.setdefault(rel.parent.name, {})[u.name] = m
-            done[key] = rel
+            places[rel] = src = first.setdefault(_unit_key(u), rel)
+            if src == rel:
+                m = evaluate_unit(u, man, test, te.images, cfg, tmp / rel, ctmp / f"{rel}.csv")
+            else:
+                shutil.copytree(tmp / src, tmp / rel)
+                shutil.copyfile(ctmp / f"{src}.csv", ctmp / f"{rel}.csv")
+                m = metrics[src.parent.name][src.name]
+            metrics.setdefault(rel.parent.name, {})[rel.name] = m
+        c = tracking.client()
+        for rel, model in _publish(c, method_dir, places, te.images, man["classes"]).items():
+            write_json(tmp / rel / "mlflow_model.json", model)
     write_json(metrics_file, metrics)
 
-    c = tracking.client()
-    for rel in done.values():
+    for rel in first.values():
         run_id = read_json(method_dir / rel / "mlflow.json")["run_id"]
         for name, v in metrics[rel.parent.name][rel.name].items():
             c.log_metric(run_id, name, float(v))
@@ -194,6 +197,36 @@ def evaluate_method(
         if picture.is_file():
             c.log_artifact(run_id, str(picture))
     return metrics
+
+
+def _seed(place: Path) -> int:
+    return int(place.name.removeprefix("seed"))
+
+
+def _publish(
+    c, method_dir: Path, places: dict[Path, Path], images: np.ndarray, classes: list[str]
+) -> dict[Path, dict[str, Any]]:
+    """Each evaluated unit's net logged as an MLflow model into its run, and the unit of each track's lowest
+    seed registered under that track's alias (``pipeline.serving``). ``places``: <track>/seed<k> -> where its
+    unit was evaluated. Returns, per place, its model (id, URI), the registered version if any, and the
+    aliases that place holds."""
+    lowest: dict[str, Path] = {}  # track -> the place of its lowest seed
+    for rel in sorted(places, key=_seed):
+        lowest.setdefault(rel.parent.name, rel)
+    aliases = {rel: [serving.ALIASES[rel.parent.name]] if lowest[rel.parent.name] == rel else [] for rel in places}
+    logged: dict[Path, dict[str, Any]] = {}
+    for src in dict.fromkeys(places.values()):
+        record = read_json(method_dir / src / "mlflow.json")
+        net, spec, _ = load_checkpoint(method_dir / src / "model.pt")
+        model_id = serving.log_unit_model(c, record["run_id"], record["experiment_id"], net, spec, images[:2], classes)
+        logged[src] = {"model_id": model_id, "model_uri": f"models:/{model_id}"}
+        wanted = [a for rel, s in places.items() if s == src for a in aliases[rel]]
+        if wanted:
+            name = serving.registered_name(c.get_experiment(record["experiment_id"]).name, spec.method)
+            what = f"{spec.method} on {spec.dataset.name}, lowest seed per track (pipeline.serving)"
+            version = serving.register(c, name, model_id, record["run_id"], wanted, what)
+            logged[src]["registered"] = {"name": name, "version": version}
+    return {rel: {**logged[src], "aliases": aliases[rel]} for rel, src in places.items()}
 
 
 def _unit_key(unit_dir: Path) -> str:

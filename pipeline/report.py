@@ -362,6 +362,7 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
     if tuned:
         lines += ["### The search: budget and outcome (Ray Tune, ASHA; held-out part of train)", ""]
         lines += [*search_lines(params, tuned, man["num_classes"]), ""]
+    lines += registry_lines(params, results, dataset)
     return {
         "text": "\n".join(lines),
         "rows": rows,
@@ -370,6 +371,33 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
         "manifest": man,
         "units": units,
     }
+
+
+def registry_lines(params: Params, results: Path, dataset: str) -> list[str]:
+    """Where each method's trained net is in the MLflow Model Registry: the version this report's units are,
+    the aliases naming it and the seed behind it (``pipeline.serving``)."""
+    out = []
+    for m in params.grid.methods:
+        named: dict[tuple[str, int], list[str]] = {}  # (registered name, version) -> "@alias (seed k)"
+        for f in sorted((results / dataset / "eval" / m).glob("*/seed*/mlflow_model.json")):
+            model = read_json(f)
+            if model.get("registered"):
+                reg = model["registered"]
+                named.setdefault((reg["name"], reg["version"]), []).extend(
+                    f"`@{a}` ({f.parent.name.replace('seed', 'seed ')})" for a in model["aliases"]
+                )
+        out += [
+            f"- {params.method(m).label}: `models:/{name}` version {version}: {', '.join(aliases)}"
+            for (name, version), aliases in named.items()
+        ]
+    if not out:
+        return []
+    note = (
+        "Each is the net of the lowest seed of a track, with its input normalisation: "
+        "`mlflow.pyfunc.load_model('models:/<name>@recipe').predict(images)` takes uint8 images (N, H, W, 3) and "
+        "gives logits; every other unit's net is a logged model in its own run."
+    )
+    return ["### The trained models (MLflow Model Registry)", "", note, "", *out, ""]
 
 
 def _same_units(a: dict[str, dict[int, dict[str, Any]]], b: dict[str, dict[int, dict[str, Any]]]) -> bool:
@@ -690,7 +718,7 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
         write_json(tmp / "summary.json", summary)
         write_json(tmp / "metrics.json", {d: s["metrics"] for d, s in sections.items()})
         write_json(tmp / "provenance.json", prov)
-        _log_to_mlflow(params, summary, tmp)
+        _log_to_mlflow(params, summary, tmp, git["commit"])
         _move_into_place(tmp, out_dir)
     return {"rows": rows, "summary": summary}
 
@@ -722,13 +750,14 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
         (tmp / name).replace(target)
 
 
-def _log_to_mlflow(params: Params, summary: dict[str, Any], tmp: Path) -> None:
+def _log_to_mlflow(params: Params, summary: dict[str, Any], tmp: Path, commit: str) -> None:
     """One run per data set (``report | <dataset>``, tag stage=report): the figures as metrics, the verdicts as
     tags, the files as artifacts. A rerun with the same figures finds and reuses its run."""
     c = tracking.client()
     for d, per_track in summary.items():
         exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, d))
         tags = tracking.tags_for(run_key=config_hash(per_track), stage="report", dataset=d)
+        tags |= tracking.source_tags("report", commit)
         run_id, existed = tracking.find_or_create_run(c, exp, f"report | {d}", tags, {}, reopen=False)
         if existed:
             continue

@@ -12,16 +12,20 @@ the runs still RUNNING whose owner on this host is gone (``close_dead_runs``).
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.redact import redact
+from pipeline.config import Frozen
+from pipeline.redact import redact, redact_url
 
 DEFAULT_DB = "mlflow.db"
+log = logging.getLogger(__name__)
 
 
 def tracking_uri() -> str:
@@ -32,9 +36,10 @@ def tracking_uri() -> str:
 def client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
-    # the store's schema migrations log at INFO ("Creating initial MLflow database tables...") in every stage
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # the store's schema migrations log at INFO ("Creating initial MLflow database tables...") in every stage,
+    # the system metrics monitor at every start and stop
+    for name in ("mlflow.store.db.utils", "alembic", "mlflow.system_metrics"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri or tracking_uri())
 
 
@@ -80,6 +85,7 @@ def find_or_create_run(
     params: Mapping[str, Any],
     parent_run_id: str | None = None,
     reopen: bool = True,
+    start_time_ms: int | None = None,
 ) -> tuple[str, bool]:
     """The run tagged with this ``run_key`` (and seed, trial) if one exists, else a new one; (run_id, existed).
     An existing run is set RUNNING again (and owned by this process) when ``reopen``: it is about to go on;
@@ -101,12 +107,106 @@ def find_or_create_run(
     all_tags = {k: redact(str(v)) for k, v in {**tags, **owner_tags()}.items()}
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run = c.create_run(experiment_id, tags=all_tags, run_name=run_name)
+    run = c.create_run(experiment_id, tags=all_tags, run_name=run_name, start_time=start_time_ms)
     flat = flatten(params)
     items = [Param(k, v) for k, v in flat.items()]
     for i in range(0, len(items), 100):
         c.log_batch(run.info.run_id, params=items[i : i + 100])
     return run.info.run_id, False
+
+
+class UnitRun(Frozen):
+    """Where a training unit's MLflow run lives and what it is called: the train stage's driver decides, the
+    worker that trains the unit opens the run when the unit starts (``open_run``)."""
+
+    experiment_id: str
+    name: str
+    tags: dict[str, str]
+
+
+def source_tags(stage: str, commit: str) -> dict[str, str]:
+    """MLflow's standard source tags, which the UI shows in its Source column: the DVC stage that made the run
+    (``dvc repro <stage>`` reproduces it) and the git commit of the code."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+
+    return {
+        MLFLOW_SOURCE_NAME: f"dvc repro {stage}",
+        MLFLOW_SOURCE_TYPE: "LOCAL",
+        MLFLOW_GIT_COMMIT: commit,
+        MLFLOW_USER: _user(),
+    }
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return "unknown"
+
+
+# MLflow's datasets table holds a digest of at most 36 characters: the data checksum's first 32 hex digits
+DIGEST_CHARS = 32
+
+
+def log_dataset(c, run_id: str, *, name: str, sha256: str, source: str, context: str) -> None:
+    """Record the data set a run used (``mlflow.log_input`` for a given run): the UI's Dataset column shows
+    ``name`` with the data checksum as its digest and ``source`` (a local path or URI) as where it was read."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    with warnings.catch_warnings():  # MLflow registers two local-file sources (schemes "" and "file") and says so
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        where = resolve_dataset_source(redact_url(source))
+    ds = MetaDataset(where, name=name, digest=sha256[:DIGEST_CHARS])
+    c.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
+
+def find_run(c, experiment_id: str, run_key: str):
+    """The run tagged with ``run_key`` in the experiment, or None."""
+    found = c.search_runs([experiment_id], filter_string=f"tags.run_key = '{run_key}'", max_results=1)
+    return found[0] if found else None
+
+
+def open_run(c, ref: UnitRun, params: Mapping[str, Any], *, dataset: Mapping[str, str]) -> str:
+    """The unit's run, found by its ``run_key`` tag (RUNNING again, owned by this process) or made now, so that
+    it starts when the unit does; with its data set recorded (``log_dataset``: name, sha256, source)."""
+    run_id, _ = find_or_create_run(c, ref.experiment_id, ref.name, ref.tags, params, reopen=True)
+    ensure_dataset(c, run_id, dataset)
+    return run_id
+
+
+def ensure_dataset(c, run_id: str, dataset: Mapping[str, str], context: str = "training") -> None:
+    """``log_dataset`` unless the run already records a data set (a resumed run, a reopened trial)."""
+    if not c.get_run(run_id).inputs.dataset_inputs:
+        log_dataset(c, run_id, context=context, **dataset)
+
+
+def settle_unit_run(
+    c, ref: UnitRun, params: Mapping[str, Any], record: Mapping[str, Any], *, dataset: Mapping[str, str]
+) -> str:
+    """The run of a finished unit (``record``: the unit store's), made complete: created from the record if
+    it never existed (a fresh MLflow store beside a kept unit store), its epochs back-filled and the run ended
+    FINISHED at the unit's own finishing time if it was cut off after the unit was stored. Its id."""
+    wall = record.get("wall") or {}
+    run = find_run(c, ref.experiment_id, ref.tags["run_key"])
+    if run is not None and run.info.status == "FINISHED":
+        return run.info.run_id
+    if run is None:
+        start = int(wall["started_at"] * 1000) if "started_at" in wall else None
+        run_id, _ = find_or_create_run(
+            c, ref.experiment_id, ref.name, ref.tags, params, reopen=False, start_time_ms=start
+        )
+        log_dataset(c, run_id, context="training", **dataset)
+    else:
+        run_id = run.info.run_id
+    epochs = EpochLog(c, run_id)
+    for rec in record.get("history", []):
+        epochs.log(rec)
+    end = int(wall["finished_at"] * 1000) if "finished_at" in wall else None
+    c.set_terminated(run_id, status="FINISHED", end_time=end)
+    return run_id
 
 
 def log_epoch(c, run_id: str, record: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
@@ -122,11 +222,22 @@ class EpochLog:
 
     Epochs the run already holds (logged by an attempt that was cut off before its checkpoint was saved, then
     trained again) are not logged twice; epochs saved in a checkpoint but never logged are back-filled.
+    With ``owns_run`` the log also ends the run (``end``), and with ``system_metrics_s`` it samples the
+    machine (CPU, memory, disk, network; GPU where NVIDIA's library is present) into the run as MLflow's
+    ``system/`` metrics every that many seconds while it is open.
     """
 
-    def __init__(self, c, run_id: str, probe: str = "val_top1"):
-        self.c, self.run_id = c, run_id
+    def __init__(self, c, run_id: str, probe: str = "val_top1", *, owns_run: bool = False, system_metrics_s: float = 0):
+        self.c, self.run_id, self.owns_run = c, run_id, owns_run
         self.logged = {m.step for m in c.get_metric_history(run_id, probe)}
+        self.monitor = None
+        if system_metrics_s > 0:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self.monitor = SystemMetricsMonitor(
+                run_id, sampling_interval=system_metrics_s, resume_logging=True, tracking_uri=c.tracking_uri
+            )
+            self.monitor.start()
 
     def log(self, record: Mapping[str, float]) -> bool:
         step = int(record["epoch"])
@@ -135,6 +246,19 @@ class EpochLog:
         log_epoch(self.c, self.run_id, record, step, record.get("timestamp_ms"))
         self.logged.add(step)
         return True
+
+    def end(self, status: str = "FINISHED") -> None:
+        """The unit is done (or failed): stop sampling the machine, and end the run if this log owns it."""
+        if self.monitor is not None:
+            self.monitor.finish()
+            # the monitor publishes a sample only once a whole interval has passed: a unit shorter than that
+            # would have none. One more, over the time since its last, as the unit ends.
+            self.monitor.collect_metrics()
+            self.monitor.publish_metrics(self.monitor.aggregate_metrics())
+            self.monitor.mlflow_logger.flush()
+            self.monitor = None
+        if self.owns_run:
+            finish(self.c, self.run_id, status)
 
 
 def finish(c, run_id: str, status: str = "FINISHED") -> None:

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ from pipeline.stats import binomial_margin, near_chance
 from pipeline.train.store import SearchCache
 
 METRIC = "val_top1"
+log = logging.getLogger(__name__)
 
 
 class SearchError(StageError):
@@ -123,51 +126,73 @@ def _train_part(chosen: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trial_name(chosen: dict[str, Any], recipe: dict[str, Any]) -> str:
-    def fmt(v: Any) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    what = " ".join(f"{k.split('.', 1)[1]}={fmt(v)}" for k, v in chosen.items())
+    what = " ".join(f"{k.split('.', 1)[1]}={_fmt(v)}" for k, v in chosen.items())
     return f"recipe | {what}" if chosen == recipe else what
 
 
-def _trial_run(
-    c,
-    exp: str,
-    parent: str,
-    key: str,
-    method: str,
-    dataset: str,
-    recipe: dict[str, Any],
-    trial_id: str,
-    chosen: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-    reopen: bool = True,
-) -> str:
-    """The MLflow run of one trial, found by its ``run_key`` and Tune trial id (created if there is none;
-    ``reopen``: an existing one is set RUNNING again, see ``tracking.find_or_create_run``)."""
-    run_id, _ = tracking.find_or_create_run(
-        c,
-        exp,
-        f"trial {trial_id} | {_trial_name(chosen, recipe)}",
-        tracking.tags_for(
-            run_key=key,
-            trial=trial_id,
-            stage="tune-trial",
-            method=method,
-            dataset=dataset,
-            baseline="recipe" if chosen == recipe else None,
-        ),
-        {**chosen, **(extra or {})},
-        parent_run_id=parent,
-        reopen=reopen,
-    )
-    return run_id
+@dataclass(frozen=True)
+class SearchRecord:
+    """Where one method's search is recorded in MLflow: its experiment and parent run, and what its trial runs
+    are found by and tagged with. Trial runs are tagged ``searched_method``, not ``method``: grouping the
+    experiment by method shows the training runs only."""
+
+    exp: str
+    parent: str
+    key: str  # the search's content key: every trial run's run_key
+    method: str
+    dataset: DataRef
+    recipe: dict[str, Any]  # the unsearched recipe as a point of the space (the baseline trial)
+    source: dict[str, str] = field(default_factory=dict)  # MLflow source tags (stage, commit)
+
+    def trial_run(
+        self, c, trial_id: str, chosen: dict[str, Any], extra: dict[str, Any] | None = None, *, reopen: bool = True
+    ) -> str:
+        """The MLflow run of one trial, found by its ``run_key`` and Tune trial id (created if there is none,
+        with its data set; ``reopen``: an existing one is set RUNNING again, see ``tracking.find_or_create_run``)."""
+        d = self.dataset
+        run_id, _ = tracking.find_or_create_run(
+            c,
+            self.exp,
+            f"{self.method} trial {trial_id.rpartition('_')[2]} | {_trial_name(chosen, self.recipe)}",
+            tracking.tags_for(
+                run_key=self.key,
+                trial=trial_id,
+                stage="tune-trial",
+                searched_method=self.method,
+                dataset=d.name,
+                baseline="recipe" if chosen == self.recipe else None,
+            )
+            | self.source,
+            {**chosen, **(extra or {})},
+            parent_run_id=self.parent,
+            reopen=reopen,
+        )
+        tracking.ensure_dataset(c, run_id, {"name": d.name, "sha256": d.sha256, "source": d.path})
+        return run_id
+
+    def close_trials(self, c, trials: list[dict[str, Any]], planned: int) -> None:
+        """Give every trial's MLflow run its final status and tags (``trial_status``) from Tune's results,
+        however far its own process got in closing it; a trial that crashed before it made its run gets one.
+        Each trial record notes its run and status. Any other run of this search still RUNNING is closed
+        FAILED."""
+        ids = set()
+        for tr in trials:
+            status, tags = trial_status(tr["error"], tr["epochs"], planned)
+            run_id = self.trial_run(c, str(tr["trial_id"]), tr["config"], reopen=False)
+            for k, v in tags.items():
+                c.set_tag(run_id, k, v)
+            tracking.finish(c, run_id, status)
+            tr.update(mlflow_run=run_id, status=status)
+            ids.add(run_id)
+        running = f"tags.mlflow.parentRunId = '{self.parent}' and attributes.status = 'RUNNING'"
+        for r in c.search_runs([self.exp], running):
+            if r.info.run_id not in ids:
+                c.set_tag(r.info.run_id, "pipeline.failure", "not among the trials in Tune's results")
+                tracking.finish(c, r.info.run_id, "FAILED")
 
 
-def _make_trainable(
-    params: Params, method: str, data: DataRef, exp: str, parent: str, key: str, uri: str, threads: int
-):
-    recipe = recipe_point(params, method, data.name)
+def _make_trainable(params: Params, record: SearchRecord, uri: str):
+    threads = params.compute.cpus_per_worker
 
     def trainable(config: dict[str, Any]) -> None:
         from ray import tune
@@ -175,12 +200,9 @@ def _make_trainable(
         from pipeline.train.worker import tune_trial
 
         chosen = dict(config)
-        spec = trial_spec(params, method, data, chosen)
-        trial_id = tune.get_context().get_trial_id()
+        spec = trial_spec(params, record.method, record.dataset, chosen)
         c = tracking.client(uri)
-        run_id = _trial_run(
-            c, exp, parent, key, method, data.name, recipe, trial_id, chosen, {"unit": spec.model_dump()}
-        )
+        run_id = record.trial_run(c, tune.get_context().get_trial_id(), chosen, {"unit": spec.model_dump()})
         try:
             tune_trial(spec, threads, uri, run_id, params.compute.fast_path)  # ends the run at its last epoch
         except Exception as e:  # not ASHA's stop (SystemExit, or the process killed): the search reads Tune's error
@@ -189,6 +211,47 @@ def _make_trainable(
             raise
 
     return trainable
+
+
+def _trial_progress(method: str, dataset: str, planned: int, chosen_keys: list[str], samples: int):
+    """A Tune callback, run by the search's driver (this process), that logs each trial's start, epochs and end:
+    trials print nothing themselves (``pipeline.progress``)."""
+    from ray import tune
+
+    def name(trials, trial) -> str:
+        return f"tune@{dataset}: {method} trial {trials.index(trial) + 1}/{samples}"
+
+    class TrialProgress(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            values = ", ".join(f"{k.split('.', 1)[1]}={_fmt(trial.config[k])}" for k in chosen_keys)
+            log.info("%s starting (%s)", name(trials, trial), values)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            if "epoch" in result:
+                log.info(
+                    "%s epoch %d/%d loss %.3f held-out top-1 %.1f%% (%.0f img/s)",
+                    name(trials, trial),
+                    result["epoch"],
+                    planned,
+                    result["train_loss"],
+                    result[METRIC],
+                    result["images_per_s"],
+                )
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            reached = (trial.last_result or {}).get("epoch", 0)
+            if reached < planned:
+                log.info("%s stopped by ASHA after epoch %d of %d", name(trials, trial), reached, planned)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            err = trial.get_pickled_error() or trial.get_error()
+            log.info("%s crashed: %s", name(trials, trial), error_line(err))
+
+    return TrialProgress()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _keep_credentials_out_of_trial_envs() -> None:
@@ -312,29 +375,6 @@ def _trials(grid, space: dict[str, SearchDim]) -> list[dict[str, Any]]:
     return out
 
 
-def _record_trial_runs(
-    c, exp: str, parent: str, key: str, method: str, dataset: str, recipe: dict[str, Any], trials, planned: int
-) -> None:
-    """Give every trial's MLflow run its final status and tags (``trial_status``) from Tune's results, however
-    far its own process got in closing it; a trial that crashed before it made its run gets one. Each trial
-    record notes its run and status. Any other run of this search still RUNNING is closed FAILED."""
-    ids = set()
-    for tr in trials:
-        status, tags = trial_status(tr["error"], tr["epochs"], planned)
-        run_id = _trial_run(
-            c, exp, parent, key, method, dataset, recipe, str(tr["trial_id"]), tr["config"], reopen=False
-        )
-        for k, v in tags.items():
-            c.set_tag(run_id, k, v)
-        tracking.finish(c, run_id, status)
-        tr.update(mlflow_run=run_id, status=status)
-        ids.add(run_id)
-    for r in c.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"):
-        if r.info.run_id not in ids:
-            c.set_tag(r.info.run_id, "pipeline.failure", "not among the trials in Tune's results")
-            tracking.finish(c, r.info.run_id, "FAILED")
-
-
 def _fail(c, parent: str, err: SearchError) -> None:
     c.set_tag(parent, "error", str(err)[:5000])
     tracking.finish(c, parent, "FAILED")
@@ -357,11 +397,12 @@ def search(
     )
     per_trial = {"cpu": params.compute.cpus_per_worker, "gpu": 1 if use_gpu else 0}
     _keep_credentials_out_of_trial_envs()
+    source = tracking.source_tags(f"tune@{data.name}", provenance()["git"]["commit"])
     parent, _ = tracking.find_or_create_run(
         c,
         exp,
-        f"search | {params.method(method).label}",
-        tracking.tags_for(run_key=key, stage="tune", method=method, dataset=data.name),
+        f"{method} search",
+        tracking.tags_for(run_key=key, stage="tune", searched_method=method, dataset=data.name) | source,
         {
             "tune": t.model_dump(),
             "space": list(space),
@@ -369,15 +410,15 @@ def search(
             "base": trial_spec(params, method, data, {}).model_dump(),
         },
     )
+    tracking.ensure_dataset(c, parent, {"name": data.name, "sha256": data.sha256, "source": data.path})
+    record = SearchRecord(exp, parent, key, method, data, recipe, source)
     try:
         # Tune's new console output prints a configuration box, the results path and a TensorBoard hint for
         # every search whatever `verbose` says; the legacy reporter honours verbose=0. The pipeline prints
         # its own line per search.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         tuner = tune.Tuner(
-            tune.with_resources(
-                _make_trainable(params, method, data, exp, parent, key, uri, params.compute.cpus_per_worker), per_trial
-            ),
+            tune.with_resources(_make_trainable(params, record, uri), per_trial),
             param_space=_space(space),
             tune_config=tune.TuneConfig(
                 metric=METRIC,
@@ -395,7 +436,10 @@ def search(
                 ),
             ),
             run_config=tune.RunConfig(
-                name=f"{data.name}-tune-{method}-{key}", storage_path=storage_path(params.compute), verbose=0
+                name=f"{data.name}-tune-{method}-{key}",
+                storage_path=storage_path(params.compute),
+                verbose=0,
+                callbacks=[_trial_progress(method, data.name, t.epochs, list(space), t.num_samples)],
             ),
         )
         grid = tuner.fit()
@@ -403,7 +447,7 @@ def search(
         tracking.finish(c, parent, "FAILED")
         raise
     trials = _trials(grid, space)
-    _record_trial_runs(c, exp, parent, key, method, data.name, recipe, trials, t.epochs)
+    record.close_trials(c, trials, t.epochs)
     c.log_text(parent, json.dumps(trials, indent=2, default=str), "trials.json")
     crashed = [tr for tr in trials if tr["error"] is not None]
     listing = "\n".join(f"  trial {tr['trial_id']} {tr['config']}: {tr['error']}" for tr in crashed)
@@ -486,7 +530,7 @@ def _search_all(params: Params, dataset: str, data_dir: str | Path) -> dict[str,
     c = tracking.client(uri)
     exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset))
     for run_id in tracking.close_dead_runs(c, exp):
-        print(f"tune@{dataset}: MLflow run {run_id} was left RUNNING by a process that died: marked FAILED")
+        log.info("tune@%s: MLflow run %s was left RUNNING by a process that died: marked FAILED", dataset, run_id)
     with ray_session():
         for m in todo:
             # a search that failed raises here (SearchError): nothing of it is cached
@@ -495,5 +539,5 @@ def _search_all(params: Params, dataset: str, data_dir: str | Path) -> dict[str,
             results[m]["cached"] = False
             r = results[m]
             what = f"adopted {r['chosen']}" if r["adopted"] else "kept the recipe"
-            print(f"tune@{dataset}: {m}: {what} ({r['reason']})", flush=True)
+            log.info("tune@%s: %s: %s (%s)", dataset, m, what, r["reason"])
     return results

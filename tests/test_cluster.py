@@ -187,7 +187,7 @@ def test_mlflow_server_has_the_runs_and_its_ui_shows_them(cluster) -> None:
     exp = c.get_experiment_by_name("attncnn-embedded")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
     runs = c.search_runs([exp.experiment_id], "tags.stage = 'train'")
-    assert {r.info.run_name for r in runs} == {"Attention CNN (ours) | seed 0", "CNN without attention | seed 0"}
+    assert {r.info.run_name for r in runs} == {"attn_resnet seed 0", "no_attention seed 0"}
     for r in runs:
         assert r.info.status == "FINISHED"
         assert [m.step for m in c.get_metric_history(r.info.run_id, "val_top1")] == [1, 2]
@@ -197,12 +197,17 @@ def test_mlflow_server_has_the_runs_and_its_ui_shows_them(cluster) -> None:
     # the searched method's 2 trials, the recipe's own first
     assert len(trials) == 2 and all(t.info.status in ("FINISHED", "KILLED") for t in trials)
 
-    run = next(r for r in runs if r.info.run_name.startswith("Attention"))
-    _browse(uri, exp.experiment_id, run.info.run_id, run.info.run_name, f"{run.data.metrics['test_top1']:g}")
+    run = next(r for r in runs if r.info.run_name.startswith("attn_resnet"))
+    _browse(uri, exp.experiment_id, run, f"{run.data.metrics['test_top1']:g}")
 
 
-def _browse(uri: str, exp_id: str, run_id: str, run_name: str, test_top1: str) -> None:
+def _browse(uri: str, exp_id: str, run, test_top1: str) -> None:
+    """The runs table shows each training run's Dataset (name and digest), Source (the DVC stage) and Models (a
+    link to its logged model); the run page its metrics, logged model, data set and commit."""
     from playwright.sync_api import sync_playwright
+
+    run_id, run_name, commit = run.info.run_id, run.info.run_name, run.data.tags["mlflow.source.git.commit"]
+    digest = run.inputs.dataset_inputs[0].dataset.digest
 
     chromium = ensure_chromium()
     ARTIFACTS.mkdir(exist_ok=True)
@@ -210,19 +215,37 @@ def _browse(uri: str, exp_id: str, run_id: str, run_name: str, test_top1: str) -
     flags += ["--disable-component-update", "--disable-sync"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=flags)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        # wide: the runs table renders only the columns in view, and the Models column is its last default one
+        page = browser.new_page(viewport={"width": 2400, "height": 1000})
         page.goto(f"{uri}/#/experiments/{exp_id}/runs")
         page.get_by_text(run_name).first.wait_for(timeout=90_000)  # the runs table, rendered
-        page.get_by_text("CNN without attention | seed 0").first.wait_for(timeout=30_000)
+        page.get_by_text("no_attention seed 0").first.wait_for(timeout=30_000)
+        page.get_by_text(f"embedded ({digest})").first.wait_for(timeout=30_000)  # Dataset column
+        # Models column: the run's logged model, shown as its registered version once it is registered
+        registered = f"attncnn-embedded-{run.data.tags['method']}"
+        model = f'a[href*="/models/{model_id(uri, run_id)}"], a[href*="/models/{registered}/versions/"]'
+        page.locator(model).first.wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "mlflow-experiment.png"), full_page=True)
+        table = page.inner_text("body")
+        assert table.count(f"embedded ({digest})") >= 2 and table.count("dvc repro train@embedded") >= 2  # Source
         page.goto(f"{uri}/#/experiments/{exp_id}/runs/{run_id}")
         page.get_by_text("val_top1").first.wait_for(timeout=90_000)  # the run's metrics
         page.get_by_text("test_top1").first.wait_for(timeout=30_000)
-        assert test_top1[:4] in page.inner_text("body")  # with its value
+        body = page.inner_text("body")
+        assert test_top1[:4] in body  # with its value
+        assert commit[:7] in body and "dvc repro train@embedded" in body and f"embedded ({digest})" in body
+        assert "Logged models (1)" in body
         page.get_by_text("test_top1").first.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "mlflow-run.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "mlflow-run.png").stat().st_size > 10_000
+
+
+def model_id(uri: str, run_id: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    (out,) = MlflowClient(tracking_uri=uri).get_run(run_id).outputs.model_outputs
+    return out.model_id
 
 
 def ensure_chromium() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shlex
 import subprocess
 
 import pytest
@@ -14,7 +15,8 @@ import torch
 import yaml
 from scipy import stats as sp
 
-from tests.project import TINY, make_project, mlflow_client, run
+from pipeline.data.preprocess import load_split
+from tests.project import ROOT, TINY, make_project, mlflow_client, run
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +28,10 @@ def project(tmp_path_factory):
     proj = make_project(tmp_path_factory.mktemp("e2e"), TINY, width=None)
     first = run(["dvc", "repro"], proj, timeout=1500)
     return proj, first
+
+
+def pq_split(proj, split: str):
+    return load_split(proj / "data" / "processed" / "embedded", split)
 
 
 def _csv(proj) -> list[dict[str, str]]:
@@ -144,6 +150,14 @@ def test_dvc_metrics_plots_and_experiments(project) -> None:
     assert (proj / "plots_html" / "index.html").stat().st_size > 1000
     exp = run(["dvc", "exp", "show", "--json"], proj).stdout
     assert "train.epochs" in exp or '"epochs"' in exp
+    # the README's narrow `dvc exp show`: the workspace's per-method means beside two settings, nothing else
+    readme = (ROOT / "README.md").read_text().split("<!-- exp-show:begin -->")[1].split("<!-- exp-show:end -->")[0]
+    (cmd,) = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    table = list(csv.reader(run([*shlex.split(cmd), "--csv"], proj).stdout.splitlines()))
+    means = [f"embedded.recipe.{m}.mean" for m in sorted(METHODS)]
+    assert table[0] == ["Experiment", *means, "train.epochs", "train.lr"], table[0]
+    shown = json.loads((proj / "reports/metrics.json").read_text())["embedded"]["recipe"]
+    assert [float(v) for v in table[1][1 : 1 + len(METHODS)]] == [shown[m]["mean"] for m in sorted(METHODS)]
 
 
 def test_mlflow_records(project) -> None:
@@ -152,24 +166,52 @@ def test_mlflow_records(project) -> None:
     exp = c.get_experiment_by_name("attncnn-embedded")
     assert exp is not None
     runs = c.search_runs([exp.experiment_id], "tags.stage = 'train'")
-    recipe = [r for r in runs if "searched" not in r.info.run_name]
+    recipe = [r for r in runs if r.data.tags["track"] == "recipe"]
     assert sorted((r.data.tags["method"], r.data.tags["seed"]) for r in recipe) == sorted(
         (m, str(s)) for m in METHODS for s in SEEDS
     )
+    # grouping the experiment by `method` shows training runs only (searches are tagged searched_method)
+    assert {r.info.run_id for r in c.search_runs([exp.experiment_id], "tags.method != ''")} == {
+        r.info.run_id for r in runs
+    }
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj, capture_output=True, text=True).stdout.strip()
     sha = json.loads((proj / "data/processed/embedded/manifest.json").read_text())["data_sha256"]
+    spans = []
     for r in runs:
         assert r.info.status == "FINISHED"
         assert r.data.tags["git_commit"] == head and r.data.tags["data_sha256"] == sha
-        assert "|" in r.info.run_name and r.data.tags["seed"] in r.info.run_name
+        # what the UI's Source, Dataset and Models columns show
+        assert r.data.tags["mlflow.source.git.commit"] == head
+        assert r.data.tags["mlflow.source.name"] == "dvc repro train@embedded"
+        (ds,) = r.inputs.dataset_inputs
+        assert ds.dataset.name == "embedded" and sha.startswith(ds.dataset.digest)
+        assert len(r.outputs.model_outputs) == 1
+        # method and seed first, so the UI's cut-off name column shows both
+        assert r.info.run_name.startswith(f"{r.data.tags['method']} seed {r.data.tags['seed']}")
         for key in ("train_loss", "val_top1", "val_top5", "lr", "images_per_s", "epoch_time_s"):
             assert [m.step for m in c.get_metric_history(r.info.run_id, key)] == list(range(1, EPOCHS + 1)), key
         assert "test_top1" in r.data.metrics  # logged by the evaluate stage into the same run
         assert r.data.params["train.epochs"] == str(EPOCHS)
         arts = {a.path for a in c.list_artifacts(r.info.run_id)} | {
-            a.path for a in c.list_artifacts(r.info.run_id, "model")
+            a.path for a in c.list_artifacts(r.info.run_id, "checkpoint")
         }
-        assert {"model/model.pt", "curves.png", "history.csv"} <= arts
+        assert {"checkpoint/model.pt", "curves.png", "history.csv"} <= arts
+        spans.append((r.info.start_time, r.info.end_time))
+    # each run starts and ends with its own unit: the two jobs' units overlap, one job's follow each other
+    assert len(set(spans)) == len(spans) and max(e - s for s, e in spans) < max(e for _, e in spans) - min(spans)[0]
+    assert any(k.startswith("system/cpu_utilization") for r in runs for k in r.data.metrics)
+    # the lowest seed's net, registered per method: loads by its alias and predicts from uint8 test images what
+    # the evaluate stage measured
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{proj / 'mlflow.db'}")
+    test = pq_split(proj, "test")
+    for m in METHODS:
+        logits = mlflow.pyfunc.load_model(f"models:/attncnn-embedded-{m}@recipe").predict(test.images)
+        measured = json.loads((proj / f"results/embedded/metrics/{m}.json").read_text())["recipe"][f"seed{SEEDS[0]}"]
+        assert 100.0 * float((logits.argmax(1) == test.labels).mean()) == pytest.approx(measured["test_top1"], abs=0.3)
+    md = (proj / "reports" / "tables.md").read_text()
+    assert "- Attention CNN (ours): `models:/attncnn-embedded-attn_resnet` version 1: `@recipe` (seed 0)" in md
     parents = c.search_runs([exp.experiment_id], "tags.stage = 'tune'")
     assert len(parents) == len(METHODS) and all(p.info.status == "FINISHED" for p in parents)
     for p in parents:

@@ -113,7 +113,7 @@ def made(tmp_path_factory):
     _fake_results(root, params.train.model_dump())
     logged: dict[str, list[str]] = {}
 
-    def log(params, summary, tmp: Path) -> None:  # what MLflow would get: every file, at logging time
+    def log(params, summary, tmp: Path, commit: str) -> None:  # what MLflow would get: every file, at logging time
         logged["files"] = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
 
     stub = {"git": {"commit": "0" * 40, "dirty": False}, "hardware": {"host": "h", "cpu_count": 2, "gpus": []}}

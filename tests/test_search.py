@@ -13,10 +13,11 @@ import pytest
 from pipeline import tracking
 from pipeline.cli import run_stage
 from pipeline.config import TrainCfg, TuneCfg, validate_params
+from pipeline.spec import DataRef
 from pipeline.stats import binomial_margin
 from pipeline.tune import (
     SearchError,
-    _record_trial_runs,
+    SearchRecord,
     _reusable,
     compressed,
     decide,
@@ -130,7 +131,8 @@ def test_trial_runs_are_closed_from_tunes_results_not_from_running(tmp_path) -> 
         {"trial_id": "t3", "config": {"train.lr": 0.3}, "epochs": 1, "error": "ValueError: boom"},
         {"trial_id": "t4", "config": {"train.lr": 0.4}, "epochs": 0, "error": "TypeError: early"},
     ]
-    _record_trial_runs(c, exp, parent, "k", "resnet", "embedded", recipe, trials, planned=3)
+    data = DataRef(name="embedded", path=str(tmp_path), sha256="0" * 64, num_classes=10, mean=[0.5] * 3, std=[0.2] * 3)
+    SearchRecord(exp, parent, "k", "resnet", data, recipe).close_trials(c, trials, planned=3)
     got = {tr["trial_id"]: c.get_run(tr["mlflow_run"]) for tr in trials}
     assert {t: r.info.status for t, r in got.items()} == {
         "t1": "FINISHED",

@@ -16,7 +16,7 @@ Guarantees, whatever the source:
   the process sees removes it; an interrupt (Ctrl-C, SIGTERM) keeps it to be resumed;
 - every failure raises ``FetchError`` naming the source (credentials redacted: ``pipeline.redact``), what
   went wrong and what to do;
-- a progress line (size, rate, ETA) goes to stderr.
+- progress (size, rate, ETA) goes to stderr: a tqdm bar on a terminal, else a line every 10 s.
 
 S3 goes through boto3 and honours the standard AWS variables (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``,
 ``AWS_REGION``, ...) and ``AWS_ENDPOINT_URL`` for S3-compatible stores.
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from pipeline.progress import Bar
 from pipeline.redact import redact, redact_url
 
 from .errors import DataError
@@ -190,35 +191,12 @@ def s3_error(uri: str, e: Exception) -> FetchError:
     return FetchError(f"{uri}: {type(e).__name__}: {e}")
 
 
-class Progress:
-    """A progress line on stderr: bytes done / total, rate and ETA; redrawn at most twice a second."""
-
-    def __init__(self, label: str, total: int | None, stream=None) -> None:
-        self.label, self.total, self.stream = label, total, stream or sys.stderr
-        self.start = self.last = time.monotonic()
-        self.done = 0
-        self.tty = getattr(stream, "isatty", lambda: False)()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= (0.5 if self.tty else 10.0):
-            self.last = now
-            self._draw(now)
-
-    def _draw(self, now: float, end: str = "") -> None:
-        rate = self.done / max(now - self.start, 1e-9)
-        mb = self.done / 1e6
-        if self.total:
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            text = f"{self.label}: {mb:.1f}/{self.total / 1e6:.1f} MB, {rate / 1e6:.1f} MB/s, ETA {eta:.0f} s"
-        else:
-            text = f"{self.label}: {mb:.1f} MB, {rate / 1e6:.1f} MB/s"
-        self.stream.write(("\r" if self.tty else "") + text + ("\n" if not self.tty or end else ""))
-        self.stream.flush()
-
-    def close(self) -> None:
-        self._draw(time.monotonic(), end="\n")
+def _bar(label: str, total: int | None, done: int = 0) -> Bar:
+    """Bytes received, rate and ETA (``pipeline.progress.Bar``: tqdm on a terminal, a line every 10 s else)."""
+    bar = Bar(label, total, unit="B", unit_scale=True, unit_divisor=1024)
+    if done:
+        bar.update(done)
+    return bar
 
 
 def _retryable_http(e: Exception) -> bool:
@@ -261,14 +239,13 @@ def _http_attempt(url: str, part: Path, retry: Retry, meter: Meter, progress_lab
         expected = have + int(length) if length is not None else None
         if expected is not None:
             meter.check_size(expected, announced=True)
-        prog = Progress(progress_label, expected)
-        prog.done = have
+        prog = _bar(progress_label, expected, have)
         with open(part, mode) as f:
             # read1: whatever one socket read gives, so the limits are checked even when a server trickles
             while block := r.read1(CHUNK):
                 f.write(block)
                 prog.update(len(block))
-                meter.add(len(block), prog.done)
+                meter.add(len(block), int(prog.n))
         prog.close()
     got = part.stat().st_size
     if expected is not None and got != expected:
@@ -317,11 +294,11 @@ def _download_s3(uri: str, part: Path, meter: Meter, label: str) -> None:
         client = s3_client()
         size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
         meter.check_size(size, announced=True)
-        prog = Progress(label, size)
+        prog = _bar(label, size)
 
         def progress(n: int) -> None:
             prog.update(n)
-            meter.add(n, prog.done)
+            meter.add(n, int(prog.n))
 
         client.download_file(bucket, key, str(part), Callback=progress)
         prog.close()
@@ -334,12 +311,12 @@ def _copy_local(src: str, part: Path, meter: Meter, label: str) -> None:
     if not path.is_file():
         raise FetchError(f"{src}: no such file; give an existing file, an http(s):// URL or s3://bucket/key")
     meter.check_size(path.stat().st_size, announced=True)
-    prog = Progress(label, path.stat().st_size)
+    prog = _bar(label, path.stat().st_size)
     with open(path, "rb") as fi, open(part, "wb") as fo:
         while block := fi.read(CHUNK):
             fo.write(block)
             prog.update(len(block))
-            meter.add(len(block), prog.done)
+            meter.add(len(block), int(prog.n))
     prog.close()
 
 

@@ -21,6 +21,7 @@ import torch
 
 from pipeline.config import FastPathCfg, config_hash
 from pipeline.data.preprocess import load_split
+from pipeline.events import Emit, EpochDone, UnitStarted
 from pipeline.io import filesystem, join
 from pipeline.models import backbone_digest, create_model
 from pipeline.spec import RunSpec
@@ -81,7 +82,11 @@ def data_order(spec: RunSpec, world_size: int, streamed: bool) -> str | None:
 
 
 class EpochLogger(Protocol):
+    """A unit's record keeper (its MLflow run): opened when the unit starts, ended when it ends."""
+
     def log(self, record: dict[str, Any]) -> bool: ...
+
+    def end(self, status: str) -> None: ...
 
 
 Reporter = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
@@ -101,11 +106,14 @@ def train_units(
     origin: dict[str, Any] | None = None,
     fast_path: FastPathCfg | None = None,
     streams: tuple[StreamData, StreamData] | None = None,
+    progress: Emit | None = None,
 ) -> None:
     """Train ``units`` in order. ``report(metrics, state)`` is called once per epoch on every rank (state: the
     current unit's checkpoint, or None); units already in ``store`` are skipped, and a unit for which
-    ``resume(key)`` gives a state restarts from it. ``loggers(key)`` logs the unit's epochs (rank 0; None:
-    not logged). ``origin`` (provenance: git commit, job, nodes) goes into each finished unit's record."""
+    ``resume(key)`` gives a state restarts from it. ``loggers(key)`` is called as the unit starts and logs its
+    epochs (rank 0; None: not logged); it is ended FINISHED after the last epoch, FAILED if training raised.
+    ``origin`` (provenance: git commit, job, nodes) goes into each finished unit's record. ``progress``
+    receives rank 0's ``UnitStarted`` and ``EpochDone`` events (nothing is printed here)."""
     fast = FastPath.resolve(fast_path or FastPathCfg(), device)
     data_cache: dict[tuple, tuple[TensorData, TensorData]] = {}
     for spec in units:
@@ -119,12 +127,31 @@ def train_units(
             if fast.data_on_device:  # uint8: CIFAR-10's train split is 150 MB
                 data_cache[dkey] = tuple(d.to(device) for d in data_cache[dkey])
         logger = loggers(spec.key()) if loggers is not None and shard.rank == 0 else None
-        _train_unit(
-            spec, data_cache[dkey], shard, device, report, store, resume, logger, origin, fast, streams is not None
-        )
+        emit = progress if shard.rank == 0 else None
+        try:
+            _train_unit(
+                spec,
+                data_cache[dkey],
+                shard,
+                device,
+                report,
+                store,
+                resume,
+                logger,
+                origin,
+                fast,
+                streams is not None,
+                emit,
+            )
+        except BaseException:
+            if logger is not None:
+                logger.end("FAILED")
+            raise
+        if logger is not None:
+            logger.end("FINISHED")
 
 
-def _train_unit(spec, data, shard, device, report, store, resume, logger, origin, fast, streamed) -> None:
+def _train_unit(spec, data, shard, device, report, store, resume, logger, origin, fast, streamed, emit) -> None:
     """One unit, from its start or its saved state to its last epoch (see ``train_units``)."""
     train, val = data
     key, cfg, seed = spec.key(), spec.train, spec.seed
@@ -146,9 +173,9 @@ def _train_unit(spec, data, shard, device, report, store, resume, logger, origin
         history, resumed_from = saved["history"], len(saved["history"])
         for rec in history if logger else ():  # saved, but maybe cut off before it was logged
             logger.log(rec)
-    start, tag = len(history), f"[{spec.method} seed {seed}]"
-    if shard.rank == 0:
-        print(f"{tag} {'resuming at' if start else 'starting'} epoch {start + 1}/{cfg.epochs}", flush=True)
+    start = len(history)
+    if emit is not None:
+        emit(UnitStarted(key=key, method=spec.method, seed=seed, done=start, epochs=cfg.epochs))
     train_model = model
     if shard.world_size > 1:
         import ray.train.torch  # only under Ray Train: the in-process search trials never get here
@@ -191,11 +218,19 @@ def _train_unit(spec, data, shard, device, report, store, resume, logger, origin
         report({**rec, "seed": seed, "method": spec.method}, state)
         if logger:  # after the checkpoint: an epoch trained again after a cut-off is not logged twice
             logger.log(rec)
-        if shard.rank == 0:
-            print(
-                f"{tag} epoch {epoch + 1}/{cfg.epochs} loss {rec['train_loss']:.3f} "
-                f"val top-1 {rec['val_top1']:.1f}% ({rec['images_per_s']:.0f} img/s)",
-                flush=True,
+        if emit is not None:
+            emit(
+                EpochDone(
+                    key=key,
+                    method=spec.method,
+                    seed=seed,
+                    epoch=epoch + 1,
+                    epochs=cfg.epochs,
+                    train_loss=rec["train_loss"],
+                    val_top1=rec["val_top1"],
+                    images_per_s=rec["images_per_s"],
+                    seconds=rec["epoch_time_s"],
+                )
             )
 
 

@@ -14,6 +14,7 @@ and an interrupted unit resumes from its latest checkpoint whichever lane or job
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import time
 from pathlib import Path
@@ -25,9 +26,15 @@ from pipeline import tracking
 from pipeline.compute import Workers, check_workers_before_start, ray_session, resolve_workers, storage_path
 from pipeline.config import Params, config_hash
 from pipeline.io import atomic_path, filesystem, join, read_json, write_json
+from pipeline.plots import plt, training_curves
+from pipeline.progress import PlannedUnit, UnitProgress, relay
 from pipeline.provenance import provenance
 from pipeline.spec import DataRef, RunSpec, build_spec, data_ref, shared
+from pipeline.tracking import UnitRun
+from pipeline.train.job import TrainJob
 from pipeline.train.store import UnitStore
+
+log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = (
     "epoch",
@@ -42,8 +49,9 @@ HISTORY_FIELDS = (
 )
 
 
-def fit(units: list[RunSpec], params: Params, name: str, loop_config: dict[str, Any], w: Workers):
-    """Run ``train_worker`` over ``units`` as one Ray Train job; returns the Ray ``Result``. Needs a Ray session.
+def fit(job: TrainJob, params: Params, name: str, w: Workers, progress: Any = None):
+    """Run ``train_worker`` over ``job``'s units as one Ray Train job; returns the Ray ``Result``. Needs a Ray
+    session. ``progress``: the progress hub the workers report to (``pipeline.progress.relay``), or None.
 
     JPEG data sets (ImageNet) are streamed through Ray Data: shards are read with ``read_parquet``, decoded
     and augmented by Ray Data tasks, and split across the workers; CIFAR-sized sets are held in memory."""
@@ -52,25 +60,19 @@ def fit(units: list[RunSpec], params: Params, name: str, loop_config: dict[str, 
 
     from pipeline.train.worker import train_worker
 
-    datasets = streamed_datasets(units[0].dataset.path)
+    datasets = streamed_datasets(job.units[0].dataset.path)
     if datasets:
-        print(f"train@{units[0].dataset.name}: streaming the JPEG shards through Ray Data", flush=True)
+        log.info("train@%s: streaming the JPEG shards through Ray Data", job.units[0].dataset.name)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={
-            **loop_config,
-            "units": [u.model_dump() for u in units],
-            "threads": w.threads,
-            "fast_path": params.compute.fast_path.model_dump(),
-            "stream": bool(datasets),
-        },
+        train_loop_config={"job": job.model_copy(update={"stream": bool(datasets)}).model_dump(), "progress": progress},
         datasets=datasets,
         scaling_config=ScalingConfig(
             num_workers=w.num_workers, use_gpu=w.use_gpu, resources_per_worker={"CPU": w.cpus_per_worker}
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=storage_path(params.compute),
+            storage_path=job.store,
             checkpoint_config=CheckpointConfig(num_to_keep=params.compute.keep_checkpoints),
             failure_config=FailureConfig(max_failures=params.compute.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
@@ -177,56 +179,35 @@ def curve_name(u: RunSpec, track: str) -> str:
     return f"{u.method}-seed{u.seed}.csv" if track == "recipe" else f"{u.method}-{track}-seed{u.seed}.csv"
 
 
-def _write_unit(d: Path, final: dict[str, Any], mlflow_run: dict[str, str]) -> None:
-    """A unit's outputs depend on the unit alone (not on when the stage ran), so reused units rewrite
-    identical files and DVC does not re-evaluate them."""
-    d.mkdir(parents=True)
-    torch.save(final, d / "model.pt")
-    write_json(d / "mlflow.json", mlflow_run)
-    with open(d / "history.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(final["history"])
+def run_name(method: str, seed: int, searched_only: bool) -> str:
+    """A unit's MLflow run name: method and seed first, so the UI's cut-off runs column still shows both."""
+    return f"{method} seed {seed}" + (" (searched)" if searched_only else "")
 
 
-def _mlflow_runs(
-    params: Params, units: list[RunSpec], todo: set[str], recipe_keys: set[str]
-) -> tuple[Any, str, dict[str, str]]:
-    c = tracking.client()
-    dataset = units[0].dataset
-    exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset.name))
-    for run_id in tracking.close_dead_runs(c, exp):
-        print(f"train@{dataset.name}: MLflow run {run_id} was left RUNNING by a process that died: marked FAILED")
-    commit = provenance()["git"]["commit"]
-    runs = {}
+def unit_runs(params: Params, exp: str, units: list[RunSpec], recipe_keys: set[str], commit: str) -> dict[str, UnitRun]:
+    """unit key -> where its MLflow run is and what it is called (the worker opens it as the unit starts)."""
+    out = {}
     for u in units:
         key = u.key()
         tags = tracking.tags_for(
             run_key=key,
             seed=u.seed,
-            dataset=dataset.name,
+            dataset=u.dataset.name,
             method=u.method,
+            label=params.method(u.method).label,
             model=u.model,
+            track="recipe" if key in recipe_keys else "searched",
             stage="train",
             git_commit=commit,
-            data_sha256=dataset.sha256,
+            data_sha256=u.dataset.sha256,
         )
-        track = "" if key in recipe_keys else "searched | "
-        name = f"{params.method(u.method).label} | {track}seed {u.seed}"
-        runs[key], _ = tracking.find_or_create_run(
-            c, exp, name, tags, {**u.model_dump(), "run_key": key}, reopen=key in todo
-        )
-    return c, exp, runs
+        tags |= tracking.source_tags(f"train@{u.dataset.name}", commit)
+        out[key] = UnitRun(experiment_id=exp, name=run_name(u.method, u.seed, key not in recipe_keys), tags=tags)
+    return out
 
 
 def _run_lanes(
-    lanes: list[list[RunSpec]],
-    params: Params,
-    dataset: str,
-    w: Workers,
-    runs: dict[str, str],
-    resume: dict[str, str],
-    origin: dict[str, Any],
+    lanes: list[list[RunSpec]], params: Params, base: TrainJob, w: Workers, progress: Any
 ) -> list[BaseException]:
     """One Ray Train job per lane, all at once (each from its own driver thread); the errors, if any.
 
@@ -235,19 +216,71 @@ def _run_lanes(
     from concurrent.futures import ThreadPoolExecutor
 
     def one(lane: list[RunSpec]) -> None:
-        job = f"{dataset}-train-{config_hash([u.key() for u in lane])}"
-        cfg = {
-            "store": storage_path(params.compute),
-            "mlflow_uri": tracking.tracking_uri(),
-            "mlflow_runs": {u.key(): runs[u.key()] for u in lane},
-            "resume": {u.key(): resume[u.key()] for u in lane if u.key() in resume},
-            "origin": {**origin, "job": job},
-        }
-        fit(lane, params, job, cfg, w)
+        name = f"{lane[0].dataset.name}-train-{config_hash([u.key() for u in lane])}"
+        keys = {u.key() for u in lane}
+        job = base.model_copy(
+            update={
+                "units": lane,
+                "runs": {k: r for k, r in base.runs.items() if k in keys},
+                "resume": {k: r for k, r in base.resume.items() if k in keys},
+                "origin": {**base.origin, "job": name},
+            }
+        )
+        fit(job, params, name, w, progress)
 
     with ThreadPoolExecutor(len(lanes), thread_name_prefix="lane") as pool:
         futures = [pool.submit(one, lane) for lane in lanes]
     return [e for f in futures if (e := f.exception()) is not None]
+
+
+def _train(params: Params, job: TrainJob, data_dir: str | Path) -> int:
+    """Train ``job``'s units on a Ray session, as many jobs side by side as fit; the number of jobs. Raises the
+    first job's error. A unit that did not finish (an error, an interrupt, SIGTERM) has its run ended FAILED."""
+    dataset = job.units[0].dataset.name
+    # streamed data needs CPUs beside the training workers' for its decoding tasks
+    extra = 2 * params.compute.cpus_per_worker if streaming(data_dir) else 0
+    store, c = UnitStore(job.store, dataset), tracking.client(job.mlflow_uri)
+    planned = [PlannedUnit(u.key(), u.method, u.seed, u.train.epochs) for u in job.units]
+    progress = UnitProgress(f"train@{dataset}", planned)
+    try:
+        with ray_session(num_cpus=(os.cpu_count() or 1) + extra if extra else None) as res:
+            w = resolve_workers(params.compute, res.get("CPU", 0), res.get("GPU", 0), "the Ray cluster")
+            lanes = split_lanes(job.units, lane_count(params, res, w, len(job.units)))
+            log.info(
+                "train@%s: %d job(s) side by side, %d worker(s) each%s; resuming %d unit(s) from checkpoints",
+                dataset,
+                len(lanes),
+                w.num_workers,
+                " on GPUs" if w.use_gpu else "",
+                len(job.resume),
+            )
+            with relay(progress) as hub:
+                errors = _run_lanes(lanes, params, job, w, hub)
+    finally:
+        progress.close()
+        for u in job.units:
+            run = tracking.find_run(c, job.runs[u.key()].experiment_id, u.key())
+            if run is not None and run.info.status == "RUNNING" and not store.has(u.key()):
+                tracking.finish(c, run.info.run_id, "FAILED")
+    if errors:
+        raise errors[0]
+    return len(lanes)
+
+
+def _write_unit(d: Path, final: dict[str, Any], mlflow_run: dict[str, str]) -> None:
+    """A unit's outputs depend on the unit alone (not on when the stage ran), so reused units rewrite
+    identical files and DVC does not re-evaluate them."""
+    d.mkdir(parents=True)
+    torch.save(final, d / "model.pt")
+    write_json(d / "mlflow.json", mlflow_run)
+    _write_history(d / "history.csv", final["history"])
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(history)
 
 
 def train_dataset(
@@ -267,44 +300,46 @@ def train_dataset(
     plan = plan_units(params, data_ref(dataset, data_dir), read_json(tuned_file)["methods"])
     units = _unique(plan)
     keys = [u.key() for u in units]
-    store = UnitStore(storage_path(params.compute), dataset)
+    storage = storage_path(params.compute)
+    store = UnitStore(storage, dataset)
     todo = [u for u, k in zip(units, keys, strict=True) if not store.has(k)]
     recipe_keys = {u.key() for u in plan["recipe"]}
-    c, exp, runs = _mlflow_runs(params, units, {u.key() for u in todo}, recipe_keys)
-    print(
-        f"train@{dataset}: {len(units)} units ({', '.join(f'{len(v)} {k}' for k, v in plan.items())}), "
-        f"{len(units) - len(todo)} already in the unit store, {len(todo)} to train",
-        flush=True,
+    c = tracking.client()
+    exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset))
+    for run_id in tracking.close_dead_runs(c, exp):
+        log.info("train@%s: MLflow run %s was left RUNNING by a process that died: marked FAILED", dataset, run_id)
+    git = provenance()["git"]
+    refs = unit_runs(params, exp, units, recipe_keys, git["commit"])
+    log.info(
+        "train@%s: %d units (%s), %d already in the unit store, %d to train",
+        dataset,
+        len(units),
+        ", ".join(f"{len(v)} {k}" for k, v in plan.items()),
+        len(units) - len(todo),
+        len(todo),
     )
-    lanes_run, errors = 0, []
+    lanes_run = 0
     if todo:
         data = shared(todo[0].dataset, params.compute.shared_data)  # where the workers read it
         todo = [u.model_copy(update={"dataset": data}) for u in todo]
-        origin = {"git": provenance()["git"]}
-        resume = resume_points(storage_path(params.compute), dataset, [u.key() for u in todo])
-        # streamed data needs CPUs beside the training workers' for its decoding tasks
-        extra = 2 * params.compute.cpus_per_worker if streaming(data_dir) else 0
-        try:
-            with ray_session(num_cpus=(os.cpu_count() or 1) + extra if extra else None) as res:
-                w = resolve_workers(params.compute, res.get("CPU", 0), res.get("GPU", 0), "the Ray cluster")
-                lanes = split_lanes(todo, lane_count(params, res, w, len(todo)))
-                lanes_run = len(lanes)
-                print(
-                    f"train@{dataset}: {len(lanes)} job(s) side by side, {w.num_workers} worker(s) each"
-                    f"{' on GPUs' if w.use_gpu else ''}; resuming {len(resume)} unit(s) from checkpoints",
-                    flush=True,
-                )
-                errors = _run_lanes(lanes, params, dataset, w, runs, resume, origin)
-        finally:  # a unit that did not finish (error, interrupt, SIGTERM): its run ends here, marked so
-            for u in todo:
-                if not store.has(u.key()):
-                    tracking.finish(c, runs[u.key()], "FAILED")
-        if errors:
-            raise errors[0]
-
-    from pipeline.plots import training_curves
+        job = TrainJob(
+            units=todo,
+            store=storage,
+            mlflow_uri=tracking.tracking_uri(),
+            runs={u.key(): refs[u.key()] for u in todo},
+            resume=resume_points(storage, dataset, [u.key() for u in todo]),
+            threads=params.compute.cpus_per_worker,
+            origin={"git": git},
+            fast_path=params.compute.fast_path,
+            system_metrics_s=params.mlflow.system_metrics_s,
+        )
+        lanes_run = _train(params, job, data_dir)
 
     finals = {k: store.load(k) for k in keys}
+    runs = {
+        u.key(): tracking.settle_unit_run(c, refs[u.key()], _run_params(u), finals[u.key()], dataset=_dataset_of(u))
+        for u in units
+    }
     with atomic_path(out_dir) as tmp, atomic_path(curves_dir) as ctmp:
         ctmp.mkdir()
         for track, track_units in plan.items():
@@ -312,10 +347,7 @@ def train_dataset(
                 key = u.key()
                 record = {"run_id": runs[key], "experiment_id": exp, "key": key}
                 _write_unit(unit_dir(tmp, u, track), finals[key], record)
-                with open(ctmp / curve_name(u, track), "w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
-                    w.writeheader()
-                    w.writerows(finals[key]["history"])
+                _write_history(ctmp / curve_name(u, track), finals[key]["history"])
     # per-(method, seed) accuracy is the evaluate stage's metrics; here, what this stage did and its speed
     rates = [h["images_per_s"] for u in todo for h in finals[u.key()]["history"]]
     metrics = {
@@ -326,15 +358,24 @@ def train_dataset(
         "train_images_per_s": round(sum(rates) / len(rates), 1) if rates else None,
     }
     write_json(metrics_file, metrics)
-
     for u in todo:
-        key, run_id = u.key(), runs[u.key()]
-        d = unit_dir(out_dir, u, "recipe" if key in recipe_keys else "searched")
-        c.log_artifact(run_id, str(d / "model.pt"), "model")
-        c.log_artifact(run_id, str(d / "history.csv"))
-        fig = training_curves(
-            {f"seed {u.seed}": finals[key]["history"]}, f"{params.method(u.method).label} (seed {u.seed})"
-        )
-        c.log_figure(run_id, fig, "curves.png")
-        tracking.finish(c, run_id)
+        d = unit_dir(out_dir, u, "recipe" if u.key() in recipe_keys else "searched")
+        _log_unit_files(c, runs[u.key()], d, u, finals[u.key()]["history"])
     return metrics
+
+
+def _run_params(u: RunSpec) -> dict[str, Any]:
+    return {**u.model_dump(), "run_key": u.key()}
+
+
+def _dataset_of(u: RunSpec) -> dict[str, str]:
+    return {"name": u.dataset.name, "sha256": u.dataset.sha256, "source": u.dataset.path}
+
+
+def _log_unit_files(c, run_id: str, d: Path, u: RunSpec, history: list[dict[str, Any]]) -> None:
+    """The unit's checkpoint (what evaluation rebuilds the net from), history and curves, into its run."""
+    c.log_artifact(run_id, str(d / "model.pt"), "checkpoint")  # "model" is the logged MLflow model's name
+    c.log_artifact(run_id, str(d / "history.csv"))
+    fig = training_curves({f"seed {u.seed}": history}, f"{u.method} (seed {u.seed})")
+    c.log_figure(run_id, fig, "curves.png")
+    plt.close(fig)

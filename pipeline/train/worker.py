@@ -16,17 +16,42 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import FastPathCfg
+from pipeline.events import WorkerStarted
+from pipeline.progress import Emitter
 from pipeline.provenance import provenance
 from pipeline.spec import RunSpec
 from pipeline.train.engine import Shard, StreamData
-from pipeline.train.loop import STATE_FILE, UNIT_FILE, load_state, train_units
+from pipeline.train.job import TrainJob
+from pipeline.train.loop import STATE_FILE, UNIT_FILE, Loggers, load_state, train_units
 from pipeline.train.store import UnitStore
 
 
-def _loggers(mlflow_uri: str | None, runs: dict[str, str]):
-    """unit key -> its MLflow epoch log (None for a unit without a run)."""
-    c = tracking.client(mlflow_uri) if runs else None
-    return lambda key: tracking.EpochLog(c, runs[key]) if c is not None and key in runs else None
+def _trial_log(mlflow_uri: str, run_id: str) -> Loggers:
+    """A search trial's epoch log: its run was made by the trial and is ended by the search."""
+    c = tracking.client(mlflow_uri)
+    return lambda key: tracking.EpochLog(c, run_id)
+
+
+def _unit_runs(job: TrainJob) -> Loggers:
+    """unit key -> its MLflow run, opened (found by its key, or made) as the unit starts and ended by the loop
+    as it ends; the machine sampled into it meanwhile. None for a unit without a run."""
+    c = tracking.client(job.mlflow_uri) if job.runs else None
+    specs = {u.key(): u for u in job.units}
+
+    def open_(key: str) -> tracking.EpochLog | None:
+        if c is None or key not in job.runs:
+            return None
+        spec = specs[key]
+        d = spec.dataset
+        run_id = tracking.open_run(
+            c,
+            job.runs[key],
+            {**spec.model_dump(), "run_key": key},
+            dataset={"name": d.name, "sha256": d.sha256, "source": d.path},
+        )
+        return tracking.EpochLog(c, run_id, owns_run=True, system_metrics_s=job.system_metrics_s)
+
+    return open_
 
 
 def _nodes(shard: Shard) -> list[dict[str, str]]:
@@ -46,36 +71,37 @@ def _nodes(shard: Shard) -> list[dict[str, str]]:
 def quiet_ray_logs() -> None:
     """Ray Train sets the worker's root logger to INFO, and Ray Train logs every ``report`` there (a
     540-character "Reporting training result" line per epoch, from a logger named after its file): keep the
-    root at WARNING. This process's own lines are prints, which ``RAY_TRAIN_ENABLE_PRINT_PATCH=0``
-    (``pipeline.compute.ray_session``) keeps out of logging, so each reaches the terminal once."""
+    root at WARNING. Progress reaches the terminal as events through the stage's driver
+    (``pipeline.progress``), never as this process's output."""
     logging.getLogger().setLevel(logging.WARNING)
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config``: units (RunSpec dicts), store (storage path), mlflow_uri,
-    mlflow_runs {unit key: run_id}, resume {unit key: checkpoint URI}, threads, origin, fast_path, stream."""
+    """Ray Train entry point. ``config``: ``job`` (a ``TrainJob``, dumped) and ``progress`` (the driver's
+    progress hub, ``pipeline.progress.relay``; None: no progress events)."""
     import ray.train
     import ray.train.torch
 
     quiet_ray_logs()
-    units = [RunSpec.model_validate(u) for u in config["units"]]
-    torch.set_num_threads(config.get("threads", 1))
+    job = TrainJob.model_validate(config["job"])
+    emit = Emitter(config["progress"]) if config.get("progress") is not None else None
+    torch.set_num_threads(job.threads)
     ctx = ray.train.get_context()
     shard = Shard(ctx.get_world_rank(), ctx.get_world_size())
     nodes = _nodes(shard)
     me = nodes[shard.rank]
-    print(f"worker rank {shard.rank}/{shard.world_size} pid {os.getpid()} on {me['host']} node {me['node_id'][:8]}")
+    if emit is not None:
+        emit(WorkerStarted(shard.rank, shard.world_size, os.getpid(), me["host"], me["node_id"]))
     ck = ray.train.get_checkpoint()  # this job's latest: set after a worker-group restart
     own = None
     if ck is not None:
         with ck.as_directory() as d:
             own = load_state(d)
-    found = config.get("resume") or {}  # the latest checkpoint of each unit in earlier jobs (driver's index)
 
     def resume(key: str) -> dict[str, Any] | None:
         if own is not None and own["key"] == key:
             return own
-        return load_state(found[key]) if key in found else None
+        return load_state(job.resume[key]) if key in job.resume else None  # a unit's checkpoint of an earlier job
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -89,20 +115,25 @@ def train_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)  # a barrier: every rank, every epoch
 
     streams = None
-    if config.get("stream"):
+    if job.stream:
         streams = (StreamData(ray.train.get_dataset_shard("train")), StreamData(ray.train.get_dataset_shard("val")))
-    train_units(
-        units,
-        shard,
-        ray.train.torch.get_device(),
-        report,
-        store=UnitStore(config["store"], units[0].dataset.name),
-        resume=resume,
-        loggers=_loggers(config["mlflow_uri"], config.get("mlflow_runs") or {}),
-        origin=provenance(**config.get("origin", {}), nodes=nodes),
-        fast_path=FastPathCfg.model_validate(config.get("fast_path", {})),
-        streams=streams,
-    )
+    try:
+        train_units(
+            job.units,
+            shard,
+            ray.train.torch.get_device(),
+            report,
+            store=UnitStore(job.store, job.units[0].dataset.name),
+            resume=resume,
+            loggers=_unit_runs(job),
+            origin=provenance(**job.origin, nodes=nodes),
+            fast_path=job.fast_path,
+            streams=streams,
+            progress=emit,
+        )
+    finally:
+        if emit is not None:
+            emit.flush()  # the last lines reach the driver before this worker goes
 
 
 def tune_trial(spec: RunSpec, threads: int, mlflow_uri: str, run_id: str, fast_path: FastPathCfg) -> None:
@@ -129,6 +160,6 @@ def tune_trial(spec: RunSpec, threads: int, mlflow_uri: str, run_id: str, fast_p
         Shard(),
         device,
         report,
-        loggers=_loggers(mlflow_uri, {spec.key(): run_id}),
+        loggers=_trial_log(mlflow_uri, run_id),
         fast_path=fast_path,
     )

@@ -1,0 +1,117 @@
+"""Trained nets as MLflow models: logged into their unit's run, registered per (data set, method).
+
+Each evaluated unit's net is logged as an MLflow PyTorch model in the ``pt2`` format (``torch.export``: a
+traced graph, loaded without unpickling any code, in keeping with ``pipeline.train.checkpoint``), with a
+signature and an input example. It takes what an image file decodes to -- uint8 images (N, H, W, 3), RGB --
+and returns logits (N, classes): the per-channel normalisation the net was trained with is part of the
+logged graph, so ``mlflow.pyfunc.load_model(uri).predict(images)`` needs nothing else. The class names, in
+label order, are in the model's metadata.
+
+The Model Registry holds one model per (data set, method), ``<experiment>-<method>`` (e.g.
+``attncnn-embedded-attn_resnet``). Its alias ``recipe`` points at the unit of the lowest seed trained at the
+shared recipe, ``searched`` at that seed's unit at the searched recipe (the same version when the search kept
+the recipe): ``models:/attncnn-embedded-attn_resnet@recipe``. The lowest seed, not the best one: choosing by
+test accuracy would make the registered model a selection on the test split.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.spec import RunSpec
+
+log = logging.getLogger(__name__)
+MODEL_NAME = "model"  # the logged model's name in its run
+ALIASES = {"recipe": "recipe", "searched": "searched"}  # track -> registry alias
+
+
+class ImageClassifier(nn.Module):
+    """A trained net with its input normalisation: uint8 images (N, H, W, 3) in, logits (N, classes) out. The
+    same arithmetic as ``pipeline.train.engine.normalize`` on the training side."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W) in [0, 1]
+        return self.net((x - self.mean) / self.std)
+
+
+def registered_name(experiment: str, method: str) -> str:
+    return f"{experiment}-{method}"
+
+
+def logged_model(c, experiment_id: str, run_id: str):
+    """The model already logged into ``run_id`` under ``MODEL_NAME``, or None."""
+    found = c.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'"
+    )
+    return found[0] if found else None
+
+
+def log_unit_model(
+    c, run_id: str, experiment_id: str, net: nn.Module, spec: RunSpec, example: np.ndarray, classes: list[str]
+) -> str:
+    """Log ``net`` (trained for ``spec``) into its run as a pt2 MLflow model; ``example``: uint8 (n, H, W, 3)
+    test images, n >= 2 (a batch of one would fix the batch size of the exported graph). Returns the model's
+    id; a run that already has its model keeps it."""
+    import mlflow  # heavy, and only the evaluate stage logs models
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    found = logged_model(c, experiment_id, run_id)
+    if found is not None:
+        return found.model_id
+    wrapped = ImageClassifier(net, spec.dataset.mean, spec.dataset.std).eval()
+    _, h, w, ch = example.shape
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, ch))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.dataset.num_classes))]),
+    )
+    mlflow.set_tracking_uri(c.tracking_uri)
+    mlflow.set_experiment(experiment_id=experiment_id)  # else the logged model lands in the Default experiment
+    info = mlflow.pytorch.log_model(
+        wrapped,
+        name=MODEL_NAME,
+        run_id=run_id,
+        signature=signature,
+        input_example=example,
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        metadata={"classes": classes, "input": "uint8 images (N, H, W, 3), RGB", "output": "logits", **_unit(spec)},
+    )
+    return info.model_id
+
+
+def _unit(spec: RunSpec) -> dict[str, Any]:
+    return {"method": spec.method, "seed": spec.seed, "unit_key": spec.key(), "data_sha256": spec.dataset.sha256}
+
+
+def register(c, name: str, model_id: str, run_id: str, aliases: list[str], description: str) -> int:
+    """Register the logged model ``model_id`` as a version of ``name`` (once: a version of this run is reused)
+    and point ``aliases`` at it; the version number."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.create_registered_model(name, description=description)
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    existing = c.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        version = max(int(v.version) for v in existing)
+    else:
+        version = int(
+            c.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id).version
+        )
+    for alias in aliases:
+        c.set_registered_model_alias(name, alias, str(version))
+    return version

@@ -1,0 +1,28 @@
+"""The contract between the train stage's driver (``pipeline.train.run``) and its Ray Train jobs
+(``pipeline.train.worker``): everything a job needs, typed, built once by the driver and validated again in
+every worker."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from pipeline.config import FastPathCfg, Frozen
+from pipeline.spec import RunSpec
+from pipeline.tracking import UnitRun
+
+
+class TrainJob(Frozen):
+    """One Ray Train job: the units it trains, one after another, and where their records go."""
+
+    units: list[RunSpec] = Field(min_length=1)
+    store: str  # the run storage (a local path or URI): unit store and checkpoints
+    mlflow_uri: str
+    runs: dict[str, UnitRun] = Field(default_factory=dict)  # unit key -> its MLflow run (the worker opens it)
+    resume: dict[str, str] = Field(default_factory=dict)  # unit key -> the latest checkpoint an earlier job left of it
+    threads: Annotated[int, Field(gt=0)] = 1  # torch threads per worker
+    origin: dict[str, Any] = Field(default_factory=dict)  # provenance for each finished unit: git state, job
+    fast_path: FastPathCfg = FastPathCfg()
+    stream: bool = False  # the data is streamed through Ray Data (JPEG data sets)
+    system_metrics_s: Annotated[float, Field(ge=0)] = 0  # MLflow system metrics every that many seconds (0: off)

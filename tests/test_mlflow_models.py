@@ -1,0 +1,166 @@
+"""Training units as MLflow users expect them, on a real MLflow store (sqlite) and real tiny trained nets:
+each unit's run starts and ends with the unit, names its data set and source commit and carries system
+metrics; evaluation logs each net as an MLflow model and registers the lowest seed's under its track's
+alias; a registered model loads by alias and predicts from uint8 images what the evaluation measured."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline import serving, tracking
+from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, EvaluateCfg, validate_params
+from pipeline.data.preprocess import fetch_dataset, load_split, preprocess_dataset
+from pipeline.evaluate import evaluate_method, load_checkpoint
+from pipeline.io import read_json
+from pipeline.models import create_model
+from pipeline.spec import build_spec, data_ref
+from pipeline.train.engine import Shard, TensorData, normalize, predict
+from pipeline.train.job import TrainJob
+from pipeline.train.loop import train_units
+from pipeline.train.run import _write_unit
+from pipeline.train.store import UnitStore
+from pipeline.train.worker import _unit_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = "attncnn-test"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two seeds of the attention net trained through the workers' MLflow path (``_unit_runs``: each run opened
+    as its unit starts, system metrics every 0.2 s), written as the train stage writes them: seed 0 in both
+    tracks (a search that kept the recipe), seed 1 in the recipe track."""
+    tmp = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    cfg = EmbeddedDataCfg(kind="embedded", fetch=EmbeddedFetchCfg(seed=3, num_train=120, num_test=40))
+    fetch_dataset("embedded", cfg, tmp / "raw")
+    preprocess_dataset(tmp / "raw", tmp / "proc")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["methods"]["attn_resnet"]["args"]["width"] = 4
+    raw["train"]["epochs"] = 2
+    params = validate_params(raw)
+    data = data_ref("embedded", tmp / "proc")
+    specs = [build_spec(params, "attn_resnet", data, s) for s in (0, 1)]
+    c = tracking.client(uri)
+    exp = c.create_experiment(EXPERIMENT, artifact_location=str(tmp / "artifacts"))  # not ./mlruns of this checkout
+    refs = {
+        s.key(): tracking.UnitRun(
+            experiment_id=exp,
+            name=f"attn_resnet seed {s.seed}",
+            tags={"run_key": s.key(), "seed": str(s.seed), **tracking.source_tags("train@embedded", "c0ffee")},
+        )
+        for s in specs
+    }
+    store = UnitStore(str(tmp / "storage"), "embedded")
+    job = TrainJob(units=specs, store=str(tmp / "storage"), mlflow_uri=uri, runs=refs, system_metrics_s=0.2)
+    train_units(specs, Shard(), torch.device("cpu"), lambda m, s: None, store=store, loggers=_unit_runs(job))
+    method_dir = tmp / "train" / "attn_resnet"
+    for s, track in ((specs[0], "recipe"), (specs[0], "searched"), (specs[1], "recipe")):
+        run = tracking.find_run(c, exp, s.key())
+        _write_unit(
+            method_dir / track / f"seed{s.seed}",
+            store.load(s.key()),
+            {"run_id": run.info.run_id, "experiment_id": exp, "key": s.key()},
+        )
+    return {"tmp": tmp, "uri": uri, "c": c, "exp": exp, "specs": specs, "store": store, "method_dir": method_dir}
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained):
+    tmp = trained["tmp"]
+    out = [tmp / "eval", tmp / "confusion", tmp / "metrics.json"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", trained["uri"])
+        metrics = evaluate_method(trained["method_dir"], tmp / "proc", EvaluateCfg(attention_images=0), *out)
+        again = evaluate_method(trained["method_dir"], tmp / "proc", EvaluateCfg(attention_images=0), *out)
+    return {**trained, "metrics": metrics, "again": again, "eval": out[0]}
+
+
+def test_a_units_run_spans_its_unit_and_names_data_source_and_machine(trained) -> None:
+    c = trained["c"]
+    for s in trained["specs"]:
+        run = tracking.find_run(c, trained["exp"], s.key())
+        wall = trained["store"].load(s.key())["wall"]
+        assert run.info.status == "FINISHED"
+        # opened as the unit started, ended as it ended: not when some stage began or finished
+        assert abs(run.info.start_time / 1000 - wall["started_at"]) < 2.0
+        assert 0 <= run.info.end_time / 1000 - wall["finished_at"] < 2.0
+        (ds,) = run.inputs.dataset_inputs
+        assert ds.dataset.name == "embedded" and ds.dataset.digest == s.dataset.sha256[: tracking.DIGEST_CHARS]
+        assert s.dataset.path in ds.dataset.source and {t.value for t in ds.tags} == {"training"}
+        tags = run.data.tags
+        assert tags["mlflow.source.name"] == "dvc repro train@embedded" and tags["mlflow.source.git.commit"] == "c0ffee"
+        assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
+        assert [m.step for m in c.get_metric_history(run.info.run_id, "val_top1")] == [1, 2]
+
+
+def test_the_image_classifier_is_the_net_on_normalised_images() -> None:
+    net = create_model("attn_resnet", depth=8, width=4, num_classes=10).eval()
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    direct = net(normalize(images.permute(0, 3, 1, 2), torch.tensor(mean), torch.tensor(std)))
+    assert torch.allclose(serving.ImageClassifier(net, mean, std)(images), direct, atol=1e-6)
+
+
+def test_every_net_is_a_logged_model_and_the_lowest_seed_is_registered(evaluated) -> None:
+    c, exp = evaluated["c"], evaluated["exp"]
+    s0, s1 = evaluated["specs"]
+    runs = {s.seed: tracking.find_run(c, exp, s.key()).info.run_id for s in (s0, s1)}
+    models = {seed: serving.logged_model(c, exp, run_id) for seed, run_id in runs.items()}
+    assert all(m is not None for m in models.values())
+    # evaluating again logged nothing twice: one model per run, one registered version
+    assert len(c.search_logged_models(experiment_ids=[exp])) == 2
+    name = serving.registered_name(EXPERIMENT, "attn_resnet")
+    (version,) = c.search_model_versions(f"name = '{name}'")
+    assert version.run_id == runs[0] and version.source == f"models:/{models[0].model_id}"
+    for alias in ("recipe", "searched"):  # seed 0 is both tracks' unit: both aliases, one version
+        assert c.get_model_version_by_alias(name, alias).version == version.version
+    record = read_json(evaluated["eval"] / "searched" / "seed0" / "mlflow_model.json")
+    assert record["registered"] == {"name": name, "version": int(version.version)} and record["aliases"] == ["searched"]
+    assert read_json(evaluated["eval"] / "recipe" / "seed1" / "mlflow_model.json")["aliases"] == []
+    top1 = {t: {k: m["test_top1"] for k, m in seeds.items()} for t, seeds in evaluated["metrics"].items()}
+    assert top1 == {t: {k: m["test_top1"] for k, m in seeds.items()} for t, seeds in evaluated["again"].items()}
+
+
+def test_a_registered_model_loads_by_alias_and_predicts_from_uint8_images(evaluated) -> None:
+    mlflow.set_tracking_uri(evaluated["uri"])
+    name = serving.registered_name(EXPERIMENT, "attn_resnet")
+    te = load_split(evaluated["tmp"] / "proc", "test")
+    t0 = time.perf_counter()
+    logits = mlflow.pyfunc.load_model(f"models:/{name}@recipe").predict(te.images)  # (N, 32, 32, 3) uint8
+    assert logits.shape == (len(te.labels), 10) and logits.dtype == np.float32
+    net, spec, _ = load_checkpoint(evaluated["method_dir"] / "recipe" / "seed0" / "model.pt")
+    mean, std = torch.tensor(spec.dataset.mean), torch.tensor(spec.dataset.std)
+    ref = predict(net, TensorData.from_numpy(te.images, te.labels), mean, std).numpy()  # what evaluation computes
+    np.testing.assert_allclose(logits, ref, atol=1e-4)
+    top1 = 100.0 * float((logits.argmax(1) == te.labels).mean())
+    assert top1 == pytest.approx(evaluated["metrics"]["recipe"]["seed0"]["test_top1"], abs=1e-3)
+    net = mlflow.pytorch.load_model(f"models:/{name}@recipe")  # the exported graph, no project code needed
+    direct = net(torch.from_numpy(te.images[:5]))
+    assert np.allclose(direct.detach().numpy(), logits[:5], atol=1e-5), time.perf_counter() - t0
+
+
+def test_a_unit_stored_without_its_run_gets_a_complete_one(trained, tmp_path) -> None:
+    """A fresh MLflow store beside a kept unit store: the train stage makes the run from the unit's record,
+    with the unit's own start and end, every epoch, and its data set."""
+    s = trained["specs"][1]
+    record = trained["store"].load(s.key())
+    c = tracking.client(f"sqlite:///{tmp_path / 'fresh.db'}")
+    exp = c.create_experiment(EXPERIMENT, artifact_location=str(tmp_path / "artifacts"))
+    ref = tracking.UnitRun(experiment_id=exp, name="attn_resnet seed 1", tags={"run_key": s.key()})
+    dataset = {"name": "embedded", "sha256": s.dataset.sha256, "source": s.dataset.path}
+    run_id = tracking.settle_unit_run(c, ref, {"seed": 1}, record, dataset=dataset)
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "attn_resnet seed 1"
+    assert run.info.start_time == int(record["wall"]["started_at"] * 1000)
+    assert run.info.end_time == int(record["wall"]["finished_at"] * 1000)
+    assert [m.step for m in c.get_metric_history(run_id, "train_loss")] == [1, 2]
+    assert len(run.inputs.dataset_inputs) == 1
+    assert tracking.settle_unit_run(c, ref, {"seed": 1}, record, dataset=dataset) == run_id  # found, not made again
