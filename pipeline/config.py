@@ -69,6 +69,12 @@ def _name(v: str) -> str:
 Name = Annotated[str, AfterValidator(_name)]
 
 
+def unique_entries(v: list) -> list:
+    if len(set(v)) != len(v):
+        raise ValueError(f"entries must be unique, got {v}")
+    return v
+
+
 class GridCfg(Frozen):
     """What `dvc repro` runs: the data set x method x seed grid."""
 
@@ -79,9 +85,7 @@ class GridCfg(Frozen):
     @field_validator("datasets", "methods", "seeds")
     @classmethod
     def _unique(cls, v: list) -> list:
-        if len(set(v)) != len(v):
-            raise ValueError(f"entries must be unique, got {v}")
-        return v
+        return unique_entries(v)
 
 
 class EmbeddedFetchCfg(Frozen):
@@ -384,6 +388,44 @@ class EvaluateCfg(Frozen):
     attention_images: Annotated[Int, Field(ge=0, le=64)] = 6
 
 
+class StudyCfg(Frozen):
+    """The attention study (``pipeline.study``): the paper's attention net (``method``) trained in every cell of
+    ``placements`` x ``scalings`` and in each named ``variant`` (model arguments on top of the method's), over
+    ``seeds``, with the collapse diagnostics recorded every epoch. The method's recipe, its ``epochs``
+    replaced when given. Off by default: see params.yaml for why and how to run it."""
+
+    enabled: bool = False
+    dataset: Name = "embedded"
+    method: Name = "attn_resnet"
+    seeds: list[Seed] = Field(default=[0, 1, 2], min_length=1)
+    epochs: PosInt | None = None  # None: the method's recipe on the data set
+    placements: list[str] = Field(default=["final", "stage", "stage_branch", "block"], min_length=1)
+    scalings: list[str] = Field(default=["none", "hw", "residual", "gated"], min_length=1)
+    variants: dict[Name, dict[str, Any]] = {}  # name -> model arguments (placement, scaling, temperature, ...)
+    diagnostics: PosInt = 64  # probe images for the per-epoch diagnostics
+    # "trains as well as final": the CI of (cell - final) lies above -margin test top-1 points (non-inferiority)
+    margin: Annotated[Float, Field(gt=0)] = 1.0
+
+    @field_validator("seeds", "placements", "scalings")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        return unique_entries(v)
+
+    def cells(self) -> dict[str, dict[str, Any]]:
+        """Cell name -> the model arguments it sets: ``<placement>/<scaling>`` for the grid, then the variants."""
+        grid = {f"{p}/{s}": {"placement": p, "scaling": s} for p in self.placements for s in self.scalings}
+        return {**grid, **self.variants}
+
+    @model_validator(mode="after")
+    def _reference(self) -> StudyCfg:
+        if "final" not in self.placements:
+            raise ValueError(
+                f"placements={self.placements}: must include 'final', the one-module network every cell is "
+                "compared with"
+            )
+        return self
+
+
 class ReportCfg(Frozen):
     # The paper prints two versions of its tables (Tables 1/2 and 3/4) that disagree; show either or both.
     claims: list[Literal["table1", "table3"]] = Field(default=["table1", "table3"], min_length=1)
@@ -399,6 +441,7 @@ class Params(Frozen):
     mlflow: MlflowCfg = MlflowCfg()
     evaluate: EvaluateCfg = EvaluateCfg()
     report: ReportCfg = ReportCfg()
+    study: StudyCfg = StudyCfg()
 
     def dataset(self, name: str) -> DatasetCfg:
         return self.datasets[name]
@@ -483,7 +526,7 @@ def _cross_checks(p: Params) -> list[str]:
     for m in p.grid.methods:
         if m not in p.methods:
             errs.append(f"grid.methods: unknown method {m!r}; defined under 'methods': {sorted(p.methods)}")
-    errs += _search_checks(p)
+    errs += _search_checks(p) + _study_checks(p)
     train_fields = set(TrainCfg.model_fields)
     for name, m in p.methods.items():
         bad_t = sorted(set(m.train) - train_fields)
@@ -542,6 +585,20 @@ def _dataset_recipe_checks(p: Params, d: str, errs: list[str]) -> list[str]:
         for msg, ms in recipe_errs.items()
     ]
     return out
+
+
+def _study_checks(p: Params) -> list[str]:
+    """The study's data set is one the pipeline prepares, and its method is a method (the model code checks
+    that every cell builds: ``pipeline.models.checks``)."""
+    s, errs = p.study, []
+    if s.dataset not in p.grid.datasets:
+        errs.append(
+            f"study.dataset: {s.dataset!r} is not in grid.datasets {p.grid.datasets} (only those are fetched and "
+            "preprocessed, and the study stage reads its data set even when the study is off); allowed: one of them"
+        )
+    if s.method not in p.methods:
+        errs.append(f"study.method: unknown method {s.method!r}; defined under 'methods': {sorted(p.methods)}")
+    return errs
 
 
 def _search_checks(p: Params) -> list[str]:

@@ -42,11 +42,21 @@ from pipeline.paper import CLAIMS, COLUMN_OF_KIND, COLUMNS, PUBLISHED, TABLE_NAM
 from pipeline.plots import plt, save
 from pipeline.provenance import provenance
 from pipeline.stats import Summary, chance_level
+from pipeline.study_report import study_section
 
 MAIN_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours")
 ABLATION_ROWS = ("ablation", "ours")
 TRACK_TITLES = {"recipe": "at the shared recipe", "searched": "at its searched recipe"}
-OUTPUTS = ("tables.md", "index.html", "tables.csv", "summary.json", "metrics.json", "provenance.json", "figures")
+OUTPUTS = (
+    "tables.md",
+    "index.html",
+    "tables.csv",
+    "summary.json",
+    "metrics.json",
+    "provenance.json",
+    "study.json",
+    "figures",
+)
 METRIC_FIELDS = ("mean", "std", "ci_low", "ci_high", "n")  # metrics.json, per method: its test top-1
 CURVE_KEY = "val_top1"  # the training loop's per-epoch top-1; the train stage measures it on the test split
 TOP5_ABOVE = 10  # test top-5 is shown only with more classes than this (of 10 it is near 100 % and says nothing)
@@ -708,7 +718,8 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
             "\n".join([s["text"], *write_figures(params, results, d, s["manifest"], tmp / "figures")])
             for d, s in sections.items()
         ]
-        md = "\n".join(header + texts)
+        study_text, study_summary = study_section(_study(results), tmp / "figures")
+        md = "\n".join(header + texts + study_text)
         (tmp / "tables.md").write_text(md)
         (tmp / "index.html").write_text(markdown_to_html(md))
         with open(tmp / "tables.csv", "w", newline="") as f:
@@ -718,9 +729,16 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
         write_json(tmp / "summary.json", summary)
         write_json(tmp / "metrics.json", {d: s["metrics"] for d, s in sections.items()})
         write_json(tmp / "provenance.json", prov)
+        write_json(tmp / "study.json", study_summary)
         _log_to_mlflow(params, summary, tmp, git["commit"])
         _move_into_place(tmp, out_dir)
     return {"rows": rows, "summary": summary}
+
+
+def _study(results: Path) -> dict[str, Any]:
+    """The study stage's output; a results tree without one (a report of constructed results) has it off."""
+    f = results / "study.json"
+    return read_json(f) if f.is_file() else {"enabled": False, "how": "dvc exp run -S study.enabled=true"}
 
 
 def _provenance(results: Path, dataset: str, section: dict[str, Any]) -> dict[str, Any]:
@@ -769,7 +787,7 @@ def _log_to_mlflow(params: Params, summary: dict[str, Any], tmp: Path, commit: s
                             c.set_tag(run_id, f"{track}.{name}.{k}.{version}", str(word))
                     elif isinstance(v, (int, float)) and not isinstance(v, bool):
                         c.log_metric(run_id, f"{track}.{name}.{k}", float(v))
-        for name in ("tables.md", "index.html", "tables.csv", "summary.json", "metrics.json"):
+        for name in ("tables.md", "index.html", "tables.csv", "summary.json", "metrics.json", "study.json"):
             c.log_artifact(run_id, str(tmp / name))
         c.log_artifacts(run_id, str(tmp / "figures"), "figures")
         tracking.finish(c, run_id)

@@ -39,6 +39,7 @@ class RunSpec(Frozen):
     val_fraction: float | None = None  # None: validate on the test split; else hold out part of train
     train_subset: int | None = None
     tuned: dict[str, Any] = Field(default_factory=dict)  # what a search chose, for the record
+    diagnostics: int = Field(default=0, ge=0)  # probe images for the attention diagnostics each epoch (0: off)
 
     def identity(self) -> dict[str, Any]:
         """Everything that decides the result: not where the data is read from (a local folder, or its copy
@@ -58,6 +59,7 @@ def build_spec(
     tuned: dict[str, Any] | None = None,
     val_fraction: float | None = None,
     train_subset: int | None = None,
+    diagnostics: int = 0,
 ) -> RunSpec:
     """Resolve the method's model and recipe, with tuned values (``train.<f>``/``args.<a>`` keys) applied."""
     tuned = dict(tuned or {})
@@ -74,7 +76,17 @@ def build_spec(
         val_fraction=val_fraction,
         train_subset=train_subset,
         tuned=tuned,
+        diagnostics=diagnostics,
     )
+
+
+def compressed(recipe: TrainCfg, epochs: int) -> dict[str, Any]:
+    """The recipe's schedule squeezed into ``epochs``: step milestones and warm-up scaled in proportion (each
+    kept inside the run, at least one epoch apart), so a trial sees the final run's lr shape, not a constant."""
+    scale = epochs / recipe.epochs
+    milestones = sorted({min(epochs - 1, max(1, round(m * scale))) for m in recipe.milestones}) if epochs > 1 else []
+    warmup = min(epochs - 1, max(1, round(recipe.warmup_epochs * scale))) if recipe.warmup_epochs else 0
+    return {"train.epochs": epochs, "train.milestones": milestones, "train.warmup_epochs": warmup}
 
 
 def data_ref(name: str, data_dir: str | Path) -> DataRef:

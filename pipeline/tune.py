@@ -43,13 +43,13 @@ from typing import Any
 from pipeline import tracking
 from pipeline.cli import StageError
 from pipeline.compute import check_workers_before_start, ray_session, storage_path
-from pipeline.config import Params, SearchDim, TrainCfg, TuneCfg, config_hash
+from pipeline.config import Params, SearchDim, TuneCfg, config_hash
 from pipeline.data.preprocess import load_manifest
 from pipeline.io import write_json
 from pipeline.models import registry
 from pipeline.provenance import provenance
 from pipeline.redact import safe_env
-from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, data_ref, shared
+from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, compressed, data_ref, shared
 from pipeline.stats import binomial_margin, near_chance
 from pipeline.train.store import SearchCache
 
@@ -96,15 +96,6 @@ def recipe_point(params: Params, method: str, dataset: str) -> dict[str, Any]:
         section, _, name = key.partition(".")
         point[key] = getattr(recipe, name) if section == "train" else args.get(name, defaults.get(name))
     return point
-
-
-def compressed(recipe: TrainCfg, epochs: int) -> dict[str, Any]:
-    """The recipe's schedule squeezed into ``epochs``: step milestones and warm-up scaled in proportion (each
-    kept inside the run, at least one epoch apart), so a trial sees the final run's lr shape, not a constant."""
-    scale = epochs / recipe.epochs
-    milestones = sorted({min(epochs - 1, max(1, round(m * scale))) for m in recipe.milestones}) if epochs > 1 else []
-    warmup = min(epochs - 1, max(1, round(recipe.warmup_epochs * scale))) if recipe.warmup_epochs else 0
-    return {"train.epochs": epochs, "train.milestones": milestones, "train.warmup_epochs": warmup}
 
 
 def trial_spec(params: Params, method: str, data: DataRef, chosen: dict[str, Any]) -> RunSpec:

@@ -190,7 +190,7 @@ def test_method_recipe_override_refuses_a_boolean() -> None:
             {"args.placement": {"type": "choice", "values": ["stage", "middle"]}},
             "arch",
             "tune.arch_space.attn_resnet.args.placement: choice value 'middle' does not build 'attn_resnet': "
-            "placement='middle'; allowed: ['block', 'stage', 'final', 'none']",
+            "placement='middle'; allowed: ['block', 'stage', 'stage_branch', 'final', 'none']",
         ),
         (
             {"args.depth": {"type": "choice", "values": [8, 9]}},

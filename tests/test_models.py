@@ -49,7 +49,7 @@ def test_attention_variants_get_gradients(placement: str, scaling: str) -> None:
     assert attn, "no attention parameters found"
     assert all(p.grad is not None for _, p in attn)
     n_modules = sum(isinstance(m, SoftmaxAttention) for m in model.modules())
-    assert n_modules == {"block": 3, "stage": 3, "final": 1}[placement]
+    assert n_modules == {"block": 3, "stage": 3, "stage_branch": 3, "final": 1}[placement]
 
 
 def test_placement_none_is_the_plain_backbone() -> None:
@@ -167,7 +167,7 @@ def test_imagenet_attention_maps_sum_to_one_and_start_as_identity(placement: str
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if "attn" not in k})
     x = torch.randn(2, 3, 64, 64)
     maps = attention_maps(model, x)
-    assert len(maps) == {"block": 16, "stage": 4, "final": 1}[placement]
+    assert len(maps) == {"block": 16, "stage": 4, "stage_branch": 4, "final": 1}[placement]
     for _, a in maps:
         torch.testing.assert_close(a.sum((2, 3)), torch.ones(a.shape[:2]))
     torch.testing.assert_close(model(x), plain(x))  # zero-initialised map conv: uniform maps, scaling hw = 1

@@ -59,6 +59,9 @@ def test_outputs_and_report(project) -> None:
         # cost columns: torch's flop counter and the measured training speed per device
         assert float(r["flops_per_image"]) > 0 and float(r["train_images_per_s_per_device"]) > 0
     assert "![attention maps on embedded](figures/maps/attention-embedded.png)" in md
+    # the attention study is off by default: its section says so and how to run it
+    assert "## Where attention helps (the paper's Sec. 7.2)\n\nNot run in this `dvc repro`" in md
+    assert "`dvc exp run -S study.enabled=true`" in md
     confusion = [f"confusion/embedded-{m}.png" for m in METHODS]
     for png in ("curves-embedded.png", "maps/attention-embedded.png", *confusion):
         assert (proj / "reports" / "figures" / png).read_bytes()[:4] == b"\x89PNG"

@@ -13,6 +13,7 @@ modules are:
 from __future__ import annotations
 
 import hashlib
+import math
 from functools import partial
 from typing import Literal
 
@@ -21,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 Scaling = Literal["none", "hw", "residual", "gated"]
-
+MapInit = Literal["zero", "random"]
 
 SCALINGS: tuple[str, ...] = ("none", "hw", "residual", "gated")
+MAP_INITS: tuple[str, ...] = ("zero", "random")
 
 
 class SpatialSoftmax(nn.Module):
@@ -58,41 +60,65 @@ class SoftmaxAttention(nn.Module):
         - ``gated``: ``x * (1 + g * (H*W * a - 1))`` with a learned scalar g (starting at 0.1), the residual
           gate of the Dual Attention Network (Fu et al. 2019, which the paper cites): the module starts as
           the identity and the network learns how strongly to apply the map.
-    * Where the modules sit (after every stage, in every block, or one at the end, Sec. 3.1 vs Sec. 7.2)
-      is decided by the network, not here: see ``pipeline.models.resnet.ResNet``.
-
-    Initialisation (not in the paper): the map conv starts at zero, so every map starts uniform and the
-    module starts as the identity under ``hw`` scaling; a random start gives peaked maps that zero out most
-    positions and, in our runs, kept the network at chance.
+    * ``temperature`` -- the sharpness of the softmax, ``softmax(logits / T)``, not in the paper (T = 1 is the
+      literal reading). A larger T flattens the map towards uniform, so a module can neither zero out most
+      positions nor concentrate all the signal on one; ``learn_temperature`` makes log T a parameter
+      (starting at log ``temperature``) so the network sets its own sharpness.
+    * ``map_init`` -- the map conv's start, not in the paper: ``zero`` (default) makes every map start
+      uniform, so the module starts as the identity under ``hw`` scaling (and as x / (H*W) under ``none``);
+      ``random`` is PyTorch's default conv initialisation: peaked maps from the first step. In our first
+      runs the random start kept multi-module networks at chance (the study of ``pipeline.study`` measures it).
+    * Where the modules sit (after every stage, in every block, one at the end; Sec. 3.1 vs Sec. 7.2) is
+      decided by the network, not here: see ``pipeline.models.resnet.ResNet``.
 
     Deviations: Section 7.2 says the mechanism "is based on a global average pooling operation"; that
     contradicts Section 3.1 (pooling would remove the spatial map) and is not implemented.
     """
 
-    def __init__(self, channels: int, num_maps: int = 1, kernel_size: int = 1, scaling: Scaling = "hw"):
+    def __init__(
+        self,
+        channels: int,
+        num_maps: int = 1,
+        kernel_size: int = 1,
+        scaling: Scaling = "hw",
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+        map_init: MapInit = "zero",
+    ):
         super().__init__()
         if channels % num_maps:
             raise ValueError(f"num_maps={num_maps} must divide channels={channels}")
         if scaling not in SCALINGS:
             raise ValueError(f"scaling={scaling!r}; allowed: {list(SCALINGS)}")
-        self.num_maps, self.scaling = num_maps, scaling
+        if map_init not in MAP_INITS:
+            raise ValueError(f"map_init={map_init!r}; allowed: {list(MAP_INITS)}")
+        if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature={temperature!r}; allowed: a number > 0")
+        self.num_maps, self.scaling, self.map_init, self.temperature = num_maps, scaling, map_init, float(temperature)
         self.conv = nn.Conv2d(channels, num_maps, kernel_size, padding=kernel_size // 2)
         self.softmax = SpatialSoftmax()
         # a uniform map makes the module the identity whatever g is; g must not start at 0, or neither
         # g nor the map conv would ever get a gradient
         self.gate = nn.Parameter(torch.tensor(0.1)) if scaling == "gated" else None
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature))) if learn_temperature else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The module's own start (uniform maps); networks that initialise every conv call this afterwards."""
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
+        """The module's own start (``map_init``); networks that initialise every conv call this afterwards."""
+        if self.map_init == "zero":
+            nn.init.zeros_(self.conv.weight)
+            nn.init.zeros_(self.conv.bias)
+        else:
+            self.conv.reset_parameters()
         if self.gate is not None:
             nn.init.constant_(self.gate, 0.1)
+        if self.log_temperature is not None:
+            nn.init.constant_(self.log_temperature, math.log(self.temperature))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        a = self.softmax(self.conv(x))  # (B, M, H, W), each map sums to 1
+        t = self.log_temperature.exp() if self.log_temperature is not None else self.temperature
+        a = self.softmax(self.conv(x) / t)  # (B, M, H, W), each map sums to 1
         if self.scaling != "none":
             a = a * (h * w)  # mean 1 over positions
         if self.scaling == "residual":
@@ -176,6 +202,22 @@ def get_attn(attn_type: str | None, **kwargs: object) -> type[nn.Module] | parti
     except KeyError:
         raise ValueError(f"unknown attention type {attn_type!r}; allowed: {sorted(_ATTN)}") from None
     return partial(cls, **kwargs) if kwargs else cls
+
+
+def softmax_layer(
+    num_maps: int, kernel_size: int, scaling: str, temperature: float, learn_temperature: bool, map_init: str
+) -> partial:
+    """The paper's attention module with its options bound, for a network to build per channel count (the
+    ``attn_resnet`` factories' arguments, in their order)."""
+    return partial(
+        SoftmaxAttention,
+        num_maps=num_maps,
+        kernel_size=kernel_size,
+        scaling=scaling,
+        temperature=temperature,
+        learn_temperature=learn_temperature,
+        map_init=map_init,
+    )
 
 
 def create_attn(attn_type: str | None, channels: int, **kwargs: object) -> nn.Module | None:

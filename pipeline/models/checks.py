@@ -90,7 +90,26 @@ def check_models(p: Params) -> list[str]:
         ]
         if not any(e.startswith(f"methods.{name}.") for e in errs):
             errs += _arch_value_checks(p, name, {k: d for k, d in dims.items() if k not in unknown})
+    errs += _study_checks(p, errs)
     return list(dict.fromkeys(errs))
+
+
+def _study_checks(p: Params, errs: list[str]) -> list[str]:
+    """Every cell of the study is the study method's net with arguments its factory takes; built (a real CPU
+    build) when the study is enabled."""
+    s = p.study
+    if (
+        s.method not in p.methods
+        or s.dataset not in p.datasets
+        or any(e.startswith(f"methods.{s.method}") for e in errs)
+    ):
+        return []  # said elsewhere
+    model, args = p.model_of(s.method, s.dataset)
+    out: list[str] = []
+    for name, cell in s.cells().items():
+        where = f"study.variants.{name}" if name in s.variants else f"study (cell {name})"
+        out += _check_net(where, model, {**args, **cell}, build=s.enabled)
+    return out
 
 
 def _arch_value_checks(p: Params, method: str, dims: dict[str, SearchDim]) -> list[str]:

@@ -3,7 +3,8 @@ nets, and DenseNet-BC-121 (Huang et al. 2017), built from torchvision's own bloc
 
 Attention sits where the CIFAR ``ResNet`` puts it (see ``pipeline.models.resnet``): ``block`` -- in every
 bottleneck after ``bn3``, before the shortcut is added (SE's and CBAM's place); ``stage`` -- after each of
-the four stages; ``final`` -- after the last stage; ``none`` -- the plain backbone.
+the four stages, on the trunk; ``stage_branch`` -- in the last bottleneck of each stage, before its add;
+``final`` -- after the last stage; ``none`` -- the plain backbone.
 
 Deviations: none in the backbones (torchvision's ``Bottleneck`` -- stride on the 3x3 conv, "ResNet v1.5" --
 and ``densenet121``). torchvision initialises every conv it finds, attention modules included, so each
@@ -18,7 +19,7 @@ from torchvision.models import densenet121 as tv_densenet121
 from torchvision.models.resnet import Bottleneck
 from torchvision.models.resnet import ResNet as TVResNet
 
-from .attention import ATTENTION_MODULES, get_attn
+from .attention import ATTENTION_MODULES, get_attn, softmax_layer
 from .registry import register_model
 from .resnet import PLACEMENTS, AttnLayer, Placement
 
@@ -72,6 +73,11 @@ class ImageNetResNet(nn.Module):
         block = _bottleneck_with(attn_layer if placement == "block" else None)
         self.net = TVResNet(block, list(layers), num_classes=num_classes)
         widths = [64 * 2**i * Bottleneck.expansion for i in range(4)]  # 256, 512, 1024, 2048
+        if placement == "stage_branch" and attn_layer is not None:
+            for stage, w in zip(
+                (self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4), widths, strict=True
+            ):
+                stage[-1].attn = attn_layer(w)
         self.stage_attn = nn.ModuleList(
             attn_layer(w)
             if attn_layer is not None and (placement == "stage" or (placement == "final" and i == 3))
@@ -117,9 +123,13 @@ def attn_resnet50(
     num_maps: int = 1,
     kernel_size: int = 1,
     scaling: str = "hw",
+    temperature: float = 1.0,
+    learn_temperature: bool = False,
+    map_init: str = "zero",
 ) -> ImageNetResNet:
-    """The paper's attention CNN on a ResNet-50 backbone; ``placement='none'`` is its ablation."""
-    layer = get_attn("softmax", num_maps=num_maps, kernel_size=kernel_size, scaling=scaling)
+    """The paper's attention CNN on a ResNet-50 backbone; ``placement='none'`` is its ablation. The attention
+    options are ``pipeline.models.attention.SoftmaxAttention``'s."""
+    layer = softmax_layer(num_maps, kernel_size, scaling, temperature, learn_temperature, map_init)
     return ImageNetResNet(RESNET50_LAYERS, num_classes, layer, placement)
 
 

@@ -6,8 +6,12 @@ takes an attention layer and a placement, and applies it in one fixed place per 
 
 * ``block`` -- inside every residual block, after the last BN and before the shortcut is added
   (where SE and CBAM put it);
-* ``stage`` -- after every stage of blocks ("attention modules after certain convolutional layers [...]
-  the process is repeated for subsequent attention modules", paper Sec. 3.1);
+* ``stage`` -- after every stage of blocks, on the trunk ("attention modules after certain convolutional
+  layers [...] the process is repeated for subsequent attention modules", paper Sec. 3.1): everything the
+  next stage sees has passed through the map;
+* ``stage_branch`` -- one module per stage as well, but inside the residual branch of the stage's last block,
+  before the add: the shortcut carries the unweighted features past it (not in the paper; the placement
+  Residual Attention Networks and SE argue for, and the study of ``pipeline.study`` compares with ``stage``);
 * ``final`` -- one module after the last stage, before pooling ("a single attention module at the end of
   the network", paper Sec. 7.2);
 * ``none``  -- no attention: the ablation "CNN without attention" (paper Tables 2 and 4).
@@ -32,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import get_attn
+from .attention import get_attn, softmax_layer
 from .registry import register_model
 
-Placement = Literal["block", "stage", "final", "none"]
+Placement = Literal["block", "stage", "stage_branch", "final", "none"]
 Shortcut = Literal["A", "B"]
 SHORTCUTS: tuple[str, ...] = ("A", "B")
-PLACEMENTS: tuple[str, ...] = ("block", "stage", "final", "none")
+PLACEMENTS: tuple[str, ...] = ("block", "stage", "stage_branch", "final", "none")
 AttnLayer = Callable[[int], nn.Module] | None
 
 
@@ -76,6 +80,12 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def _block_attn(placement: Placement, attn_layer: AttnLayer, j: int, n: int) -> AttnLayer:
+    """The attention layer of block ``j`` of a stage of ``n`` blocks: every block's under ``block``, the last
+    block's under ``stage_branch``, none otherwise."""
+    return attn_layer if placement == "block" or (placement == "stage_branch" and j == n - 1) else None
+
+
 class ResNet(nn.Module):
     """CIFAR ResNet of depth 6n+2: a 3x3 stem and three stages of n basic blocks at widths w, 2w, 4w."""
 
@@ -102,12 +112,17 @@ class ResNet(nn.Module):
         n = (depth - 2) // 6
         widths = (width, 2 * width, 4 * width)
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        block_attn = attn_layer if placement == "block" else None
         stages, stage_attn = [], []
         in_ch = width
         for i, w in enumerate(widths):
             blocks = [
-                BasicBlock(in_ch if j == 0 else w, w, 2 if (i > 0 and j == 0) else 1, block_attn, shortcut)
+                BasicBlock(
+                    in_ch if j == 0 else w,
+                    w,
+                    2 if (i > 0 and j == 0) else 1,
+                    _block_attn(placement, attn_layer, j, n),
+                    shortcut,
+                )
                 for j in range(n)
             ]
             stages.append(nn.Sequential(*blocks))
@@ -177,12 +192,16 @@ def attn_resnet(
     depth: int = 110,
     num_classes: int = 10,
     width: int = 16,
-    placement: Placement = "stage",
+    placement: Placement = "final",
     num_maps: int = 1,
     kernel_size: int = 1,
     scaling: str = "hw",
     shortcut: Shortcut = "B",
+    temperature: float = 1.0,
+    learn_temperature: bool = False,
+    map_init: str = "zero",
 ) -> ResNet:
-    """The paper's attention CNN on a ResNet backbone; ``placement='none'`` is its ablation."""
-    layer = get_attn("softmax", num_maps=num_maps, kernel_size=kernel_size, scaling=scaling)
+    """The paper's attention CNN on a ResNet backbone; ``placement='none'`` is its ablation. The attention
+    options are ``pipeline.models.attention.SoftmaxAttention``'s."""
+    layer = softmax_layer(num_maps, kernel_size, scaling, temperature, learn_temperature, map_init)
     return ResNet(depth, num_classes, width, layer, placement, shortcut)

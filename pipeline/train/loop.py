@@ -24,6 +24,7 @@ from pipeline.data.preprocess import load_split
 from pipeline.events import Emit, EpochDone, UnitStarted
 from pipeline.io import filesystem, join
 from pipeline.models import backbone_digest, create_model
+from pipeline.models.diagnostics import diagnose
 from pipeline.spec import RunSpec
 from pipeline.train.checkpoint import read_checkpoint
 from pipeline.train.engine import (
@@ -34,6 +35,7 @@ from pipeline.train.engine import (
     build_optimizer,
     build_scheduler,
     evaluate,
+    normalize,
     recalibrate_bn,
     train_one_epoch,
 )
@@ -164,15 +166,20 @@ def _train_unit(spec, data, shard, device, report, store, resume, logger, origin
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     history: list[dict[str, Any]] = []
-    resumed_from, started_at = None, time.time()
+    resumed_from, started_at, diag_start = None, time.time(), None
     saved = resume(key) if resume is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         history, resumed_from = saved["history"], len(saved["history"])
+        diag_start = saved.get("diag_start")
         for rec in history if logger else ():  # saved, but maybe cut off before it was logged
             logger.log(rec)
+    elif spec.diagnostics and isinstance(train, TensorData):  # the net as it starts: "epoch 0"
+        diag_start = _diagnostics(model, train, spec, mean, std, device)
+        if logger:
+            logger.log({"epoch": 0, **diag_start})
     start = len(history)
     if emit is not None:
         emit(UnitStarted(key=key, method=spec.method, seed=seed, done=start, epochs=cfg.epochs))
@@ -195,6 +202,8 @@ def _train_unit(spec, data, shard, device, report, store, resume, logger, origin
             for buf in model.buffers():
                 torch.distributed.broadcast(buf, src=0)
         rec.update(evaluate(model, val, mean, std, cfg.eval_batch_size, shard, device, "val", fast))
+        if spec.diagnostics and isinstance(train, TensorData):
+            rec.update(_diagnostics(model, train, spec, mean, std, device))
         rec.update(epoch=epoch + 1, lr=lr, epoch_time_s=time.perf_counter() - t0, timestamp_ms=int(time.time() * 1000))
         history.append(rec)
         state = None
@@ -202,9 +211,8 @@ def _train_unit(spec, data, shard, device, report, store, resume, logger, origin
             weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             if epoch + 1 == cfg.epochs and shard.rank == 0:
                 # finished: into the store before the barrier, so a cut-off job skips it
-                store.save(
-                    key, _record(spec, weights, history, resumed_from, started_at, pairing, origin, shard, device)
-                )
+                record = _record(spec, weights, history, resumed_from, started_at, pairing, origin, shard, device)
+                store.save(key, {**record, "diag_start": diag_start})
             elif epoch + 1 < cfg.epochs:
                 state = {
                     "key": key,
@@ -212,6 +220,7 @@ def _train_unit(spec, data, shard, device, report, store, resume, logger, origin
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "history": history,
+                    "diag_start": diag_start,
                 }
         if logger and store is None:  # nothing to resume from; and a search's report may end the trial
             logger.log(rec)
@@ -232,6 +241,12 @@ def _train_unit(spec, data, shard, device, report, store, resume, logger, origin
                     seconds=rec["epoch_time_s"],
                 )
             )
+
+
+def _diagnostics(model, train: TensorData, spec: RunSpec, mean, std, device) -> dict[str, float]:
+    """``pipeline.models.diagnostics`` on the first ``spec.diagnostics`` train images, unaugmented."""
+    probe = train.subset(torch.arange(min(spec.diagnostics, len(train))))
+    return diagnose(model, normalize(probe.images.to(device), mean, std), probe.labels.to(device))
 
 
 def _record(spec, weights, history, resumed_from, started_at, pairing, origin, shard, device) -> dict[str, Any]:

@@ -233,7 +233,26 @@ def _run_lanes(
     return [e for f in futures if (e := f.exception()) is not None]
 
 
-def _train(params: Params, job: TrainJob, data_dir: str | Path) -> int:
+def job_for(params: Params, todo: list[RunSpec], refs: dict[str, UnitRun], origin: dict[str, Any]) -> TrainJob:
+    """The job that trains ``todo``: its data where the workers read it (``compute.shared_data``), its MLflow
+    runs, and the checkpoints earlier jobs left of its units to resume from."""
+    data = shared(todo[0].dataset, params.compute.shared_data)
+    todo = [u.model_copy(update={"dataset": data}) for u in todo]
+    storage = storage_path(params.compute)
+    return TrainJob(
+        units=todo,
+        store=storage,
+        mlflow_uri=tracking.tracking_uri(),
+        runs={u.key(): refs[u.key()] for u in todo},
+        resume=resume_points(storage, data.name, [u.key() for u in todo]),
+        threads=params.compute.cpus_per_worker,
+        origin=origin,
+        fast_path=params.compute.fast_path,
+        system_metrics_s=params.mlflow.system_metrics_s,
+    )
+
+
+def train_on_ray(params: Params, job: TrainJob, data_dir: str | Path) -> int:
     """Train ``job``'s units on a Ray session, as many jobs side by side as fit; the number of jobs. Raises the
     first job's error. A unit that did not finish (an error, an interrupt, SIGTERM) has its run ended FAILED."""
     dataset = job.units[0].dataset.name
@@ -320,20 +339,7 @@ def train_dataset(
     )
     lanes_run = 0
     if todo:
-        data = shared(todo[0].dataset, params.compute.shared_data)  # where the workers read it
-        todo = [u.model_copy(update={"dataset": data}) for u in todo]
-        job = TrainJob(
-            units=todo,
-            store=storage,
-            mlflow_uri=tracking.tracking_uri(),
-            runs={u.key(): refs[u.key()] for u in todo},
-            resume=resume_points(storage, dataset, [u.key() for u in todo]),
-            threads=params.compute.cpus_per_worker,
-            origin={"git": git},
-            fast_path=params.compute.fast_path,
-            system_metrics_s=params.mlflow.system_metrics_s,
-        )
-        lanes_run = _train(params, job, data_dir)
+        lanes_run = train_on_ray(params, job_for(params, todo, refs, {"git": git}), data_dir)
 
     finals = {k: store.load(k) for k in keys}
     runs = {

@@ -1,0 +1,181 @@
+"""The attention study: where the paper's attention modules help, and why its multi-module network collapses.
+
+The paper describes attention modules after several convolutional layers, "repeated for subsequent attention
+modules" (Sec. 3.1), then says it "currently uses a single attention module at the end" and calls several
+modules future work (Sec. 7.2). The reproduction runs the one-module network (``placement: final``) because
+the Sec. 3.1 network stayed at chance here. This study asks why, and what small change makes it train:
+
+- **where the modules sit** (``SoftmaxAttention`` in ``pipeline.models.resnet``): ``final`` (one, Sec. 7.2),
+  ``stage`` (on the trunk after every stage, the literal Sec. 3.1), ``stage_branch`` (as many, but inside
+  the residual branch of each stage's last block, so the shortcut carries the features past the map),
+  ``block`` (in every block's branch, where SE and CBAM sit);
+- **how the sum-to-one map scales the features**: ``none`` (the literal x * map: a uniform map at HxW divides
+  the features by H*W, and three such modules in a row by 1024 * 256 * 64), ``hw`` (x * H*W*map, a uniform
+  map is the identity), ``residual`` (x * (1 + H*W*map)), ``gated`` (a learned gate from the identity);
+- **named variants** on top (``study.variants``): a softmax temperature, fixed or learned; the map conv's
+  random initialisation instead of zero (peaked maps from the first step); several maps per module.
+
+Every cell is the study method's net with the cell's model arguments and the method's recipe (``study.epochs``
+replacing its length, milestones scaled as the search does), trained for every seed of ``study.seeds``
+through the train stage's own Ray path (``pipeline.train.run.train_on_ray``): one MLflow run per (cell,
+seed) in the experiment ``<prefix>-<dataset>-study``, checkpoints every epoch, finished units kept in the unit
+store under their content key, so an interrupted study resumes and a study with one cell changed trains only
+that cell. Every unit records the collapse diagnostics (``pipeline.models.diagnostics``) before training and
+after every epoch. The cell's score is its test top-1 after the last epoch (the train stage's per-epoch
+``val_top1``, measured on the test split). ``results/study.json`` holds it all; the report's section "Where
+attention helps" (``pipeline.study_report``) reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline import tracking
+from pipeline.compute import check_workers_before_start, storage_path
+from pipeline.config import Params
+from pipeline.data.preprocess import load_manifest
+from pipeline.io import write_json
+from pipeline.models import create_model
+from pipeline.provenance import provenance
+from pipeline.spec import DataRef, RunSpec, build_spec, compressed, data_ref
+from pipeline.train.run import job_for, train_on_ray
+from pipeline.train.store import UnitStore
+
+log = logging.getLogger(__name__)
+HOW = "dvc exp run -S study.enabled=true"
+
+
+def study_specs(params: Params, data: DataRef) -> dict[str, dict[int, RunSpec]]:
+    """cell -> seed -> the unit it trains."""
+    s = params.study
+    recipe = params.recipe(s.method, data.name)
+    length = compressed(recipe, s.epochs) if s.epochs is not None else {}
+    return {
+        name: {
+            seed: build_spec(
+                params,
+                s.method,
+                data,
+                seed,
+                {**{f"args.{k}": v for k, v in args.items()}, **length},
+                diagnostics=s.diagnostics,
+            )
+            for seed in s.seeds
+        }
+        for name, args in s.cells().items()
+    }
+
+
+def _refs(params: Params, exp: str, specs: dict[str, dict[int, RunSpec]], commit: str) -> dict[str, tracking.UnitRun]:
+    """unit key -> its MLflow run: named and tagged by its cell (the first cell, when two cells are one unit)."""
+    out: dict[str, tracking.UnitRun] = {}
+    for cell, per_seed in specs.items():
+        for seed, u in per_seed.items():
+            tags = tracking.tags_for(
+                run_key=u.key(),
+                seed=seed,
+                cell=cell,
+                dataset=u.dataset.name,
+                stage="study",
+                study_method=u.method,
+                placement=u.model_args.get("placement"),
+                scaling=u.model_args.get("scaling"),
+                git_commit=commit,
+                data_sha256=u.dataset.sha256,
+            ) | tracking.source_tags("study", commit)
+            out.setdefault(u.key(), tracking.UnitRun(experiment_id=exp, name=f"{cell} seed {seed}", tags=tags))
+    return out
+
+
+def _unit_summary(record: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """What the report needs of one trained unit: its score, its curves and diagnostics, its pairing."""
+    hist = record["history"]
+    return {
+        "key": record["key"],
+        "test_top1": hist[-1]["val_top1"],
+        "diverged": not all(math.isfinite(h["train_loss"]) for h in hist),
+        "history": [{k: v for k, v in h.items() if k != "timestamp_ms"} for h in hist],
+        "diag_start": record.get("diag_start") or {},
+        "pairing": record.get("pairing") or {},
+        "images_per_s": statistics.median(h["images_per_s"] for h in hist),
+        "mlflow_run": run_id,
+    }
+
+
+def run_study(params: Params, dataset: str, data_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
+    """Train (or reuse) every (cell, seed) of ``params.study`` on ``dataset``; write what the report needs to
+    ``out_file``. When the study is off, write only that (and how to turn it on)."""
+    t0, s = time.time(), params.study
+    if not s.enabled:
+        out = {"enabled": False, "how": HOW}
+        write_json(out_file, out)
+        log.info("study@%s: off (study.enabled: false); to run it: %s", dataset, HOW)
+        return out
+    check_workers_before_start(params.compute)
+    specs = study_specs(params, data_ref(dataset, data_dir))
+    units = list({u.key(): u for per in specs.values() for u in per.values()}.values())
+    storage = storage_path(params.compute)
+    store = UnitStore(storage, dataset)
+    todo = [u for u in units if not store.has(u.key())]
+    c = tracking.client()
+    exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, f"{dataset}-study"))
+    for run_id in tracking.close_dead_runs(c, exp):
+        log.info("study@%s: MLflow run %s was left RUNNING by a process that died: marked FAILED", dataset, run_id)
+    git = provenance()["git"]
+    refs = _refs(params, exp, specs, git["commit"])
+    log.info(
+        "study@%s: %d cells x %d seeds = %d units, %d already in the unit store, %d to train",
+        dataset,
+        len(specs),
+        len(s.seeds),
+        len(units),
+        len(units) - len(todo),
+        len(todo),
+    )
+    if todo:
+        train_on_ray(params, job_for(params, todo, refs, {"git": git, "study": True}), data_dir)
+    records = {u.key(): store.load(u.key()) for u in units}
+    runs = {
+        u.key(): tracking.settle_unit_run(
+            c,
+            refs[u.key()],
+            {**u.model_dump(), "run_key": u.key()},
+            records[u.key()],
+            dataset={"name": u.dataset.name, "sha256": u.dataset.sha256, "source": u.dataset.path},
+        )
+        for u in units
+    }
+    man = load_manifest(data_dir)
+    out = {
+        "enabled": True,
+        "dataset": dataset,
+        "method": s.method,
+        "num_classes": man["num_classes"],
+        "num_test": sum(man["class_counts"]["test"]),
+        "epochs": next(iter(next(iter(specs.values())).values())).train.epochs,
+        "seeds": list(s.seeds),
+        "placements": list(s.placements),
+        "scalings": list(s.scalings),
+        "cells": {
+            name: {
+                "args": s.cells()[name],
+                "params": sum(
+                    p.numel() for p in create_model(per[s.seeds[0]].model, **per[s.seeds[0]].model_args).parameters()
+                ),
+                "seeds": {str(seed): _unit_summary(records[u.key()], runs[u.key()]) for seed, u in per.items()},
+            }
+            for name, per in specs.items()
+        },
+        "units_trained": len(todo),
+        "units_reused": len(units) - len(todo),
+        "margin": s.margin,
+        "wall_time_s": round(time.time() - t0, 1),
+        "mlflow_experiment": tracking.experiment_name(params.mlflow.experiment_prefix, f"{dataset}-study"),
+    }
+    write_json(out_file, out)
+    return out
