@@ -29,7 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import CifarDataCfg, ImageNetDataCfg  # noqa: E402
 from pipeline.data.cifar import CIFAR10, write_cifar_binary  # noqa: E402
-from pipeline.data.preprocess import fetch_dataset, load_split, preprocess_dataset  # noqa: E402
+from pipeline.data.fetch import fetch_dataset  # noqa: E402
+from pipeline.data.manifest import load_split  # noqa: E402
+from pipeline.data.preprocess import preprocess_dataset  # noqa: E402
 from tests.archives import CIFAR10_CLASSES, imagenet_official, md5  # noqa: E402
 
 

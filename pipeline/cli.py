@@ -69,14 +69,38 @@ def check_storage(params: Params) -> list[str]:
     return []
 
 
+class _Std(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout`` / ``sys.stderr`` is when a record comes (not when the handler
+    was made): tqdm's and pytest's redirections then just work."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name_ = name
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return getattr(sys, self.name_)
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler.__init__ sets it; the property decides
+        pass
+
+
+FORMAT = "%(message)s"  # the pipeline's lines start with their stage (``train@embedded: ...``), a unit or a worker
+
+
 def setup_logging() -> None:
-    """The pipeline's own lines (loggers under ``pipeline``) go to stdout as plain messages, once each; other
-    libraries keep Python's default (warnings and errors to stderr)."""
+    """The pipeline's own lines (loggers under ``pipeline``), once each: information to stdout, warnings and
+    errors to stderr, as plain messages in one format. Other libraries keep Python's default (warnings and
+    errors to stderr)."""
     root = logging.getLogger("pipeline")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(handler)
+    if not any(isinstance(h, _Std) for h in root.handlers):
+        out, err = _Std("stdout"), _Std("stderr")
+        out.addFilter(lambda r: r.levelno < logging.WARNING)
+        err.setLevel(logging.WARNING)
+        for h in (out, err):
+            h.setFormatter(logging.Formatter(FORMAT))
+            root.addHandler(h)
     root.setLevel(logging.INFO)
     root.propagate = False
 

@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.data.limits import Checksum
+
 PAPER_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours", "ablation")
 
 
@@ -100,8 +102,6 @@ class EmbeddedFetchCfg(Frozen):
 
 def _check_checksum(v: str | None) -> str | None:
     if v is not None:
-        from pipeline.data.download import Checksum
-
         Checksum.parse(v)
     return v
 

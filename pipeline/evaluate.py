@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline import serving, tracking
 from pipeline.config import EvaluateCfg
-from pipeline.data.preprocess import load_manifest, load_split
+from pipeline.data.manifest import load_manifest, load_split
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.models import SpatialSoftmax, create_model
 from pipeline.spec import RunSpec

@@ -90,7 +90,7 @@ def compressed(recipe: TrainCfg, epochs: int) -> dict[str, Any]:
 
 
 def data_ref(name: str, data_dir: str | Path) -> DataRef:
-    from pipeline.data.preprocess import load_manifest
+    from pipeline.data.manifest import load_manifest
 
     data_dir = Path(data_dir).resolve()
     man = load_manifest(data_dir)

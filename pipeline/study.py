@@ -38,7 +38,7 @@ from typing import Any
 from pipeline import tracking
 from pipeline.compute import check_workers_before_start, storage_path
 from pipeline.config import Params
-from pipeline.data.preprocess import load_manifest
+from pipeline.data.manifest import load_manifest
 from pipeline.io import write_json
 from pipeline.models import create_model
 from pipeline.provenance import provenance

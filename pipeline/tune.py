@@ -44,7 +44,7 @@ from pipeline import tracking
 from pipeline.cli import StageError
 from pipeline.compute import check_workers_before_start, ray_session, storage_path
 from pipeline.config import Params, SearchDim, TuneCfg, config_hash
-from pipeline.data.preprocess import load_manifest
+from pipeline.data.manifest import load_manifest
 from pipeline.io import write_json
 from pipeline.models import registry
 from pipeline.provenance import provenance

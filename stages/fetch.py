@@ -2,7 +2,7 @@
 
 from pipeline.cli import run_stage, usage
 from pipeline.config import ConfigError, Params
-from pipeline.data.preprocess import fetch_dataset
+from pipeline.data.fetch import fetch_dataset
 
 
 def main(params: Params, argv: list[str]) -> None:

@@ -16,7 +16,9 @@ import torch
 
 from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, EvaluateCfg, validate_params
 from pipeline.data.errors import DataError
-from pipeline.data.preprocess import fetch_dataset, load_manifest, load_split, preprocess_dataset
+from pipeline.data.fetch import fetch_dataset
+from pipeline.data.manifest import load_manifest, load_split
+from pipeline.data.preprocess import preprocess_dataset
 from pipeline.evaluate import evaluate_method, evaluate_unit, load_checkpoint
 from pipeline.provenance import provenance
 from pipeline.spec import RunSpec, build_spec, data_ref

@@ -12,7 +12,9 @@ import pytest
 from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg
 from pipeline.data.cifar import CIFAR10, read_cifar_binary, write_cifar10_binary
 from pipeline.data.embedded import make_embedded
-from pipeline.data.preprocess import fetch_dataset, load_manifest, load_split, preprocess_dataset
+from pipeline.data.fetch import fetch_dataset
+from pipeline.data.manifest import load_manifest, load_split
+from pipeline.data.preprocess import preprocess_dataset
 from pipeline.io import sha256_file
 
 FETCH = EmbeddedFetchCfg(seed=3, num_train=60, num_test=20)

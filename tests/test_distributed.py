@@ -14,7 +14,9 @@ import torch
 from pipeline import tracking
 from pipeline.compute import Workers, worker_env
 from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, validate_params
-from pipeline.data.preprocess import fetch_dataset, load_split, preprocess_dataset
+from pipeline.data.fetch import fetch_dataset
+from pipeline.data.manifest import load_split
+from pipeline.data.preprocess import preprocess_dataset
 from pipeline.profiles import main as profiles_main
 from pipeline.spec import build_spec, data_ref
 from pipeline.spec import shared as share

@@ -18,7 +18,9 @@ from pipeline.config import CifarDataCfg
 from pipeline.data.archives import UnsafeArchiveError, safe_extract
 from pipeline.data.cifar import CIFAR10, read_cifar_binary
 from pipeline.data.download import FetchError
-from pipeline.data.preprocess import fetch_dataset, load_split, preprocess_dataset
+from pipeline.data.fetch import fetch_dataset
+from pipeline.data.manifest import load_split
+from pipeline.data.preprocess import preprocess_dataset
 from tests.archives import cifar10_archive, cifar100_archive
 from tests.servers import S3_ENV, file_server, moto_s3
 

@@ -21,7 +21,9 @@ from pipeline.config import CifarDataCfg, ImageNetFetchCfg
 from pipeline.data.archives import UnsafeArchiveError
 from pipeline.data.download import FetchError
 from pipeline.data.errors import DataError
-from pipeline.data.preprocess import SOURCE, fetch_dataset, preprocess_dataset
+from pipeline.data.fetch import fetch_dataset
+from pipeline.data.manifest import SOURCE
+from pipeline.data.preprocess import preprocess_dataset
 from pipeline.io import sha256_file
 from pipeline.redact import redact, redact_url
 from tests.archives import cifar10_archive, cifar10_archive_with, gzip_bomb, imagenet_folders, md5
@@ -116,7 +118,7 @@ def test_a_non_tar_or_truncated_gzip_gets_a_message_not_a_traceback(tmp_path) ->
 
 
 def test_imagenet_members_larger_than_the_cap_are_refused_unread(tmp_path) -> None:
-    from pipeline.data.imagenet import index_source
+    from pipeline.data.imagenet_index import index_source
 
     imagenet_folders(tmp_path / "src", num_classes=2, train_per_class=2, val_per_class=1)
     big = next((tmp_path / "src/train").rglob("*.JPEG"))
@@ -188,7 +190,7 @@ def test_a_fetch_killed_with_sigkill_is_resumed_by_the_next_run_and_git_never_se
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     srv.behaviour.throttle = (16_384, 0.05)  # ~330 kB/s: about 4 s for the file
     fetch = cfg(f"{srv.url}/{NAME}", sum_).model_dump()
-    code = "import json, sys; from pipeline.config import CifarDataCfg; from pipeline.data.preprocess import "
+    code = "import json, sys; from pipeline.config import CifarDataCfg; from pipeline.data.fetch import "
     code += "fetch_dataset; fetch_dataset('c10', CifarDataCfg.model_validate(json.loads(sys.argv[1])), sys.argv[2])"
     p = subprocess.Popen([sys.executable, "-c", code, json.dumps(fetch), "data/raw/c10"], cwd=repo)
     part = repo / "data/raw/.c10.part"

@@ -13,8 +13,10 @@ from pipeline.config import ImageNetDataCfg
 from pipeline.data.archives import UnsafeArchiveError
 from pipeline.data.download import FetchError
 from pipeline.data.errors import DataError
-from pipeline.data.imagenet import ray_dataset
-from pipeline.data.preprocess import fetch_dataset, load_manifest, load_split, preprocess_dataset
+from pipeline.data.fetch import fetch_dataset
+from pipeline.data.jpeg import ray_dataset
+from pipeline.data.manifest import load_manifest, load_split
+from pipeline.data.preprocess import preprocess_dataset
 from tests.archives import imagenet_folders, imagenet_official, photo, upload_tree, wnids
 from tests.servers import S3_ENV, moto_s3
 
@@ -288,7 +290,7 @@ def test_held_out_train_images_are_evaluated_through_eval_view(tmp_path, cluster
     import ray.data
     from PIL import Image
 
-    from pipeline.data.imagenet import eval_view
+    from pipeline.data.jpeg import eval_view
 
     photo_folders(tmp_path / "src", SIZES[:5])
     man = run(tmp_path, cfg(str(tmp_path / "src"), resize=64, image_size=56))

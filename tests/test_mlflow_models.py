@@ -16,7 +16,9 @@ import yaml
 
 from pipeline import serving, tracking
 from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, EvaluateCfg, validate_params
-from pipeline.data.preprocess import fetch_dataset, load_split, preprocess_dataset
+from pipeline.data.fetch import fetch_dataset
+from pipeline.data.manifest import load_split
+from pipeline.data.preprocess import preprocess_dataset
 from pipeline.evaluate import evaluate_method, load_checkpoint
 from pipeline.io import read_json
 from pipeline.models import create_model

@@ -15,7 +15,7 @@ import torch
 import yaml
 from scipy import stats as sp
 
-from pipeline.data.preprocess import load_split
+from pipeline.data.manifest import load_split
 from tests.project import ROOT, TINY, make_project, mlflow_client, run
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,6 @@ with units done and an ETA), and the progress text where output is not a termina
 from __future__ import annotations
 
 import io
-import logging
 import re
 
 import pytest
@@ -14,9 +13,9 @@ from pipeline.progress import Bar, PlannedUnit, UnitProgress, eta
 
 
 @pytest.fixture
-def lines(caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.progress")
-    return lambda: [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
+def lines(capsys):
+    """The lines the pipeline printed (stdout; tqdm draws no bar where output is not a terminal)."""
+    return lambda: capsys.readouterr().out.splitlines()
 
 
 def _epoch(key: str, method: str, epoch: int, epochs: int = 2) -> EpochDone:

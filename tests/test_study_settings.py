@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, EmbeddedDataCfg, EmbeddedFetchCfg, validate_params
-from pipeline.data.preprocess import fetch_dataset, preprocess_dataset
+from pipeline.data.fetch import fetch_dataset
+from pipeline.data.preprocess import preprocess_dataset
 from pipeline.models.checks import validate_all
 from pipeline.spec import build_spec, data_ref
 from pipeline.study import study_specs

@@ -19,7 +19,8 @@ import pytest
 from pipeline import tracking
 from pipeline.compute import ray_session, storage_path
 from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, validate_params
-from pipeline.data.preprocess import fetch_dataset, preprocess_dataset
+from pipeline.data.fetch import fetch_dataset
+from pipeline.data.preprocess import preprocess_dataset
 from pipeline.spec import data_ref
 from pipeline.train.store import SearchCache
 from pipeline.tune import SearchError, search_key, trial_status, tune_dataset

@@ -28,167 +28,22 @@ import base64
 import hashlib
 import http.client
 import json
+import logging
 import os
 import socket
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pipeline.progress import Bar
 from pipeline.redact import redact, redact_url
 
-from .errors import DataError
+from .limits import Checksum, Limits, Meter, Retry, TooSlow, file_digests
+from .sources import CHUNK, FetchError, is_http, is_s3, s3_client, s3_error, split_s3
 
-CHUNK = 1 << 20
-ALGORITHMS = ("md5", "sha256")
-
-
-class FetchError(DataError):
-    """A download or copy that could not be completed and verified; nothing was left at the destination."""
-
-
-@dataclass(frozen=True)
-class Checksum:
-    algorithm: str  # md5 | sha256
-    hexdigest: str
-
-    @classmethod
-    def parse(cls, text: str) -> Checksum:
-        """``"md5:<32 hex>"`` or ``"sha256:<64 hex>"``."""
-        algo, _, digest = text.partition(":")
-        want = {"md5": 32, "sha256": 64}.get(algo)
-        if want is None or len(digest) != want or any(c not in "0123456789abcdef" for c in digest.lower()):
-            raise ValueError(f"checksum {text!r}: expected 'md5:<32 hex digits>' or 'sha256:<64 hex digits>'")
-        return cls(algo, digest.lower())
-
-    def __str__(self) -> str:
-        return f"{self.algorithm}:{self.hexdigest}"
-
-
-@dataclass(frozen=True)
-class Retry:
-    attempts: int = 5
-    backoff_s: float = 1.0  # sleep backoff_s * 2**i before attempt i+1, capped at 30 s
-    timeout_s: float = 60.0  # per connection/read
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_bytes: int | None = None  # None: no cap
-    deadline_s: float = 3600.0  # the whole fetch: every attempt and wait
-    min_rate_bytes_s: float = 0.0  # 0: off
-    rate_window_s: float = 60.0
-    setting: str = "datasets.<name>.fetch"  # where the user changes these, for the messages
-    cap_note: str = ""  # why the cap is what it is (e.g. the official file's known size)
-
-
-class _TooSlow(Exception):
-    """An attempt fell below the minimum rate; retried (resuming) while attempts and the deadline allow."""
-
-
-class Meter:
-    """One fetch's bytes and clock against its ``Limits``; raises ``FetchError`` (or ``_TooSlow``)."""
-
-    def __init__(self, limits: Limits, shown: str) -> None:
-        self.limits, self.shown = limits, shown
-        self.start = time.monotonic()
-        self.window: deque[tuple[float, int]] = deque()
-        self.attempt_start = self.start
-        self.received = 0
-
-    def remaining(self) -> float:
-        left = self.limits.deadline_s - (time.monotonic() - self.start)
-        if left <= 0:
-            raise FetchError(
-                f"{self.shown}: not finished within the deadline of {self.limits.deadline_s:g} s "
-                f"({self.received:,} bytes received); raise {self.limits.setting}.deadline_s for a slow link"
-            )
-        return left
-
-    def new_attempt(self) -> None:
-        self.attempt_start = time.monotonic()
-        self.window.clear()
-
-    def check_size(self, size: int, announced: bool) -> None:
-        cap = self.limits.max_bytes
-        if cap is not None and size > cap:
-            what = "announces" if announced else "sent more than"
-            raise FetchError(
-                f"{self.shown}: the source {what} {size:,} bytes, more than the {cap:,} allowed "
-                f"({self.limits.setting}.max_bytes{self.limits.cap_note}); nothing was kept"
-            )
-
-    def add(self, n: int, total: int) -> None:
-        """``n`` more bytes arrived; ``total`` is the file's size so far."""
-        self.received += n
-        self.check_size(total, announced=False)
-        self.remaining()
-        if not self.limits.min_rate_bytes_s:
-            return
-        now = time.monotonic()
-        self.window.append((now, total))
-        while len(self.window) > 2 and self.window[1][0] <= now - self.limits.rate_window_s:
-            self.window.popleft()
-        t0, b0 = self.window[0]
-        if now - self.attempt_start >= self.limits.rate_window_s and now > t0:
-            rate = (total - b0) / (now - t0)
-            if rate < self.limits.min_rate_bytes_s:
-                raise _TooSlow(
-                    f"{rate:,.0f} bytes/s over the last {now - t0:.0f} s, below {self.limits.setting}."
-                    f"min_rate_bytes_s = {self.limits.min_rate_bytes_s:g} (over rate_window_s = "
-                    f"{self.limits.rate_window_s:g} s)"
-                )
-
-
-def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-
-def is_http(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise FetchError(f"{uri}: not an S3 URI; expected s3://bucket/key")
-    return bucket, key
-
-
-def s3_client():
-    """A boto3 S3 client from the standard AWS settings (and ``AWS_ENDPOINT_URL``, which boto3 reads itself).
-
-    A new session each time: the environment is read now, not when some earlier client was made."""
-    import boto3
-
-    return boto3.session.Session().client("s3")
-
-
-def s3_error(uri: str, e: Exception) -> FetchError:
-    """Turn a botocore error into a message that says what to check."""
-    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
-
-    if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
-        return FetchError(
-            f"{uri}: no AWS credentials found ({e}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
-            "(and AWS_ENDPOINT_URL for an S3-compatible store)"
-        )
-    if isinstance(e, ClientError):
-        code = str(e.response.get("Error", {}).get("Code", "?"))
-        if code in ("404", "NoSuchKey", "NotFound"):
-            return FetchError(f"{uri}: no such key in the bucket (S3 {code}); check the bucket, key and endpoint")
-        if code in ("NoSuchBucket",):
-            return FetchError(f"{uri}: no such bucket (S3 {code}); check the bucket name and AWS_ENDPOINT_URL")
-        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return FetchError(f"{uri}: access denied (S3 {code}); check the credentials and the bucket policy")
-        return FetchError(f"{uri}: S3 error {code}: {e}")
-    return FetchError(f"{uri}: {type(e).__name__}: {e}")
+log = logging.getLogger(__name__)
 
 
 def _bar(label: str, total: int | None, done: int = 0) -> Bar:
@@ -203,7 +58,7 @@ def _retryable_http(e: Exception) -> bool:
     if isinstance(e, urllib.error.HTTPError):
         return e.code >= 500 or e.code in (408, 429)
     return isinstance(
-        e, (_TooSlow, urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, OSError)
+        e, (TooSlow, urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, OSError)
     )
 
 
@@ -252,13 +107,13 @@ def _http_attempt(url: str, part: Path, retry: Retry, meter: Meter, progress_lab
         raise http.client.IncompleteRead(b"", expected - got)
 
 
-def _download_http(url: str, part: Path, retry: Retry, meter: Meter, label: str, log: Callable[[str], None]) -> None:
+def _download_http(url: str, part: Path, retry: Retry, meter: Meter, label: str) -> None:
     shown = redact_url(url)
     last: Exception | None = None
     for attempt in range(retry.attempts):
         if attempt:
             delay = min(retry.backoff_s * 2 ** (attempt - 1), 30.0, meter.remaining())
-            log(f"{shown}: attempt {attempt} failed ({redact(str(last))}); retrying in {delay:.1f} s")
+            log.warning("%s: attempt %d failed (%s); retrying in %.1f s", shown, attempt, redact(str(last)), delay)
             time.sleep(delay)
         try:
             _http_attempt(url, part, retry, meter, label)
@@ -320,15 +175,6 @@ def _copy_local(src: str, part: Path, meter: Meter, label: str) -> None:
     prog.close()
 
 
-def file_digests(path: str | Path, algorithms: tuple[str, ...] = ALGORITHMS) -> dict[str, str]:
-    hs = {a: hashlib.new(a) for a in algorithms}
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            for h in hs.values():
-                h.update(block)
-    return {a: h.hexdigest() for a, h in hs.items()}
-
-
 def _resumable(partial: Path, source: str, checksum: Checksum) -> bool:
     """Whether ``partial`` holds the start of this very download (same source and checksum), left by a run
     that was killed; anything else there is removed."""
@@ -355,7 +201,6 @@ def fetch_file(
     checksum: Checksum,
     retry: Retry = Retry(),
     limits: Limits = Limits(),
-    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
     partial: str | Path | None = None,
 ) -> dict[str, str]:
     """Fetch ``source`` to ``dest``, verified against ``checksum``; returns the file's md5 and sha256.
@@ -369,9 +214,11 @@ def fetch_file(
     try:
         for resumed in (_resumable(partial, source, checksum), False):
             if resumed:
-                log(f"{shown}: resuming the {partial.stat().st_size:,} bytes a killed run left in {partial}")
+                log.info(
+                    "%s: resuming the %s bytes a killed run left in %s", shown, f"{partial.stat().st_size:,}", partial
+                )
             if is_http(source):
-                _download_http(source, partial, retry, meter, label, log)
+                _download_http(source, partial, retry, meter, label)
             elif is_s3(source):
                 _download_s3(source, partial, meter, label)
             elif "://" in source and not source.startswith("file://"):
@@ -382,7 +229,9 @@ def fetch_file(
             if digests[checksum.algorithm] == checksum.hexdigest:
                 break
             if resumed:  # the kept start may be what is wrong: once more from byte 0
-                log(f"{shown}: the resumed file does not match {checksum}; downloading it again from the start")
+                log.warning(
+                    "%s: the resumed file does not match %s; downloading it again from the start", shown, checksum
+                )
                 _drop(partial)
                 _resumable(partial, source, checksum)
                 continue

@@ -9,11 +9,14 @@ manifest is uploaded last and marks the copy complete: an interrupted upload is 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pipeline.io import filesystem, join
 
-from .preprocess import MANIFEST
+from .manifest import MANIFEST
+
+log = logging.getLogger(__name__)
 
 
 def shared_uri(root: str, dataset: str, sha256: str) -> str:
@@ -36,5 +39,5 @@ def publish(data_dir: str | Path, root: str, dataset: str, sha256: str) -> str:
     for p in [*files, local / MANIFEST]:  # the manifest last: its presence means the copy is whole
         dst = join(dest, p.relative_to(local).as_posix())
         pafs.copy_files(str(p.resolve()), dst, source_filesystem=here, destination_filesystem=fs)
-    print(f"published {local} to {uri} ({len(files) + 1} files) for the workers", flush=True)
+    log.info("published %s to %s (%d files) for the workers", local, uri, len(files) + 1)
     return uri

@@ -85,7 +85,7 @@ class TensorData:
 @dataclass(frozen=True)
 class StreamData:
     """This rank's shard of a split streamed by Ray Data (``ray.train.get_dataset_shard``), decoded -- and
-    for training, augmented -- by Ray Data tasks (see ``pipeline.data.imagenet.ray_dataset``)."""
+    for training, augmented -- by Ray Data tasks (see ``pipeline.data.jpeg.ray_dataset``)."""
 
     shard: Any  # ray.data.DataIterator yielding {"image": (B, H, W, 3) uint8, "label": (B,) int64}
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from pipeline.config import FastPathCfg, config_hash
-from pipeline.data.preprocess import load_split
+from pipeline.data.manifest import load_split
 from pipeline.events import Emit, EpochDone, UnitStarted
 from pipeline.io import filesystem, join
 from pipeline.models import backbone_digest, create_model

@@ -137,8 +137,8 @@ def _with_scheme(uri: str, path: str) -> str:
 
 def streamed_datasets(data_dir: str) -> dict[str, Any]:
     """Ray Datasets for a JPEG data set ({} for in-memory formats): augmented train, plain test."""
-    from pipeline.data.imagenet import ray_dataset
-    from pipeline.data.preprocess import load_manifest
+    from pipeline.data.jpeg import ray_dataset
+    from pipeline.data.manifest import load_manifest
 
     man = load_manifest(data_dir)
     if man.get("format") != "jpeg":
@@ -147,7 +147,7 @@ def streamed_datasets(data_dir: str) -> dict[str, Any]:
 
 
 def streaming(data_dir: str | Path) -> bool:
-    from pipeline.data.preprocess import load_manifest
+    from pipeline.data.manifest import load_manifest
 
     return load_manifest(data_dir).get("format") == "jpeg"
 
