@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline import serving, tracking
 from pipeline.config import EvaluateCfg
-from pipeline.data.manifest import load_manifest, load_split
+from pipeline.data.manifest import Manifest, load_manifest, load_split
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.models import SpatialSoftmax, create_model
 from pipeline.spec import RunSpec
@@ -79,7 +79,7 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.T
 
 def evaluate_unit(
     unit_dir: Path,
-    man: dict[str, Any],
+    man: Manifest,
     test: TensorData,
     test_hwc: np.ndarray,
     cfg: EvaluateCfg,
@@ -89,10 +89,10 @@ def evaluate_unit(
     """Evaluate the unit in ``unit_dir`` (model.pt as the train stage writes it); write its attention picture
     (if it has attention) and summary to ``out_dir`` and its confusion CSV; return its metrics."""
     model, spec, ck = load_checkpoint(unit_dir / "model.pt")
-    if man["data_sha256"] != spec.dataset.sha256:
+    if man.data_sha256 != spec.dataset.sha256:
         raise ValueError(
             f"{unit_dir}/model.pt was trained on data {spec.dataset.sha256[:12]}, but the test set is "
-            f"{man['data_sha256'][:12]}: re-run the train stage"
+            f"{man.data_sha256[:12]}: re-run the train stage"
         )
     mean, std = torch.tensor(spec.dataset.mean), torch.tensor(spec.dataset.std)
     t0 = time.perf_counter()
@@ -117,7 +117,7 @@ def evaluate_unit(
         from pipeline.plots import attention_grid, save
 
         names = [f"{name} ({m.shape[-2]}x{m.shape[-1]})" for name, m in maps]
-        titles = [f"{man['classes'][int(y[i])]} -> {man['classes'][int(pred[i])]}" for i in range(n)]
+        titles = [f"{man.classes[int(y[i])]} -> {man.classes[int(pred[i])]}" for i in range(n)]
         fig = attention_grid(
             test_hwc[:n],
             [m[:, 0].numpy() for _, m in maps],
@@ -138,7 +138,7 @@ def evaluate_unit(
     with open(confusion_file, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["actual", "predicted"])
-        w.writerows((man["classes"][int(a)], man["classes"][int(p)]) for a, p in zip(y, pred, strict=True))
+        w.writerows((man.classes[int(a)], man.classes[int(p)]) for a, p in zip(y, pred, strict=True))
     return metrics
 
 
@@ -184,7 +184,7 @@ def evaluate_method(
                 m = metrics[src.parent.name][src.name]
             metrics.setdefault(rel.parent.name, {})[rel.name] = m
         c = tracking.client()
-        for rel, model in _publish(c, method_dir, places, te.images, man["classes"]).items():
+        for rel, model in _publish(c, method_dir, places, te.images, man.classes).items():
             write_json(tmp / rel / "mlflow_model.json", model)
     write_json(metrics_file, metrics)
 

@@ -37,6 +37,7 @@ from matplotlib.ticker import MaxNLocator
 from pipeline import tracking
 from pipeline.analysis import ComparisonResult, MethodResult, comparisons, method_result
 from pipeline.config import Params, config_hash
+from pipeline.data.manifest import Manifest, load_manifest
 from pipeline.io import read_json, write_json
 from pipeline.paper import CLAIMS, COLUMN_OF_KIND, COLUMNS, PUBLISHED, TABLE_NAMES
 from pipeline.plots import plt, save
@@ -91,9 +92,9 @@ def read_curves(results: Path, params: Params, dataset: str) -> dict[str, dict[i
 # Words around the tables
 
 
-def data_line(dataset: str, kind: str, man: dict[str, Any]) -> str:
+def data_line(dataset: str, kind: str, man: Manifest) -> str:
     """What the data set is, and whether it is the published file (only when the published checksum matched)."""
-    origin = man.get("source_origin") or {}
+    origin = man.source_origin
     if kind == "embedded":
         what = (
             "the embedded cluttered-glyphs set (synthetic, made from a seed; NOT CIFAR or ImageNet, so its "
@@ -110,25 +111,25 @@ def data_line(dataset: str, kind: str, man: dict[str, Any]) -> str:
             else f"ImageNet-format images from `{origin.get('source', '?')}`, NOT verified as the official ILSVRC2012 "
             "archives (no published checksum matched); test split = its val/ folder"
         )
-    prep = man.get("preprocess", {})
+    prep = man.preprocess
     subset = {k: v for k, v in prep.get("subset", {}).items() if v is not None}
     if subset or prep.get("classes") is not None:
         what += (
             f", A SUBSET (per class: {subset or 'all'}; classes: {prep.get('classes') or 'all'}), so its numbers are "
             "not comparable with the paper's"
         )
-    counts = {k: sum(v) for k, v in man["class_counts"].items()}
+    counts = {k: sum(v) for k, v in man.class_counts.items()}
     return (
         f"Data: `{dataset}` = {what}; {counts.get('train')} train / {counts.get('test')} test images, "
-        f"{man['num_classes']} classes; {_sources(man)}."
+        f"{man.num_classes} classes; {_sources(man)}."
     )
 
 
-def _official_or_not(name: str, origin: dict[str, Any], man: dict[str, Any]) -> str:
+def _official_or_not(name: str, origin: dict[str, Any], man: Manifest) -> str:
     published = str(origin.get("published", "")).removeprefix("md5:")
     if origin.get("official"):
         return f"{name}, the official binary archive (its md5 matches the published `{published}`)"
-    actual = next(iter((man.get("source_files") or {}).values()), {}).get("md5", "?")
+    actual = next(iter(man.source_files.values()), {}).get("md5", "?")
     return (
         f"a {name}-format archive from `{origin.get('source', '?')}` that is NOT the published file (its md5 "
         f"`{actual}` differs from the published `{published or '?'}`; it was verified only against "
@@ -136,14 +137,14 @@ def _official_or_not(name: str, origin: dict[str, Any], man: dict[str, Any]) -> 
     )
 
 
-def _sources(man: dict[str, Any]) -> str:
+def _sources(man: Manifest) -> str:
     """The source checksums, as the fetch stage verified them."""
-    files = man.get("source_files") or {}
+    files = man.source_files
     named = [
         f"`{name}` " + ", ".join(f"{k} `{v}`" for k, v in sums.items() if k in ("md5", "sha256"))
         for name, sums in files.items()
     ]
-    return "source " + "; ".join(named) if named else f"source index sha256 `{man['source_sha256']}`"
+    return "source " + "; ".join(named) if named else f"source index sha256 `{man.source_sha256}`"
 
 
 def settings_line(params: Params, units: dict[str, dict[int, dict[str, Any]]]) -> str:
@@ -343,7 +344,7 @@ def _twins(results: dict[str, MethodResult]) -> list[str]:
 
 def dataset_report(params: Params, dataset: str, results: Path, data_root: Path) -> dict[str, Any]:
     """The markdown section, CSV rows and summary of one data set."""
-    man = read_json(data_root / dataset / "manifest.json")
+    man = load_manifest(data_root / dataset)
     tuned = read_json(results / dataset / "tune.json")["methods"]
     kind = params.dataset(dataset).kind
     column = COLUMN_OF_KIND.get(kind)
@@ -352,9 +353,9 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
     lines += ["", STATS_LINE, ""]
     rows, summary, metrics = [], {}, {}
     for track, by_method in units.items():
-        results_t = {m: method_result(params, m, u, man["num_classes"]) for m, u in by_method.items()}
+        results_t = {m: method_result(params, m, u, man.num_classes) for m, u in by_method.items()}
         marks = {m: "NOT SEARCHED" for m in params.grid.methods if track == "searched" and m not in tuned}
-        text, comps = track_section(params, track, results_t, column, marks, man["num_classes"])
+        text, comps = track_section(params, track, results_t, column, marks, man.num_classes)
         if track != "recipe" and _same_units(units[track], units["recipe"]):
             text = [
                 f"### Every method {TRACK_TITLES[track]}",
@@ -364,14 +365,14 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
                 "",
             ]
         lines += text
-        rows += csv_rows(dataset, track, results_t, comps, column, marks, man["num_classes"])
+        rows += csv_rows(dataset, track, results_t, comps, column, marks, man.num_classes)
         summary[track] = summary_of(results_t, comps)
         metrics[track] = {m: {k: summary[track][m][k] for k in METRIC_FIELDS} for m in results_t}
     if column is None:
         lines += ["The paper columns are its claims on CIFAR/ImageNet, for reference only: this data set is none.", ""]
     if tuned:
         lines += ["### The search: budget and outcome (Ray Tune, ASHA; held-out part of train)", ""]
-        lines += [*search_lines(params, tuned, man["num_classes"]), ""]
+        lines += [*search_lines(params, tuned, man.num_classes), ""]
     lines += registry_lines(params, results, dataset)
     return {
         "text": "\n".join(lines),
@@ -577,7 +578,7 @@ def _attention_picture(params: Params, results: Path, dataset: str) -> Path | No
     return None
 
 
-def write_figures(params: Params, results: Path, dataset: str, man: dict[str, Any], fig_dir: Path) -> list[str]:
+def write_figures(params: Params, results: Path, dataset: str, man: Manifest, fig_dir: Path) -> list[str]:
     """Draw ``dataset``'s pictures into ``fig_dir`` (curves, a confusion matrix per method, the attention maps);
     return the markdown that shows them, paths relative to the report."""
     seeds = list(params.grid.seeds)
@@ -596,10 +597,10 @@ def write_figures(params: Params, results: Path, dataset: str, man: dict[str, An
     ]
     pictures = []
     for m in params.grid.methods:
-        counts = confusion_counts(results, dataset, m, seeds, man["classes"])
+        counts = confusion_counts(results, dataset, m, seeds, man.classes)
         label = params.method(m).label
         title = f"{label} on {dataset}\ntest split, {len(seeds)} seeds summed"
-        save(confusion_figure(counts, man["classes"], title), fig_dir / "confusion" / f"{dataset}-{m}.png")
+        save(confusion_figure(counts, man.classes, title), fig_dir / "confusion" / f"{dataset}-{m}.png")
         pictures.append(f"![confusion matrix of {label} on {dataset}](figures/confusion/{dataset}-{m}.png)")
     lines += [" ".join(pictures), ""]
     attention = _attention_picture(params, results, dataset)
@@ -744,11 +745,11 @@ def _study(results: Path) -> dict[str, Any]:
 def _provenance(results: Path, dataset: str, section: dict[str, Any]) -> dict[str, Any]:
     man = section["manifest"]
     return {
-        "source_sha256": man["source_sha256"],
-        "source_files": man.get("source_files"),
-        "source_origin": man.get("source_origin"),
-        "data_sha256": man["data_sha256"],
-        "parquet": man["files"],
+        "source_sha256": man.source_sha256,
+        "source_files": man.source_files or None,
+        "source_origin": man.source_origin or None,
+        "data_sha256": man.data_sha256,
+        "parquet": man.files,
         "train_wall_time_s": read_json(results / dataset / "train_metrics.json")["wall_time_s"],
         "units": {
             f"{track}/{m}/seed{s}": u["spec"]

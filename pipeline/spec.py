@@ -97,10 +97,10 @@ def data_ref(name: str, data_dir: str | Path) -> DataRef:
     return DataRef(
         name=name,
         path=str(data_dir),
-        sha256=man["data_sha256"],
-        num_classes=man["num_classes"],
-        mean=man["mean"],
-        std=man["std"],
+        sha256=man.data_sha256,
+        num_classes=man.num_classes,
+        mean=man.mean,
+        std=man.std,
     )
 
 

@@ -51,7 +51,7 @@ from pipeline.provenance import provenance
 from pipeline.redact import safe_env
 from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, compressed, data_ref, shared
 from pipeline.stats import binomial_margin, near_chance
-from pipeline.train.store import SearchCache
+from pipeline.train.store import KeyedStore
 
 METRIC = "val_top1"
 log = logging.getLogger(__name__)
@@ -496,6 +496,20 @@ def tune_dataset(params: Params, dataset: str, data_dir: str | Path, out_file: s
     return out
 
 
+class SearchCache(KeyedStore):
+    """Finished searches, kept in the run storage under their content key (``search_key``): best values and
+    every trial's outcome."""
+
+    def __init__(self, storage_path: str, dataset: str):
+        super().__init__(storage_path, "tune-cache", dataset, ".json")
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return json.loads(self.read(key)) if self.has(key) else None
+
+    def put(self, key: str, result: dict[str, Any]) -> None:
+        self.write(key, json.dumps(result, indent=2, default=str).encode())
+
+
 def _reusable(hit: dict[str, Any], t: TuneCfg) -> bool:
     """Whether a cached search stands under these settings: one that excluded crashed trials does not
     under ``on_trial_error: fail``, which would have failed on them (it is searched again, and fails)."""
@@ -504,7 +518,7 @@ def _reusable(hit: dict[str, Any], t: TuneCfg) -> bool:
 
 def _search_all(params: Params, dataset: str, data_dir: str | Path) -> dict[str, Any]:
     data = data_ref(dataset, data_dir)
-    n_train = sum(load_manifest(data_dir)["class_counts"]["train"])
+    n_train = load_manifest(data_dir).num_train
     n_val = max(1, int(n_train * params.tune.val_fraction))  # as pipeline.train.loop.load_data holds out
     cache = SearchCache(storage_path(params.compute), dataset)
     keys = {m: search_key(params, m, data) for m in params.searched}

@@ -22,9 +22,9 @@ from pipeline.data.preprocess import preprocess_dataset
 from pipeline.evaluate import evaluate_method, evaluate_unit, load_checkpoint
 from pipeline.provenance import provenance
 from pipeline.spec import RunSpec, build_spec, data_ref
-from pipeline.train.checkpoint import CheckpointError, read_checkpoint
+from pipeline.train.checkpoint import STATE_FILE, CheckpointError, load_state, read_checkpoint
 from pipeline.train.engine import Shard, TensorData
-from pipeline.train.loop import STATE_FILE, load_state, train_units
+from pipeline.train.loop import train_units
 from pipeline.train.run import _write_unit
 from pipeline.train.store import UnitStore
 

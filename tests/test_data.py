@@ -88,11 +88,11 @@ def test_preprocess_writes_parquet_stats_and_checksums(tmp_path) -> None:
     np.testing.assert_array_equal(tr.images, orig[0])
     np.testing.assert_array_equal(tr.labels, orig[1])
     x = orig[0].reshape(-1, 3) / 255.0
-    np.testing.assert_allclose(man["mean"], x.mean(0), atol=1e-6)
-    np.testing.assert_allclose(man["std"], x.std(0), atol=1e-6)
-    assert man["source_sha256"] == src["sha256"]
-    assert man["files"]["test"]["sha256"] == sha256_file(tmp_path / "proc" / "test.parquet")
-    assert load_manifest(tmp_path / "proc")["num_classes"] == 10
+    np.testing.assert_allclose(man.mean, x.mean(0), atol=1e-6)
+    np.testing.assert_allclose(man.std, x.std(0), atol=1e-6)
+    assert man.source_sha256 == src["sha256"]
+    assert man.files["test"]["sha256"] == sha256_file(tmp_path / "proc" / "test.parquet")
+    assert load_manifest(tmp_path / "proc").num_classes == 10
 
 
 def test_preprocess_refuses_a_changed_archive_and_leaves_nothing(tmp_path) -> None:

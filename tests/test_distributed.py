@@ -20,8 +20,8 @@ from pipeline.data.preprocess import preprocess_dataset
 from pipeline.profiles import main as profiles_main
 from pipeline.spec import build_spec, data_ref
 from pipeline.spec import shared as share
-from pipeline.train.loop import STATE_FILE, UNIT_FILE, load_state
-from pipeline.train.run import lane_count, resume_points, split_lanes
+from pipeline.train.checkpoint import STATE_FILE, UNIT_FILE, load_state, resume_points
+from pipeline.train.run import lane_count, split_lanes
 from tests.servers import S3_ENV, moto_s3
 
 CFG = EmbeddedDataCfg(kind="embedded", fetch=EmbeddedFetchCfg(seed=3, num_train=60, num_test=20))

@@ -50,8 +50,8 @@ def test_http_fetch_verifies_then_preprocess_reads_the_real_format(tmp_path, ser
     assert src["md5"] == md5.removeprefix("md5:") and src["origin"]["verified_against"] == md5
     assert (tmp_path / "raw" / NAME).is_file() and leftovers(tmp_path) == ["raw"]
     man = preprocess_dataset(tmp_path / "raw", tmp_path / "proc")
-    assert man["classes"][0] == "airplane" and man["class_counts"]["train"] == [40] * 10
-    assert man["source_files"][NAME]["md5"] == md5.removeprefix("md5:")
+    assert man.classes[0] == "airplane" and man.class_counts["train"] == [40] * 10
+    assert man.source_files[NAME]["md5"] == md5.removeprefix("md5:")
     expect, _ = read_cifar_binary(tmp_path / "srv" / NAME, CIFAR10)
     np.testing.assert_array_equal(load_split(tmp_path / "proc", "train").images, expect["train"].images)
 
@@ -162,7 +162,7 @@ def test_s3_fetch_cifar100_and_its_fine_labels(tmp_path, s3) -> None:
     s3.upload_file(str(tmp_path / "c100.tar.gz"), "datasets", "cifar/cifar-100-binary.tar.gz")
     fetch_dataset("c100", cfg("s3://datasets/cifar/cifar-100-binary.tar.gz", md5, kind="cifar100"), tmp_path / "raw")
     man = preprocess_dataset(tmp_path / "raw", tmp_path / "proc")
-    assert man["num_classes"] == 100 and man["classes"][7] == "fine_07"
+    assert man.num_classes == 100 and man.classes[7] == "fine_07"
     labels = load_split(tmp_path / "proc", "train").labels
     assert labels.tolist() == [i % 100 for i in range(200)]  # the fine label (byte 2), not the coarse one
 

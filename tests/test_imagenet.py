@@ -14,8 +14,7 @@ from pipeline.data.archives import UnsafeArchiveError
 from pipeline.data.download import FetchError
 from pipeline.data.errors import DataError
 from pipeline.data.fetch import fetch_dataset
-from pipeline.data.jpeg import ray_dataset
-from pipeline.data.manifest import load_manifest, load_split
+from pipeline.data.manifest import load_manifest, load_split, ray_dataset
 from pipeline.data.preprocess import preprocess_dataset
 from tests.archives import imagenet_folders, imagenet_official, photo, upload_tree, wnids
 from tests.servers import S3_ENV, moto_s3
@@ -58,20 +57,20 @@ def test_official_files_from_a_folder(tmp_path, cluster) -> None:
     sums = imagenet_official(tmp_path / "src", num_classes=3, train_per_class=4, val_per_class=2)
     man = run(tmp_path, cfg(str(tmp_path / "src"), fetch={"checksums": sums}))
     cls = wnids(3)
-    assert [c["wnid"] for c in man["class_info"]] == cls and man["classes"][0] == f"class {cls[0]}, words"
-    assert [c["ilsvrc_id"] for c in man["class_info"]] == [1, 2, 3]  # the parent synset is not a class
-    assert man["class_counts"] == {"train": [4, 4, 4], "test": [2, 2, 2]}
-    assert {k: "md5:" + v["md5"] for k, v in man["source_files"].items()} == sums
+    assert [c["wnid"] for c in man.class_info] == cls and man.classes[0] == f"class {cls[0]}, words"
+    assert [c["ilsvrc_id"] for c in man.class_info] == [1, 2, 3]  # the parent synset is not a class
+    assert man.class_counts == {"train": [4, 4, 4], "test": [2, 2, 2]}
+    assert {k: "md5:" + v["md5"] for k, v in man.source_files.items()} == sums
     # val labels come from the devkit's ground truth: image i has ILSVRC2012_ID 1 + (i-1) % 3
-    test = pq.read_table([tmp_path / "proc" / s["path"] for s in man["files"]["test"]["shards"]]).to_pylist()
+    test = pq.read_table([tmp_path / "proc" / s["path"] for s in man.files["test"]["shards"]]).to_pylist()
     for r in test:
         assert r["label"] == (int(r["name"][15:23]) - 1) % 3
-    assert sum(f["rows"] for f in man["files"]["train"]["shards"]) == 12 and len(man["files"]["train"]["shards"]) == 3
+    assert sum(f["rows"] for f in man.files["train"]["shards"]) == 12 and len(man.files["train"]["shards"]) == 3
     tr = load_split(tmp_path / "proc", "train")
     assert tr.images.shape == (12, 32, 32, 3) and tr.images.dtype == np.uint8
     x = tr.images.reshape(-1, 3) / 255.0
-    np.testing.assert_allclose(man["mean"], x.mean(0), atol=1e-5)  # stats are of what training sees
-    np.testing.assert_allclose(man["std"], x.std(0), atol=1e-5)
+    np.testing.assert_allclose(man.mean, x.mean(0), atol=1e-5)  # stats are of what training sees
+    np.testing.assert_allclose(man.std, x.std(0), atol=1e-5)
 
 
 def test_official_checksums_are_pinned_and_checked(tmp_path, cluster) -> None:
@@ -88,9 +87,9 @@ def test_folders_from_s3_match_the_ray_data_reader_and_subset(tmp_path, cluster)
     upload_tree(tmp_path / "src", cluster, "inet", "ilsvrc")
     c = cfg("s3://inet/ilsvrc", classes=3, subset={"train": 3, "test": 0.5})
     man = run(tmp_path, c)
-    assert [c["wnid"] for c in man["class_info"]] == cls[:3] and man["classes"] == cls[:3]  # no names: wnids
-    assert man["class_counts"] == {"train": [3, 3, 3], "test": [1, 1, 1]}
-    names = pq.read_table(tmp_path / "proc" / man["files"]["train"]["shards"][0]["path"]).column("name").to_pylist()
+    assert [c["wnid"] for c in man.class_info] == cls[:3] and man.classes == cls[:3]  # no names: wnids
+    assert man.class_counts == {"train": [3, 3, 3], "test": [1, 1, 1]}
+    names = pq.read_table(tmp_path / "proc" / man.files["train"]["shards"][0]["path"]).column("name").to_pylist()
     assert names[:3] == [f"{cls[0]}_{k}.JPEG" for k in (1, 2, 3)]  # the first N per class, in name order
     # the same shards, read back through Ray Data (as a cluster would, from S3), give the same inputs
     upload_tree(tmp_path / "proc", cluster, "inet", "processed")
@@ -110,8 +109,8 @@ def test_a_missing_class_is_an_error_or_skipped_and_counted(tmp_path, cluster) -
         run(tmp_path, cfg(str(tmp_path / "src")))
     assert not (tmp_path / "proc").exists()
     man = run(tmp_path, cfg(str(tmp_path / "src"), on_missing_class="skip"), tag="2")
-    assert man["missing_classes"] == [cls[1]] and man["classes"] == [cls[0], cls[2]]
-    assert man["class_counts"]["train"] == [4, 4]
+    assert man.missing_classes == [cls[1]] and man.classes == [cls[0], cls[2]]
+    assert man.class_counts["train"] == [4, 4]
 
 
 def test_a_corrupt_jpeg_is_skipped_and_counted_or_rejected(tmp_path, cluster, capsys) -> None:
@@ -120,12 +119,12 @@ def test_a_corrupt_jpeg_is_skipped_and_counted_or_rejected(tmp_path, cluster, ca
     bad.write_bytes(bad.read_bytes()[:200])  # truncated mid-scan
     (tmp_path / "src" / "train" / cls[1] / "garbage.JPEG").write_bytes(b"not a jpeg at all")
     man = run(tmp_path, cfg(str(tmp_path / "src")))
-    assert man["skipped_images"]["count"] == 2
-    assert sorted(i["name"] for i in man["skipped_images"]["images"]) == [
+    assert man.skipped_images["count"] == 2
+    assert sorted(i["name"] for i in man.skipped_images["images"]) == [
         f"train/{cls[0]}/{cls[0]}_2.JPEG",
         f"train/{cls[1]}/garbage.JPEG",
     ]
-    assert man["class_counts"]["train"] == [3, 4]
+    assert man.class_counts["train"] == [3, 4]
     assert "skipped 2 image(s) that could not be decoded" in capsys.readouterr().err
     with pytest.raises(DataError, match=r"image '.*' cannot be decoded .*on_bad_image: skip"):
         run(tmp_path, cfg(str(tmp_path / "src"), on_bad_image="error"), tag="2")
@@ -177,7 +176,7 @@ def test_training_streams_through_ray_data(tmp_path, cluster) -> None:
 
     torch.manual_seed(0)
     model = create_model("resnet", depth=8, width=4, num_classes=3)
-    mean, std = torch.tensor(man["mean"]), torch.tensor(man["std"])
+    mean, std = torch.tensor(man.mean), torch.tensor(man.std)
     train = StreamData(ray_dataset(proc, "train", man, augment=True).iterator())
     rec = train_one_epoch(model, train, torch.optim.SGD(model.parameters(), 0.01), TrainCfg(epochs=1, batch_size=4,
                           lr=0.01), mean, std, seed=0, epoch=0)  # fmt: skip
@@ -235,7 +234,7 @@ def centre_square(blob: bytes, s: int) -> np.ndarray:
 
 
 def shard_column(proc, man: dict, split: str, column: str) -> list:
-    return pq.read_table([proc / f["path"] for f in man["files"][split]["shards"]]).column(column).to_pylist()
+    return pq.read_table([proc / f["path"] for f in man.files[split]["shards"]]).column(column).to_pylist()
 
 
 @pytest.mark.parametrize("r,s,sizes", [(64, 56, SIZES), (256, 224, [(500, 375), (333, 500), (200, 150)])])
@@ -248,10 +247,10 @@ def test_evaluation_is_torchvisions_reference_protocol_bit_for_bit(tmp_path, clu
     originals = photo_folders(tmp_path / "src", sizes, modes=("RGB", "L", "CMYK"))
     man = run(tmp_path, cfg(str(tmp_path / "src"), resize=r, image_size=s, shard_size=4))
     proc = tmp_path / "proc"
-    assert man["encoding"] == {"train": "jpeg", "test": "png"} and man["format"] == "jpeg"
-    assert man["eval_protocol"]["transform"] == f"Resize({r}) + CenterCrop({s})"
-    assert set(man["eval_protocol"]["made_with"]) == {"pillow", "torchvision"}
-    assert man["image_shape"] == [s, s, 3] and man["stored_shorter_side"] == r
+    assert man.encoding == {"train": "jpeg", "test": "png"} and man.format == "jpeg"
+    assert man.eval_protocol["transform"] == f"Resize({r}) + CenterCrop({s})"
+    assert set(man.eval_protocol["made_with"]) == {"pillow", "torchvision"}
+    assert man.image_shape == [s, s, 3] and man.stored_shorter_side == r
     assert all(b[:8] == b"\x89PNG\r\n\x1a\n" for b in shard_column(proc, man, "test", "image"))
     assert all(b[:2] == b"\xff\xd8" for b in shard_column(proc, man, "train", "image"))
 
@@ -306,6 +305,6 @@ def test_held_out_train_images_are_evaluated_through_eval_view(tmp_path, cluster
     rows = ray_dataset(str(proc), "train", man).take_all()
     assert np.array_equal(np.stack([row["image"] for row in rows]), want)
     x = tr.images.reshape(-1, 3) / 255.0
-    np.testing.assert_allclose(man["mean"], x.mean(0), atol=1e-5)
-    np.testing.assert_allclose(man["std"], x.std(0), atol=1e-5)
+    np.testing.assert_allclose(man.mean, x.mean(0), atol=1e-5)
+    np.testing.assert_allclose(man.std, x.std(0), atol=1e-5)
     assert not any(np.array_equal(centre_square(b, 56), w) for b, w in zip(stored, want, strict=True))

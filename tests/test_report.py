@@ -36,7 +36,7 @@ def test_an_archive_with_a_user_checksum_is_never_called_official(tmp_path) -> N
     line = data_line("c10", "cifar10", man)
     assert "official" not in line.lower().replace("not the published", "")
     assert "NOT the published file" in line and cifar.OFFICIAL["cifar10"].checksum.removeprefix("md5:") in line
-    assert man["source_files"][NAME]["md5"] in line and "sha256:" in line  # what it is instead
+    assert man.source_files[NAME]["md5"] in line and "sha256:" in line  # what it is instead
 
 
 def test_only_the_published_md5_makes_it_official(tmp_path, monkeypatch) -> None:

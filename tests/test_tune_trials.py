@@ -22,8 +22,7 @@ from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, validate_params
 from pipeline.data.fetch import fetch_dataset
 from pipeline.data.preprocess import preprocess_dataset
 from pipeline.spec import data_ref
-from pipeline.train.store import SearchCache
-from pipeline.tune import SearchError, search_key, trial_status, tune_dataset
+from pipeline.tune import SearchCache, SearchError, search_key, trial_status, tune_dataset
 
 pytestmark = pytest.mark.slow
 

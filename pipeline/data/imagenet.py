@@ -26,7 +26,7 @@ from pipeline.io import atomic_path, read_json, sha256_file, write_json
 
 from .errors import DataError
 from .jpeg import ENCODING, EVAL_PROTOCOL, encode_image
-from .manifest import MANIFEST, SOURCE, data_sha, stats_from_histogram
+from .manifest import MANIFEST, SOURCE, Manifest, data_sha, stats_from_histogram
 from .store import Store
 from .subset import take_per_class
 
@@ -152,7 +152,7 @@ def _ray() -> Iterator[None]:
         yield
 
 
-def preprocess_imagenet(raw_dir: Path, out_dir: Path, cfg: ImageNetPreprocessCfg) -> dict[str, Any]:
+def preprocess_imagenet(raw_dir: Path, out_dir: Path, cfg: ImageNetPreprocessCfg) -> Manifest:
     """Index -> Parquet shards + manifest in ``out_dir`` (atomically), one Ray task per shard."""
     source = read_json(raw_dir / SOURCE)
     index_path = raw_dir / source["index"]
@@ -214,35 +214,36 @@ def preprocess_imagenet(raw_dir: Path, out_dir: Path, cfg: ImageNetPreprocessCfg
                 "shards": fs,
                 "sha256": hashlib.sha256("".join(f["sha256"] for f in fs).encode()).hexdigest(),
             }
-        manifest = {
-            "dataset": source["dataset"],
-            "format": "jpeg",
-            "classes": [c["name"] for c in info["classes"]],
-            "class_info": info["classes"],
-            "num_classes": len(info["classes"]),
-            "image_shape": [cfg.image_size, cfg.image_size, 3],
-            "stored_shorter_side": cfg.resize,  # of the train split's JPEGs
-            "encoding": dict(ENCODING),  # per split; readers: ``encoding``, ``decode_images``
-            "eval_protocol": {
+        classes, shape = [c["name"] for c in info["classes"]], [cfg.image_size, cfg.image_size, 3]
+        manifest = Manifest(
+            dataset=source["dataset"],
+            format="jpeg",
+            classes=classes,
+            class_info=info["classes"],
+            num_classes=len(info["classes"]),
+            image_shape=shape,
+            stored_shorter_side=cfg.resize,  # of the train split's JPEGs
+            encoding=dict(ENCODING),  # per split; readers: Manifest.split_encoding, decode_images
+            eval_protocol={
                 "transform": f"Resize({cfg.resize}) + CenterCrop({cfg.image_size})",
                 "description": EVAL_PROTOCOL,
                 "test": "stored as the exact evaluation input (lossless PNG), decoded as is",
                 "train": "Resize + CenterCrop of the stored JPEG (train images held out for evaluation)",
                 "made_with": {lib: sorted(v) for lib, v in sorted(versions.items())},
             },
-            "stats_of": "train split, evaluation view of the stored JPEGs (load_split(..., 'train'))",
-            "mean": mean,
-            "std": std,
-            "class_counts": {s: c.tolist() for s, c in counts.items()},
-            "files": split_files,
-            "skipped_images": {"count": len(bad), "images": bad},
-            "missing_classes": info["missing_classes"],
-            "preprocess": cfg.model_dump(),
-            "source_sha256": source["sha256"],
-            "source_files": source["files"],
-            "source_origin": source.get("origin", {}),
-            "test_split": "ILSVRC2012 val",
-        }
-        manifest["data_sha256"] = data_sha(manifest)
-        write_json(tmp / MANIFEST, manifest)
+            stats_of="train split, evaluation view of the stored JPEGs (load_split(..., 'train'))",
+            mean=mean,
+            std=std,
+            class_counts={s: c.tolist() for s, c in counts.items()},
+            files=split_files,
+            skipped_images={"count": len(bad), "images": bad},
+            missing_classes=info["missing_classes"],
+            preprocess=cfg.model_dump(),
+            source_sha256=source["sha256"],
+            source_files=source["files"],
+            source_origin=source.get("origin", {}),
+            test_split="ILSVRC2012 val",
+            data_sha256=data_sha(split_files, classes, shape),
+        )
+        write_json(tmp / MANIFEST, manifest.dump())
     return manifest

@@ -15,15 +15,14 @@ reference protocol bit for bit:
 
 The manifest records this (``encoding``: ``{"train": "jpeg", "test": "png"}``, ``eval_protocol`` with the
 Pillow/torchvision versions that made the shards: "bit for bit" is against the reference run with that
-Pillow); ``pipeline.data.manifest.load_split`` and ``ray_dataset`` decode accordingly and give the same
-evaluation inputs. A manifest without ``encoding`` (older shards) has both splits as JPEG; both are then
+Pillow); ``pipeline.data.manifest``'s ``load_split`` and ``ray_dataset`` decode accordingly and give the
+same evaluation inputs. A manifest without ``encoding`` (older shards) has both splits as JPEG; both are then
 evaluated through ``eval_view``.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import numpy as np
 
@@ -47,12 +46,6 @@ def eval_view(img, resize: int, size: int):
 
     img = F.resize(img, [resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
     return F.center_crop(img, [size, size])
-
-
-def encoding(manifest: dict[str, Any], split: str) -> str:
-    """How ``split``'s images are stored: ``jpeg`` (shorter side ``stored_shorter_side``) or ``png`` (the exact
-    evaluation input). Manifests older than the ``encoding`` field stored both splits as JPEG."""
-    return manifest.get("encoding", {}).get(split, "jpeg")
 
 
 def decode_images(
@@ -123,37 +116,3 @@ def encode_image(blob: bytes, split: str, cfg: ImageNetPreprocessCfg) -> tuple[b
     stored = buf.getvalue()
     x = decode_images([stored], cfg.image_size, cfg.resize)[0]
     return stored, np.stack([np.bincount(x[..., c].ravel(), minlength=256) for c in range(3)])
-
-
-def split_files(manifest: dict[str, Any], split: str) -> list[str]:
-    return [f["path"] for f in manifest["files"][split]["shards"]]
-
-
-def eval_resize(manifest: dict[str, Any], split: str) -> int | None:
-    """``decode_images``'s ``resize`` for evaluating ``split``: None where the stored image is the input."""
-    return None if encoding(manifest, split) == "png" else manifest["stored_shorter_side"]
-
-
-def ray_dataset(data_uri: str, split: str, manifest: dict[str, Any], augment: bool = False):
-    """The split as a Ray Dataset of decoded inputs (``image`` (B, S, S, 3) uint8, ``label`` int64), read with
-    ``ray.data.read_parquet`` from a local folder or ``s3://bucket/prefix``. Decoding (and with ``augment``,
-    the random-resized-crop + flip augmentation, drawn afresh every epoch) runs in Ray Data tasks on the
-    cluster's CPUs, streamed to the training workers, so the GPUs do not wait on JPEG decoding. Without
-    ``augment``, the evaluation inputs: the same values as ``load_split``."""
-    import ray.data
-
-    size = manifest["image_shape"][0]
-    resize = eval_resize(manifest, split)
-    if augment and encoding(manifest, split) != "jpeg":
-        raise DataError(
-            f"the {split} split is stored as evaluation inputs ({encoding(manifest, split)}); it is not augmented"
-        )
-    paths = [f"{data_uri.rstrip('/')}/{p}" for p in split_files(manifest, split)]
-
-    def decode(batch: dict[str, Any]) -> dict[str, Any]:
-        rng = np.random.default_rng() if augment else None  # fresh entropy: a new augmentation every epoch
-        images = decode_images(list(batch["image"]), size, resize, rng)
-        return {"image": images, "label": batch["label"].astype(np.int64)}
-
-    ds = ray.data.read_parquet(paths, columns=["image", "label"])
-    return (ds.random_shuffle() if augment else ds).map_batches(decode, batch_format="numpy")

@@ -18,19 +18,76 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
 
 from pipeline.io import filesystem, join, read_json
 
 from .cifar import ImageSet
-from .jpeg import decode_images, eval_resize, split_files
+from .errors import DataError
+from .jpeg import decode_images
 
 SOURCE = "source.json"
 MANIFEST = "manifest.json"
+
+
+class Manifest(BaseModel):
+    """``manifest.json``: what a preprocessed directory holds. Written by preprocess, read by every later stage
+    (``load_manifest``). Fields a format does not have stay unset and are not written."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str = ""
+    format: Literal["raw", "jpeg"] = "raw"
+    classes: list[str]  # in label order
+    num_classes: int
+    image_shape: list[int] = []  # (H, W, C) of what training sees
+    mean: list[float] = []  # per channel, [0, 1] scale, of the train split as training sees it
+    std: list[float] = []
+    class_counts: dict[str, list[int]]  # split -> images per class
+    files: dict[str, dict[str, Any]]  # split -> {rows, sha256} (raw) or {rows, shards, sha256} (jpeg)
+    preprocess: dict[str, Any] = {}  # the settings that made it
+    source_sha256: str
+    source_files: dict[str, Any] = {}  # the fetched files' checksums
+    source_origin: dict[str, Any] = {}  # where they came from, and whether they are the published files
+    data_sha256: str  # the data's identity: what training units are keyed on
+    # ImageNet (jpeg) only
+    class_info: list[dict[str, Any]] | None = None
+    stored_shorter_side: int | None = None
+    encoding: dict[str, str] | None = None  # split -> jpeg | png (pipeline.data.jpeg)
+    eval_protocol: dict[str, Any] | None = None
+    stats_of: str | None = None
+    skipped_images: dict[str, Any] | None = None
+    missing_classes: list[str] | None = None
+    test_split: str | None = None
+
+    @property
+    def num_test(self) -> int:
+        return sum(self.class_counts["test"])
+
+    @property
+    def num_train(self) -> int:
+        return sum(self.class_counts["train"])
+
+    def dump(self) -> dict[str, Any]:
+        """As ``manifest.json`` holds it (unset fields left out)."""
+        return self.model_dump(exclude_none=True)
+
+    def split_encoding(self, split: str) -> str:
+        """How ``split``'s images are stored (``jpeg`` format): ``jpeg`` (shorter side ``stored_shorter_side``)
+        or ``png`` (the exact evaluation input). Manifests older than ``encoding`` stored both splits as JPEG."""
+        return (self.encoding or {}).get(split, "jpeg")
+
+    def shards(self, split: str) -> list[str]:
+        return [f["path"] for f in self.files[split]["shards"]]
+
+    def eval_resize(self, split: str) -> int | None:
+        """``decode_images``'s ``resize`` for evaluating ``split``: None where the stored image is the input."""
+        return None if self.split_encoding(split) == "png" else self.stored_shorter_side
 
 
 def stats_from_histogram(hist: np.ndarray) -> tuple[list[float], list[float]]:
@@ -51,16 +108,16 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return stats_from_histogram(np.stack(counts))
 
 
-def data_sha(manifest: dict[str, Any]) -> str:
+def data_sha(files: dict[str, dict[str, Any]], classes: list[str], image_shape: list[int]) -> str:
     """Identity of the preprocessed data: its files' checksums, classes and shape."""
-    parts = [manifest["files"][s]["sha256"] for s in ("train", "test")]
-    parts += [",".join(manifest["classes"]), str(manifest["image_shape"])]
+    parts = [files[s]["sha256"] for s in ("train", "test")]
+    parts += [",".join(classes), str(image_shape)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def load_manifest(data_dir: str | Path) -> dict[str, Any]:
+def load_manifest(data_dir: str | Path) -> Manifest:
     """The manifest of a preprocessed directory: local, or a URI (``compute.shared_data``)."""
-    return read_json(join(data_dir, MANIFEST))
+    return Manifest.model_validate(read_json(join(data_dir, MANIFEST)))
 
 
 def read_table(data_dir: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
@@ -72,9 +129,9 @@ def load_split(data_dir: str | Path, split: str) -> ImageSet:
     """Read one split back into (N, H, W, 3) uint8 images and int64 labels, as training sees them;
     ``data_dir`` is a local directory or a URI."""
     man = load_manifest(data_dir)
-    if man.get("format") == "jpeg":
+    if man.format == "jpeg":
         return ImageSet(*load_jpeg_split(data_dir, split, man))
-    shape = man["image_shape"]
+    shape = man.image_shape
     t = read_table(data_dir, f"{split}.parquet")
     col = t.column("image").combine_chunks()
     buf = np.frombuffer(col.buffers()[1], np.uint8)
@@ -84,16 +141,41 @@ def load_split(data_dir: str | Path, split: str) -> ImageSet:
     return ImageSet(images, t.column("label").to_numpy().astype(np.int64))
 
 
-def load_jpeg_split(data_dir: str | Path, split: str, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def load_jpeg_split(data_dir: str | Path, split: str, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
     """The whole split's evaluation inputs decoded into memory, in shard order (the same values
     ``ray_dataset`` yields without ``augment``): the test split as stored, a JPEG split through ``eval_view``."""
-    size = manifest["image_shape"][0]
-    resize = eval_resize(manifest, split)
+    size = manifest.image_shape[0]
+    resize = manifest.eval_resize(split)
     images, labels = [], []
-    for p in split_files(manifest, split):
+    for p in manifest.shards(split):
         t = read_table(data_dir, p, columns=["image", "label"])
         images.append(decode_images(t.column("image").to_pylist(), size, resize))
         labels.append(t.column("label").to_numpy().astype(np.int64))
     if not images:
         return np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64)
     return np.concatenate(images), np.concatenate(labels)
+
+
+def ray_dataset(data_uri: str, split: str, manifest: Manifest, augment: bool = False):
+    """The split as a Ray Dataset of decoded inputs (``image`` (B, S, S, 3) uint8, ``label`` int64), read with
+    ``ray.data.read_parquet`` from a local folder or ``s3://bucket/prefix``. Decoding (and with ``augment``,
+    the random-resized-crop + flip augmentation, drawn afresh every epoch) runs in Ray Data tasks on the
+    cluster's CPUs, streamed to the training workers, so the GPUs do not wait on JPEG decoding. Without
+    ``augment``, the evaluation inputs: the same values as ``load_split``."""
+    import ray.data  # here, not at the top: Ray is heavy, and only the training of a JPEG data set streams
+
+    size = manifest.image_shape[0]
+    resize = manifest.eval_resize(split)
+    if augment and manifest.split_encoding(split) != "jpeg":
+        raise DataError(
+            f"the {split} split is stored as evaluation inputs ({manifest.split_encoding(split)}); it is not augmented"
+        )
+    paths = [f"{data_uri.rstrip('/')}/{p}" for p in manifest.shards(split)]
+
+    def decode(batch: dict[str, Any]) -> dict[str, Any]:
+        rng = np.random.default_rng() if augment else None  # fresh entropy: a new augmentation every epoch
+        images = decode_images(list(batch["image"]), size, resize, rng)
+        return {"image": images, "label": batch["label"].astype(np.int64)}
+
+    ds = ray.data.read_parquet(paths, columns=["image", "label"])
+    return (ds.random_shuffle() if augment else ds).map_batches(decode, batch_format="numpy")

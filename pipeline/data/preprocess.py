@@ -22,11 +22,11 @@ from pipeline.io import atomic_path, read_json, sha256_file, write_json
 from .cifar import LAYOUT_OF_KIND, ImageSet, read_cifar_binary
 from .errors import DataError
 from .imagenet import preprocess_imagenet
-from .manifest import MANIFEST, SOURCE, channel_stats, data_sha
+from .manifest import MANIFEST, SOURCE, Manifest, channel_stats, data_sha
 from .subset import take_per_class
 
 
-def preprocess_dataset(raw_dir: str | Path, out_dir: str | Path, cfg: PreprocessCfg | None = None) -> dict[str, Any]:
+def preprocess_dataset(raw_dir: str | Path, out_dir: str | Path, cfg: PreprocessCfg | None = None) -> Manifest:
     """Turn the fetched data in ``raw_dir`` into Parquet files and a manifest in ``out_dir``."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     source = read_json(raw_dir / SOURCE)
@@ -71,7 +71,7 @@ def select(
     return ImageSet(s.images[order], relabel[s.labels[order]]), keep
 
 
-def _preprocess_cifar(raw_dir: Path, source: dict[str, Any], out_dir: Path, cfg: PreprocessCfg) -> dict[str, Any]:
+def _preprocess_cifar(raw_dir: Path, source: dict[str, Any], out_dir: Path, cfg: PreprocessCfg) -> Manifest:
     archive = raw_dir / source["archive"]
     actual = sha256_file(archive)
     if actual != source["sha256"]:
@@ -90,21 +90,22 @@ def _preprocess_cifar(raw_dir: Path, source: dict[str, Any], out_dir: Path, cfg:
         for split, s in splits.items():
             pq.write_table(_table(s), tmp / f"{split}.parquet", compression="zstd", compression_level=1)
             files[split] = {"rows": len(s.labels), "sha256": sha256_file(tmp / f"{split}.parquet")}
-        manifest = {
-            "dataset": source["dataset"],
-            "format": "raw",
-            "classes": classes,
-            "num_classes": len(classes),
-            "image_shape": list(splits["train"].images.shape[1:]),
-            "mean": mean,
-            "std": std,
-            "class_counts": {k: np.bincount(s.labels, minlength=len(classes)).tolist() for k, s in splits.items()},
-            "files": files,
-            "preprocess": cfg.model_dump(),
-            "source_sha256": source["sha256"],
-            "source_files": {source["archive"]: {k: source[k] for k in ("md5", "sha256") if k in source}},
-            "source_origin": source.get("origin", {}),
-        }
-        manifest["data_sha256"] = data_sha(manifest)
-        write_json(tmp / MANIFEST, manifest)
+        shape = list(splits["train"].images.shape[1:])
+        manifest = Manifest(
+            dataset=source["dataset"],
+            format="raw",
+            classes=classes,
+            num_classes=len(classes),
+            image_shape=shape,
+            mean=mean,
+            std=std,
+            class_counts={k: np.bincount(s.labels, minlength=len(classes)).tolist() for k, s in splits.items()},
+            files=files,
+            preprocess=cfg.model_dump(),
+            source_sha256=source["sha256"],
+            source_files={source["archive"]: {k: source[k] for k in ("md5", "sha256") if k in source}},
+            source_origin=source.get("origin", {}),
+            data_sha256=data_sha(files, classes, shape),
+        )
+        write_json(tmp / MANIFEST, manifest.dump())
     return manifest

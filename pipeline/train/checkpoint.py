@@ -1,4 +1,12 @@
-"""Reading checkpoints without trusting them.
+"""The checkpoint and resume protocol, and reading checkpoints without trusting them.
+
+What a training job leaves (``pipeline.train.worker`` writes, the loop and the train stage's driver read):
+
+- every epoch of an unfinished unit, a Ray Train checkpoint directory holding ``state.pt`` (``TrainState``:
+  weights, optimizer, scheduler, history) and beside it ``unit.json`` (``ResumePoint``: which unit, which
+  epoch), so the driver's resume index (``resume_points``) reads a few bytes per checkpoint, never a state;
+- a finished unit, its ``UnitRecord`` in the unit store (``pipeline.train.store``).
+
 
 Checkpoints come from shared places -- the run storage (``compute.storage_path``, often an s3:// prefix) and
 DVC remotes -- so a file there may have been written by anyone who can write there. ``torch.load`` with
@@ -10,15 +18,108 @@ writes holds only tensors and plain Python values (str, int, float, bool, None, 
 from __future__ import annotations
 
 import io
+import json
+import os
 import pickle
 import re
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
+import pyarrow.fs as pafs
 import torch
 
 from pipeline.data.errors import DataError
+from pipeline.io import filesystem, join
+
+STATE_FILE = "state.pt"
+UNIT_FILE = "unit.json"
+HISTORY_FIELDS = (  # an epoch record's columns in history.csv and the curves (records hold more: diagnostics)
+    "epoch",
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "lr",
+    "epoch_time_s",
+    "images_per_s",
+)
+
+
+class TrainState(TypedDict):
+    """An unfinished unit after an epoch: what it resumes from."""
+
+    key: str
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    history: list[dict[str, Any]]  # one record per epoch trained
+    diag_start: dict[str, float] | None  # the attention diagnostics before training (pipeline.models.diagnostics)
+
+
+class ResumePoint(TypedDict):
+    """``unit.json`` beside a ``state.pt``."""
+
+    key: str
+    epoch: int
+
+
+class UnitRecord(TypedDict):
+    """A finished unit as the unit store keeps it, and as the train stage writes it to ``model.pt``."""
+
+    spec: dict[str, Any]  # the RunSpec, dumped: evaluation rebuilds the net from it alone
+    key: str
+    model: dict[str, torch.Tensor]
+    history: list[dict[str, Any]]
+    resumed_from: int | None  # the epochs a resumed attempt started from, None if never interrupted
+    pairing: dict[str, Any]  # digests of the initial backbone and the data order: which units pair up
+    wall: dict[str, float]  # started_at, finished_at (epoch seconds)
+    provenance: dict[str, Any]
+    diag_start: dict[str, float] | None
+
+
+def write_state(directory: str | Path, state: TrainState) -> None:
+    """``state`` and its ``ResumePoint`` into the checkpoint ``directory`` (a Ray Train checkpoint's)."""
+    torch.save(state, os.path.join(directory, STATE_FILE))
+    point: ResumePoint = {"key": state["key"], "epoch": len(state["history"])}
+    with open(os.path.join(directory, UNIT_FILE), "w") as f:
+        json.dump(point, f)
+
+
+def load_state(checkpoint_uri: str) -> TrainState:
+    """A checkpoint's training state, read straight from its directory in the run storage (local or s3://)."""
+    fs, base = filesystem(checkpoint_uri)
+    with fs.open_input_stream(join(base, STATE_FILE)) as f:
+        return read_checkpoint(f.read(), join(checkpoint_uri, STATE_FILE))  # type: ignore[return-value]
+
+
+def resume_points(storage: str, dataset: str, keys: list[str]) -> dict[str, str]:
+    """The latest checkpoint of each unit in ``keys`` left by earlier training jobs of ``dataset`` in the run
+    storage: {key: checkpoint URI}. Read from the small ``unit.json`` beside each checkpoint, so a unit
+    resumes whichever job, lane or concurrency it was trained in before."""
+    fs, base = filesystem(storage)
+    want, best = set(keys), {}
+    try:
+        jobs = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except OSError:
+        return {}
+    for job in jobs:
+        if job.type != pafs.FileType.Directory or not job.base_name.startswith(f"{dataset}-train-"):
+            continue
+        for ck in fs.get_file_info(pafs.FileSelector(job.path)):
+            if ck.type != pafs.FileType.Directory or not ck.base_name.startswith("checkpoint_"):
+                continue
+            try:
+                with fs.open_input_stream(join(ck.path, UNIT_FILE)) as f:
+                    info = json.loads(f.read())
+            except (OSError, ValueError):  # an older or half-written checkpoint: not a resume point
+                continue
+            if info.get("key") in want and info["epoch"] > best.get(info["key"], (0, ""))[0]:
+                best[info["key"]] = (info["epoch"], ck.path)
+    scheme = storage.split("://", 1)[0] if "://" in storage else None
+    return {k: (f"{scheme}://{p}" if scheme else p) for k, (_, p) in best.items()}
+
 
 # torch's message for a global the weights-only unpickler does not allow, e.g. "GLOBAL builtins.open was not"
 _GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")

@@ -85,7 +85,7 @@ class TensorData:
 @dataclass(frozen=True)
 class StreamData:
     """This rank's shard of a split streamed by Ray Data (``ray.train.get_dataset_shard``), decoded -- and
-    for training, augmented -- by Ray Data tasks (see ``pipeline.data.jpeg.ray_dataset``)."""
+    for training, augmented -- by Ray Data tasks (see ``pipeline.data.manifest.ray_dataset``)."""
 
     shard: Any  # ray.data.DataIterator yielding {"image": (B, H, W, 3) uint8, "label": (B,) int64}
 
@@ -129,9 +129,14 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Gener
     return x
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in one epoch of a unit (its order, crops and flips, the BN batches)."""
+    return seed * 100_003 + epoch
+
+
 def epoch_order(n: int, seed: int, epoch: int, shard: Shard) -> torch.Tensor:
     """This rank's sample indices for one epoch: a seeded permutation, split evenly (remainder dropped)."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     perm = torch.randperm(n, generator=g)
     per_rank = n // shard.world_size
     return perm[shard.rank :: shard.world_size][:per_rank]
@@ -177,7 +182,7 @@ def _train_batches(
         yield from data.batches(per_rank_batch, device, drop_last=True)
         return
     idx = epoch_order(len(data), seed, epoch, shard)
-    gen = torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000 + shard.rank)
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch) * 1_000 + shard.rank)
     for start in range(0, len(idx), per_rank_batch):
         b = idx[start : start + per_rank_batch]
         x = random_crop_flip(data.images[b].to(device, non_blocking=True), cfg.crop_padding, cfg.flip, gen)
@@ -246,7 +251,7 @@ def recalibrate_bn(
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average
     model.train()
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch + 7)
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch) + 7)
 
     def sampled() -> Iterator[Tensor]:  # random train batches with the training augmentation
         for _ in range(cfg.bn_recalibration):

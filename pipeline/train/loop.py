@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from pipeline.config import FastPathCfg, config_hash
 from pipeline.data.manifest import load_split
 from pipeline.events import Emit, EpochDone, UnitStarted
-from pipeline.io import filesystem, join
 from pipeline.models import backbone_digest, create_model
 from pipeline.models.diagnostics import diagnose
 from pipeline.spec import RunSpec
-from pipeline.train.checkpoint import read_checkpoint
+from pipeline.train.checkpoint import TrainState, UnitRecord
 from pipeline.train.engine import (
+    Data,
     FastPath,
     Shard,
     StreamData,
@@ -40,9 +42,6 @@ from pipeline.train.engine import (
     train_one_epoch,
 )
 from pipeline.train.store import UnitStore
-
-STATE_FILE = "state.pt"
-UNIT_FILE = "unit.json"
 
 
 def load_data(spec: RunSpec) -> tuple[TensorData, TensorData]:
@@ -65,13 +64,6 @@ def build_model(spec: RunSpec) -> torch.nn.Module:
     return create_model(spec.model, **spec.model_args)
 
 
-def load_state(checkpoint_uri: str) -> dict[str, Any]:
-    """A checkpoint's training state, read straight from its directory in the run storage (local or s3://)."""
-    fs, base = filesystem(checkpoint_uri)
-    with fs.open_input_stream(join(base, STATE_FILE)) as f:
-        return read_checkpoint(f.read(), join(checkpoint_uri, STATE_FILE))
-
-
 def data_order(spec: RunSpec, world_size: int, streamed: bool) -> str | None:
     """Key of the sample order and augmentation draws a unit sees: equal for units of one seed on the same
     data and batch plan (``pipeline.train.engine.epoch_order``), None when Ray Data streams the data in an
@@ -92,8 +84,39 @@ class EpochLogger(Protocol):
 
 
 Reporter = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
-Resume = Callable[[str], "dict[str, Any] | None"]
+Resume = Callable[[str], "TrainState | None"]
 Loggers = Callable[[str], "EpochLogger | None"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What is the same for every unit a job trains: where it runs and where its results go."""
+
+    shard: Shard
+    device: torch.device
+    fast: FastPath
+    report: Reporter
+    store: UnitStore | None
+    origin: dict[str, Any]
+    streamed: bool  # the data comes from Ray Data (ImageNet), not from memory
+
+
+@dataclass
+class Unit:
+    """One unit as it trains: its net (and the wrapper that trains it), optimizer, schedule and records."""
+
+    spec: RunSpec
+    model: nn.Module
+    train_model: nn.Module  # the model, or its DDP / compiled wrapper: what the training forward runs
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    mean: torch.Tensor
+    std: torch.Tensor
+    pairing: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None
+    started_at: float = field(default_factory=time.time)
+    diag_start: dict[str, float] | None = None
 
 
 def train_units(
@@ -117,7 +140,8 @@ def train_units(
     ``origin`` (provenance: git commit, job, nodes) goes into each finished unit's record. ``progress``
     receives rank 0's ``UnitStarted`` and ``EpochDone`` events (nothing is printed here)."""
     fast = FastPath.resolve(fast_path or FastPathCfg(), device)
-    data_cache: dict[tuple, tuple[TensorData, TensorData]] = {}
+    job = Job(shard, device, fast, report, store, origin or {}, streams is not None)
+    data_cache: dict[tuple, tuple[Data, Data]] = {}
     for spec in units:
         if store is not None and store.has(spec.key()):
             continue
@@ -129,21 +153,9 @@ def train_units(
             if fast.data_on_device:  # uint8: CIFAR-10's train split is 150 MB
                 data_cache[dkey] = tuple(d.to(device) for d in data_cache[dkey])
         logger = loggers(spec.key()) if loggers is not None and shard.rank == 0 else None
-        emit = progress if shard.rank == 0 else None
         try:
-            _train_unit(
-                spec,
-                data_cache[dkey],
-                shard,
-                device,
-                report,
-                store,
-                resume,
-                logger,
-                origin,
-                fast,
-                streams is not None,
-                emit,
+            train_unit(
+                spec, data_cache[dkey], job, resume=resume, logger=logger, emit=progress if shard.rank == 0 else None
             )
         except BaseException:
             if logger is not None:
@@ -153,111 +165,159 @@ def train_units(
             logger.end("FINISHED")
 
 
-def _train_unit(spec, data, shard, device, report, store, resume, logger, origin, fast, streamed, emit) -> None:
+def train_unit(
+    spec: RunSpec,
+    data: tuple[Data, Data],
+    job: Job,
+    *,
+    resume: Resume | None,
+    logger: EpochLogger | None,
+    emit: Emit | None,
+) -> None:
     """One unit, from its start or its saved state to its last epoch (see ``train_units``)."""
     train, val = data
-    key, cfg, seed = spec.key(), spec.train, spec.seed
-    mean = torch.tensor(spec.dataset.mean, device=device)
-    std = torch.tensor(spec.dataset.std, device=device)
-    torch.manual_seed(seed)
-    model = build_model(spec)
-    pairing = {"init": backbone_digest(model), "data_order": data_order(spec, shard.world_size, streamed)}
-    model = fast.prepare(model.to(device))
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    history: list[dict[str, Any]] = []
-    resumed_from, started_at, diag_start = None, time.time(), None
-    saved = resume(key) if resume is not None else None
+    unit = prepare_unit(spec, job)
+    saved = resume(spec.key()) if resume is not None else None
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        history, resumed_from = saved["history"], len(saved["history"])
-        diag_start = saved.get("diag_start")
-        for rec in history if logger else ():  # saved, but maybe cut off before it was logged
-            logger.log(rec)
+        restore(unit, saved, logger)
     elif spec.diagnostics and isinstance(train, TensorData):  # the net as it starts: "epoch 0"
-        diag_start = _diagnostics(model, train, spec, mean, std, device)
+        unit.diag_start = _diagnostics(unit, train, job)
         if logger:
-            logger.log({"epoch": 0, **diag_start})
-    start = len(history)
+            logger.log({"epoch": 0, **unit.diag_start})
+    start, epochs = len(unit.history), spec.train.epochs
     if emit is not None:
-        emit(UnitStarted(key=key, method=spec.method, seed=seed, done=start, epochs=cfg.epochs))
-    train_model = model
-    if shard.world_size > 1:
-        import ray.train.torch  # only under Ray Train: the in-process search trials never get here
-
-        train_model = ray.train.torch.prepare_model(model, move_to_device=False)  # DDP
-    if fast.compile:  # the training forward only; evaluation and checkpoints use the plain module
-        train_model = torch.compile(train_model)
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        rec: dict[str, Any] = train_one_epoch(
-            train_model, train, optimizer, cfg, mean, std, seed, epoch, shard, device, fast
-        )
-        scheduler.step()
-        recalibrate_bn(model, train, cfg, mean, std, seed, epoch, device, fast)
-        if shard.world_size > 1:  # every rank evaluates (and rank 0 saves) the same BN statistics
-            for buf in model.buffers():
-                torch.distributed.broadcast(buf, src=0)
-        rec.update(evaluate(model, val, mean, std, cfg.eval_batch_size, shard, device, "val", fast))
-        if spec.diagnostics and isinstance(train, TensorData):
-            rec.update(_diagnostics(model, train, spec, mean, std, device))
-        rec.update(epoch=epoch + 1, lr=lr, epoch_time_s=time.perf_counter() - t0, timestamp_ms=int(time.time() * 1000))
-        history.append(rec)
-        state = None
-        if store is not None:
-            weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            if epoch + 1 == cfg.epochs and shard.rank == 0:
-                # finished: into the store before the barrier, so a cut-off job skips it
-                record = _record(spec, weights, history, resumed_from, started_at, pairing, origin, shard, device)
-                store.save(key, {**record, "diag_start": diag_start})
-            elif epoch + 1 < cfg.epochs:
-                state = {
-                    "key": key,
-                    "model": weights,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": history,
-                    "diag_start": diag_start,
-                }
-        if logger and store is None:  # nothing to resume from; and a search's report may end the trial
+        emit(UnitStarted(key=spec.key(), method=spec.method, seed=spec.seed, done=start, epochs=epochs))
+    _wrap_for_training(unit, job)
+    for epoch in range(start, epochs):
+        rec = train_epoch(unit, epoch, train, val, job)
+        unit.history.append(rec)
+        state = checkpoint(unit, job)
+        if logger and job.store is None:  # nothing to resume from; and a search's report may end the trial
             logger.log(rec)
-        report({**rec, "seed": seed, "method": spec.method}, state)
+        job.report({**rec, "seed": spec.seed, "method": spec.method}, state)
         if logger:  # after the checkpoint: an epoch trained again after a cut-off is not logged twice
             logger.log(rec)
         if emit is not None:
-            emit(
-                EpochDone(
-                    key=key,
-                    method=spec.method,
-                    seed=seed,
-                    epoch=epoch + 1,
-                    epochs=cfg.epochs,
-                    train_loss=rec["train_loss"],
-                    val_top1=rec["val_top1"],
-                    images_per_s=rec["images_per_s"],
-                    seconds=rec["epoch_time_s"],
-                )
-            )
+            emit(_epoch_done(spec, rec))
 
 
-def _diagnostics(model, train: TensorData, spec: RunSpec, mean, std, device) -> dict[str, float]:
+def prepare_unit(spec: RunSpec, job: Job) -> Unit:
+    """The unit's net drawn from its seed (the backbone from the seed alone: ``pipeline.models.resnet``), on the
+    device in the chosen memory format, with its optimizer and schedule; the digests it pairs up by."""
+    torch.manual_seed(spec.seed)
+    model = build_model(spec)
+    pairing = {"init": backbone_digest(model), "data_order": data_order(spec, job.shard.world_size, job.streamed)}
+    model = job.fast.prepare(model.to(job.device))
+    optimizer = build_optimizer(model, spec.train)
+    return Unit(
+        spec=spec,
+        model=model,
+        train_model=model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, spec.train),
+        mean=torch.tensor(spec.dataset.mean, device=job.device),
+        std=torch.tensor(spec.dataset.std, device=job.device),
+        pairing=pairing,
+    )
+
+
+def restore(unit: Unit, saved: TrainState, logger: EpochLogger | None) -> None:
+    """Continue from ``saved`` (an earlier attempt's checkpoint); its epochs that were cut off before they were
+    logged are logged now."""
+    unit.model.load_state_dict(saved["model"])
+    unit.optimizer.load_state_dict(saved["optimizer"])
+    unit.scheduler.load_state_dict(saved["scheduler"])
+    unit.history, unit.resumed_from = saved["history"], len(saved["history"])
+    unit.diag_start = saved.get("diag_start")
+    for rec in unit.history if logger else ():
+        logger.log(rec)
+
+
+def _wrap_for_training(unit: Unit, job: Job) -> None:
+    """DDP across the job's workers, then ``torch.compile`` (fast path); evaluation and checkpoints keep using
+    the plain module."""
+    if job.shard.world_size > 1:
+        import ray.train.torch  # only under Ray Train: the in-process search trials never get here
+
+        unit.train_model = ray.train.torch.prepare_model(unit.model, move_to_device=False)  # DDP
+    if job.fast.compile:
+        unit.train_model = torch.compile(unit.train_model)
+
+
+def train_epoch(unit: Unit, epoch: int, train: Data, val: Data, job: Job) -> dict[str, Any]:
+    """Epoch ``epoch`` (0-based): train, step the schedule, recalibrate BatchNorm, evaluate on ``val`` (and the
+    attention diagnostics when the unit records them). Its record (global metrics, every rank the same)."""
+    spec, cfg, t0 = unit.spec, unit.spec.train, time.perf_counter()
+    lr = unit.optimizer.param_groups[0]["lr"]
+    args = (cfg, unit.mean, unit.std, spec.seed, epoch)
+    rec: dict[str, Any] = train_one_epoch(
+        unit.train_model, train, unit.optimizer, *args, job.shard, job.device, job.fast
+    )
+    unit.scheduler.step()
+    recalibrate_bn(unit.model, train, *args, job.device, job.fast)
+    if job.shard.world_size > 1:  # every rank evaluates (and rank 0 saves) the same BN statistics
+        for buf in unit.model.buffers():
+            torch.distributed.broadcast(buf, src=0)
+    rec.update(
+        evaluate(unit.model, val, unit.mean, unit.std, cfg.eval_batch_size, job.shard, job.device, "val", job.fast)
+    )
+    if spec.diagnostics and isinstance(train, TensorData):
+        rec.update(_diagnostics(unit, train, job))
+    rec.update(epoch=epoch + 1, lr=lr, epoch_time_s=time.perf_counter() - t0, timestamp_ms=int(time.time() * 1000))
+    return rec
+
+
+def checkpoint(unit: Unit, job: Job) -> TrainState | None:
+    """After an epoch: the state to report as the job's checkpoint, or, after the last epoch, the finished
+    unit put into the store (rank 0, before the report's barrier, so a job cut off after it skips the unit)."""
+    if job.store is None:
+        return None
+    weights = {k: v.detach().cpu() for k, v in unit.model.state_dict().items()}
+    if len(unit.history) < unit.spec.train.epochs:
+        return {
+            "key": unit.spec.key(),
+            "model": weights,
+            "optimizer": unit.optimizer.state_dict(),
+            "scheduler": unit.scheduler.state_dict(),
+            "history": unit.history,
+            "diag_start": unit.diag_start,
+        }
+    if job.shard.rank == 0:
+        job.store.save(unit.spec.key(), _record(unit, weights, job))
+    return None
+
+
+def _epoch_done(spec: RunSpec, rec: dict[str, Any]) -> EpochDone:
+    return EpochDone(
+        key=spec.key(),
+        method=spec.method,
+        seed=spec.seed,
+        epoch=rec["epoch"],
+        epochs=spec.train.epochs,
+        train_loss=rec["train_loss"],
+        val_top1=rec["val_top1"],
+        images_per_s=rec["images_per_s"],
+        seconds=rec["epoch_time_s"],
+    )
+
+
+def _diagnostics(unit: Unit, train: TensorData, job: Job) -> dict[str, float]:
     """``pipeline.models.diagnostics`` on the first ``spec.diagnostics`` train images, unaugmented."""
-    probe = train.subset(torch.arange(min(spec.diagnostics, len(train))))
-    return diagnose(model, normalize(probe.images.to(device), mean, std), probe.labels.to(device))
+    probe = train.subset(torch.arange(min(unit.spec.diagnostics, len(train))))
+    x = normalize(probe.images.to(job.device), unit.mean, unit.std)
+    return diagnose(unit.model, x, probe.labels.to(job.device))
 
 
-def _record(spec, weights, history, resumed_from, started_at, pairing, origin, shard, device) -> dict[str, Any]:
+def _record(unit: Unit, weights: dict[str, torch.Tensor], job: Job) -> UnitRecord:
     """A finished unit as the store keeps it; ``pairing`` says which other units started like it."""
     return {
-        "spec": spec.model_dump(),
-        "key": spec.key(),
+        "spec": unit.spec.model_dump(),
+        "key": unit.spec.key(),
         "model": weights,
-        "history": history,
-        "resumed_from": resumed_from,
-        "pairing": pairing,
-        "wall": {"started_at": started_at, "finished_at": time.time()},
-        "provenance": {**(origin or {}), "world_size": shard.world_size, "device": str(device)},
+        "history": unit.history,
+        "resumed_from": unit.resumed_from,
+        "pairing": unit.pairing,
+        "wall": {"started_at": unit.started_at, "finished_at": time.time()},
+        "provenance": {**job.origin, "world_size": job.shard.world_size, "device": str(job.device)},
+        "diag_start": unit.diag_start,
     }

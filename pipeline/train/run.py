@@ -8,7 +8,7 @@ start-up ~25 s, DDP's first use ~4 s, driver imports ~8 s), which would dominate
 Units keep their own identity all the same: one content key, one MLflow run, one output directory each;
 finished units are reused from the unit store, so changing one method's settings retrains only that method;
 and an interrupted unit resumes from its latest checkpoint whichever lane or job it ran in before
-(``resume_points``).
+(``pipeline.train.checkpoint.resume_points``).
 """
 
 from __future__ import annotations
@@ -25,28 +25,17 @@ import torch
 from pipeline import tracking
 from pipeline.compute import Workers, check_workers_before_start, ray_session, resolve_workers, storage_path
 from pipeline.config import Params, config_hash
-from pipeline.io import atomic_path, filesystem, join, read_json, write_json
+from pipeline.io import atomic_path, read_json, write_json
 from pipeline.plots import plt, training_curves
 from pipeline.progress import PlannedUnit, UnitProgress, relay
 from pipeline.provenance import provenance
 from pipeline.spec import DataRef, RunSpec, build_spec, data_ref, shared
 from pipeline.tracking import UnitRun
+from pipeline.train.checkpoint import HISTORY_FIELDS, resume_points
 from pipeline.train.job import TrainJob
 from pipeline.train.store import UnitStore
 
 log = logging.getLogger(__name__)
-
-HISTORY_FIELDS = (
-    "epoch",
-    "train_loss",
-    "train_top1",
-    "val_loss",
-    "val_top1",
-    "val_top5",
-    "lr",
-    "epoch_time_s",
-    "images_per_s",
-)
 
 
 def fit(job: TrainJob, params: Params, name: str, w: Workers, progress: Any = None):
@@ -98,50 +87,12 @@ def split_lanes(units: list[RunSpec], k: int) -> list[list[RunSpec]]:
     return [lane for lane in (units[i::k] for i in range(k)) if lane]
 
 
-def resume_points(storage: str, dataset: str, keys: list[str]) -> dict[str, str]:
-    """The latest checkpoint of each unit in ``keys`` left by earlier training jobs of ``dataset`` in the run
-    storage: {key: checkpoint URI}. Read from the small ``unit.json`` beside each checkpoint, so a unit
-    resumes whichever job, lane or concurrency it was trained in before."""
-    import json
-
-    import pyarrow.fs as pafs
-
-    from pipeline.train.loop import UNIT_FILE
-
-    fs, base = filesystem(storage)
-    want, best = set(keys), {}
-    try:
-        jobs = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-    except OSError:
-        return {}
-    for job in jobs:
-        if job.type != pafs.FileType.Directory or not job.base_name.startswith(f"{dataset}-train-"):
-            continue
-        for ck in fs.get_file_info(pafs.FileSelector(job.path)):
-            if ck.type != pafs.FileType.Directory or not ck.base_name.startswith("checkpoint_"):
-                continue
-            try:
-                with fs.open_input_stream(join(ck.path, UNIT_FILE)) as f:
-                    info = json.loads(f.read())
-            except (OSError, ValueError):  # an older or half-written checkpoint: not a resume point
-                continue
-            if info.get("key") in want and info["epoch"] > best.get(info["key"], (0, ""))[0]:
-                best[info["key"]] = (info["epoch"], ck.path)
-    uri = storage if "://" in storage else None
-    return {k: (_with_scheme(uri, p) if uri else p) for k, (_, p) in best.items()}
-
-
-def _with_scheme(uri: str, path: str) -> str:
-    return f"{uri.split('://', 1)[0]}://{path}"
-
-
 def streamed_datasets(data_dir: str) -> dict[str, Any]:
     """Ray Datasets for a JPEG data set ({} for in-memory formats): augmented train, plain test."""
-    from pipeline.data.jpeg import ray_dataset
-    from pipeline.data.manifest import load_manifest
+    from pipeline.data.manifest import load_manifest, ray_dataset
 
     man = load_manifest(data_dir)
-    if man.get("format") != "jpeg":
+    if man.format != "jpeg":
         return {}
     return {"train": ray_dataset(data_dir, "train", man, augment=True), "val": ray_dataset(data_dir, "test", man)}
 
@@ -149,7 +100,7 @@ def streamed_datasets(data_dir: str) -> dict[str, Any]:
 def streaming(data_dir: str | Path) -> bool:
     from pipeline.data.manifest import load_manifest
 
-    return load_manifest(data_dir).get("format") == "jpeg"
+    return load_manifest(data_dir).format == "jpeg"
 
 
 def plan_units(params: Params, data: DataRef, tuned: dict[str, Any]) -> dict[str, list[RunSpec]]:

@@ -2,22 +2,20 @@
 
 A unit is one (data set, method, seed) with fully resolved settings; its key hashes the settings, the data
 checksum and the code. When a unit finishes, rank 0 writes ``<storage>/units/<dataset>/<key>.pt``; a
-finished search is kept the same way under ``tune-cache``. Files are written to a temporary name and moved
-into place, so a half-written file never counts. A later job -- a rerun after an interruption, or after
-another method's settings changed -- finds them and does not redo the work.
+finished search is kept the same way under ``tune-cache`` (``pipeline.tune.SearchCache``). Files are written
+to a temporary name and moved into place, so a half-written file never counts. A later job -- a rerun after
+an interruption, or after another method's settings changed -- finds them and does not redo the work.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import uuid
-from typing import Any
 
 import torch
 
 from pipeline.io import filesystem
-from pipeline.train.checkpoint import read_checkpoint
+from pipeline.train.checkpoint import UnitRecord, read_checkpoint
 
 
 class KeyedStore:
@@ -53,23 +51,10 @@ class UnitStore(KeyedStore):
     def __init__(self, storage_path: str, dataset: str):
         super().__init__(storage_path, "units", dataset, ".pt")
 
-    def save(self, key: str, obj: dict[str, Any]) -> None:
+    def save(self, key: str, obj: UnitRecord) -> None:
         buf = io.BytesIO()
         torch.save(obj, buf)
         self.write(key, buf.getvalue())
 
-    def load(self, key: str) -> dict[str, Any]:
-        return read_checkpoint(self.read(key), f"{self.where}/{key}{self.suffix}")
-
-
-class SearchCache(KeyedStore):
-    """Finished searches: best values and every trial's outcome."""
-
-    def __init__(self, storage_path: str, dataset: str):
-        super().__init__(storage_path, "tune-cache", dataset, ".json")
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return json.loads(self.read(key)) if self.has(key) else None
-
-    def put(self, key: str, result: dict[str, Any]) -> None:
-        self.write(key, json.dumps(result, indent=2, default=str).encode())
+    def load(self, key: str) -> UnitRecord:
+        return read_checkpoint(self.read(key), f"{self.where}/{key}{self.suffix}")  # type: ignore[return-value]

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -20,9 +19,10 @@ from pipeline.events import WorkerStarted
 from pipeline.progress import Emitter
 from pipeline.provenance import provenance
 from pipeline.spec import RunSpec
+from pipeline.train.checkpoint import load_state, write_state
 from pipeline.train.engine import Shard, StreamData
 from pipeline.train.job import TrainJob
-from pipeline.train.loop import STATE_FILE, UNIT_FILE, Loggers, load_state, train_units
+from pipeline.train.loop import Loggers, train_units
 from pipeline.train.store import UnitStore
 
 
@@ -107,10 +107,7 @@ def train_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if shard.rank == 0 and state is not None:
-                torch.save(state, os.path.join(d, STATE_FILE))
-                # beside the state, which unit and epoch it is: the driver's resume index reads only this
-                with open(os.path.join(d, UNIT_FILE), "w") as f:
-                    json.dump({"key": state["key"], "epoch": len(state["history"])}, f)
+                write_state(d, state)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)  # a barrier: every rank, every epoch
 
