@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_params  # noqa: E402
 from pipeline.data.fetch import fetch_dataset  # noqa: E402
 from pipeline.data.preprocess import preprocess_dataset  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
+from pipeline.settings import load_params  # noqa: E402
 from pipeline.train.run import train_dataset  # noqa: E402
 
 SETTINGS = {

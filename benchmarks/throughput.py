@@ -30,10 +30,11 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import tracking  # noqa: E402
 from pipeline.compute import Workers, ray_session  # noqa: E402
-from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.config import Params  # noqa: E402
 from pipeline.data.fetch import fetch_dataset  # noqa: E402
 from pipeline.data.preprocess import preprocess_dataset  # noqa: E402
 from pipeline.models import create_model  # noqa: E402
+from pipeline.settings import load_params  # noqa: E402
 from pipeline.spec import RunSpec, build_spec, data_ref  # noqa: E402
 from pipeline.train.engine import (  # noqa: E402
     Shard,

@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from pipeline.config import ConfigError, Params, format_errors, load_params
+from pipeline.config import ConfigError, Params, format_errors
 from pipeline.data.errors import DataError
+from pipeline.settings import load_params
 
 PARAMS_FILE = "params.yaml"
 

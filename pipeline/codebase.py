@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,8 +144,6 @@ def code_digest(roots: Iterable[str], root_dir: Path = ROOT) -> str:
 def _load(dvc_yaml: Path | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(dvc_yaml, Mapping):
         return dict(dvc_yaml.get("stages") or {})
-    import yaml
-
     with open(dvc_yaml) as f:
         return dict((yaml.safe_load(f) or {}).get("stages") or {})
 

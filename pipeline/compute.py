@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pipeline
 from pipeline.config import ComputeCfg, ConfigError
 from pipeline.redact import is_secret_name, safe_env
 
@@ -73,9 +74,10 @@ def check_workers_before_start(cfg: ComputeCfg) -> Workers | None:
     return resolve_workers(cfg, cpus, gpus, "this machine")
 
 
-def worker_env() -> dict[str, str]:
-    """The settings forwarded to every worker: ``FORWARD_ENV_PREFIXES`` variables that are not credentials."""
-    keep, dropped = safe_env({k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)})
+def forwardable(env: dict[str, str]) -> dict[str, str]:
+    """The one filter of what this process hands to Ray: the variables of ``env`` that are not credentials,
+    by name or by value (``pipeline.redact``); a variable left out for its value is named in a warning."""
+    keep, dropped = safe_env(env)
     by_value = [k for k in dropped if not is_secret_name(k)]
     if by_value:
         log.warning(
@@ -84,6 +86,23 @@ def worker_env() -> dict[str, str]:
             ", ".join(by_value),
         )
     return keep
+
+
+def worker_env() -> dict[str, str]:
+    """The settings forwarded to every worker: ``FORWARD_ENV_PREFIXES`` variables that are not credentials."""
+    return forwardable({k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)})
+
+
+def keep_credentials_out_of_trials() -> None:
+    """Ray Tune copies AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, ... from this process into every trial's
+    runtime_env (``ray.tune.execution.class_cache``), which Ray writes verbatim into runtime_env_agent.log: its
+    list keeps only what ``forwardable`` lets through. Trials get credentials from their node's environment,
+    like every other worker. tests/test_cluster.py greps Ray's logs for a planted secret."""
+    from ray.tune.execution import class_cache  # only the search stage, which has a Ray session, calls this
+
+    names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(names, set):
+        class_cache.ENV_VARS_TO_PROPAGATE = set(forwardable({n: os.environ.get(n, "") for n in names}))
 
 
 def storage_path(cfg: ComputeCfg) -> str:
@@ -116,8 +135,6 @@ def ray_session(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
     # cluster]"): on a cluster, where worker output is forwarded, show each as written.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
-
-    import pipeline
 
     env: dict[str, Any] = {"env_vars": worker_env()}
     address = os.environ.get("RAY_ADDRESS")

@@ -1,28 +1,25 @@
-"""Typed, frozen settings validated at the edge.
+"""The settings' schema: typed, frozen models of every section of ``params.yaml``.
 
-``params.yaml`` is the only place settings live. ``load_params`` reads it once, checks every value (and the
-cross-field rules: milestones inside the run, methods that exist, model arguments the factory accepts) and
-returns frozen models; library code takes these, never a raw dict. Every problem found is reported in one
-``ConfigError`` that names the key, the bad value and what is allowed, before Ray or training starts.
+``params.yaml`` is the only place settings live. ``pipeline.settings.load_params`` reads it once, validates it
+into these models (each field's own rules here; the rules that span sections in ``pipeline.config_checks``,
+those that need the model code in ``pipeline.models.checks``) and returns them frozen; library code takes
+these, never a raw dict. Every problem found is reported in one ``ConfigError`` that names the key, the bad
+value and what is allowed, before Ray or training starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -278,6 +275,40 @@ class MethodCfg(Frozen):
         return v.model or self.model, dict(self.args if v.args is None else v.args)
 
 
+Section = Literal["train", "args"]
+SECTIONS: tuple[str, ...] = ("train", "args")
+
+
+def split_key(key: str) -> tuple[Section, str]:
+    """``train.<field>`` (a recipe field) or ``args.<argument>`` (a model argument): the one reading of the
+    dotted keys a search space or an override names."""
+    section, dot, name = key.partition(".")
+    if section not in SECTIONS or not dot or not name:
+        raise ValueError(f"{key!r}: allowed: train.<recipe field> or args.<model argument>")
+    return section, name  # type: ignore[return-value]
+
+
+class Overrides(Frozen):
+    """Values set on top of a method's recipe (``train``) and model arguments (``args``): what a search trial
+    or an adopted search sets (``train.lr``, ``args.placement``), what a study cell sets."""
+
+    train: dict[str, Any] = {}
+    args: dict[str, Any] = {}
+
+    @classmethod
+    def parse(cls, flat: dict[str, Any] | None) -> Overrides:
+        """From dotted keys (``{"train.lr": 0.05, "args.placement": "stage"}``)."""
+        out: dict[str, dict[str, Any]] = {"train": {}, "args": {}}
+        for key, value in (flat or {}).items():
+            section, name = split_key(key)
+            out[section][name] = value
+        return cls(**out)
+
+    def flat(self) -> dict[str, Any]:
+        """Back to dotted keys: the form search spaces, Tune configurations and records use."""
+        return {**{f"train.{k}": v for k, v in self.train.items()}, **{f"args.{k}": v for k, v in self.args.items()}}
+
+
 class SearchDim(Frozen):
     type: Literal["loguniform", "uniform", "choice"]
     low: Annotated[float | None, NotBool] = None
@@ -326,16 +357,23 @@ class TuneCfg(Frozen):
     def _grace(self) -> TuneCfg:
         if self.grace_period > self.epochs:
             raise ValueError(f"grace_period={self.grace_period} must be <= epochs={self.epochs}")
-        bad = [k for k in self.space if not k.startswith("train.")]
+        bad = [k for k in self.space if _section(k) != "train"]
         if bad:
             raise ValueError(
                 f"space keys {bad} must start with 'train.': the shared space is the recipe every searched method "
                 "shares; a method's own architecture choices go under tune.arch_space.<method>"
             )
-        bad = [f"{m}.{k}" for m, dims in self.arch_space.items() for k in dims if not k.startswith("args.")]
+        bad = [f"{m}.{k}" for m, dims in self.arch_space.items() for k in dims if _section(k) != "args"]
         if bad:
             raise ValueError(f"arch_space keys {bad} must start with 'args.' (model arguments)")
         return self
+
+
+def _section(key: str) -> str | None:
+    try:
+        return split_key(key)[0]
+    except ValueError:
+        return None
 
 
 Switch = bool | Literal["auto"]
@@ -477,363 +515,12 @@ class Params(Frozen):
         return TrainCfg.model_validate(merged)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Loading and the checks that span sections
-
-
-def _fmt_loc(loc: tuple) -> str:
+def fmt_loc(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)
-
-
-_MISSING = object()
-
-
-def _key_loc(raw: dict, loc: tuple) -> tuple:
-    """``loc`` without pydantic's union/validator tags (e.g. ``constrained-int``), which are not keys."""
-    out: list = []
-    cur: Any = raw
-    for p in loc:
-        if (isinstance(cur, dict) and p in cur) or (isinstance(cur, list) and isinstance(p, int) and p < len(cur)):
-            cur = cur[p]
-        elif isinstance(p, str) and ("[" in p or "-" in p or p in DATASET_KINDS):
-            continue  # a union member's tag, not a key
-        else:
-            cur = _MISSING
-        out.append(p)
-    return tuple(out)
 
 
 def format_errors(source: str, errors: list[str]) -> str:
     return f"{source}: invalid settings:\n" + "\n".join(f"  - {e}" for e in errors)
-
-
-def _lookup(raw: dict, loc: tuple) -> Any:
-    cur: Any = raw
-    for p in loc:
-        if (isinstance(cur, dict) and p in cur) or (isinstance(cur, list) and isinstance(p, int) and p < len(cur)):
-            cur = cur[p]
-        else:
-            return None
-    return cur
-
-
-def _cross_checks(p: Params) -> list[str]:
-    """The rules that span sections and need no model code (``pipeline.models.checks`` has the rest)."""
-    errs: list[str] = []
-    for d in p.grid.datasets:
-        if d not in p.datasets:
-            errs.append(f"grid.datasets: {d!r} has no entry under 'datasets'; defined: {sorted(p.datasets)}")
-    for m in p.grid.methods:
-        if m not in p.methods:
-            errs.append(f"grid.methods: unknown method {m!r}; defined under 'methods': {sorted(p.methods)}")
-    errs += _search_checks(p) + _study_checks(p)
-    train_fields = set(TrainCfg.model_fields)
-    for name, m in p.methods.items():
-        bad_t = sorted(set(m.train) - train_fields)
-        if bad_t:
-            errs.append(f"methods.{name}.train: unknown field(s) {bad_t}; allowed: {sorted(train_fields)}")
-        else:
-            try:
-                p.recipe(name)
-            except ValidationError as e:
-                errs += [
-                    f"methods.{name}.train.{_fmt_loc(x['loc'])} = {x.get('input')!r}: "
-                    + x["msg"].removeprefix("Value error, ")
-                    for x in e.errors()
-                ]
-        if m.imagenet is not None and set(m.imagenet.train) - train_fields:
-            errs.append(
-                f"methods.{name}.imagenet.train: unknown field(s) {sorted(set(m.imagenet.train) - train_fields)}; "
-                f"allowed: {sorted(train_fields)}"
-            )
-    for d in p.grid.datasets:
-        if d in p.datasets:
-            errs += _dataset_recipe_checks(p, d, errs)
-    if p.compute.num_workers != "auto" and p.train.batch_size % p.compute.num_workers:
-        errs.append(
-            f"train.batch_size = {p.train.batch_size}: must be divisible by "
-            f"compute.num_workers = {p.compute.num_workers}"
-        )
-    return list(dict.fromkeys(errs))
-
-
-def _dataset_recipe_checks(p: Params, d: str, errs: list[str]) -> list[str]:
-    """Every grid method's recipe on data set ``d`` is valid and splits over the workers."""
-    train_fields = set(TrainCfg.model_fields)
-    bad_t = sorted(set(p.datasets[d].train) - train_fields)
-    if bad_t:
-        return [f"datasets.{d}.train: unknown field(s) {bad_t}; allowed: {sorted(train_fields)}"]
-    out: list[str] = []
-    recipe_errs: dict[str, list[str]] = {}
-    for name in p.grid.methods:
-        if name not in p.methods or any(e.startswith(f"methods.{name}.") for e in errs):
-            continue
-        try:
-            r = p.recipe(name, d)
-        except ValidationError as e:
-            for x in e.errors():
-                where = f"{_fmt_loc(x['loc'])} = {x.get('input')!r}: " if x["loc"] else ""
-                recipe_errs.setdefault(where + x["msg"].removeprefix("Value error, "), []).append(name)
-            continue
-        if p.compute.num_workers != "auto" and r.batch_size % p.compute.num_workers:
-            out.append(
-                f"datasets.{d}.train.batch_size = {r.batch_size} (method {name}): must be divisible by "
-                f"compute.num_workers = {p.compute.num_workers}"
-            )
-    out += [
-        f"datasets.{d}.train = {p.datasets[d].train} (on top of train, under the overrides of methods {ms}): {msg}"
-        for msg, ms in recipe_errs.items()
-    ]
-    return out
-
-
-def _study_checks(p: Params) -> list[str]:
-    """The study's data set is one the pipeline prepares, and its method is a method (the model code checks
-    that every cell builds: ``pipeline.models.checks``)."""
-    s, errs = p.study, []
-    if s.dataset not in p.grid.datasets:
-        errs.append(
-            f"study.dataset: {s.dataset!r} is not in grid.datasets {p.grid.datasets} (only those are fetched and "
-            "preprocessed, and the study stage reads its data set even when the study is off); allowed: one of them"
-        )
-    if s.method not in p.methods:
-        errs.append(f"study.method: unknown method {s.method!r}; defined under 'methods': {sorted(p.methods)}")
-    return errs
-
-
-def _search_checks(p: Params) -> list[str]:
-    """The search track must be equal: every compared method searched, or none (unless opted out)."""
-    t, errs = p.tune, []
-    searched = p.searched
-    for m in searched:
-        if m not in p.methods:
-            errs.append(f"tune.methods: unknown method {m!r}; defined under 'methods': {sorted(p.methods)}")
-    for key in t.space:
-        if key.partition(".")[2] not in TrainCfg.model_fields:
-            errs.append(
-                f"tune.space.{key}: not a recipe field; allowed: {sorted('train.' + f for f in TrainCfg.model_fields)}"
-            )
-    errs += _space_value_checks(p)
-    for m in t.arch_space:
-        if searched and m not in searched:  # dormant while nothing is searched
-            errs.append(f"tune.arch_space.{m}: {m!r} is not searched; allowed: methods of tune.methods = {t.methods!r}")
-    if not searched:
-        return errs
-    if t.num_samples < 2:
-        errs.append(
-            f"tune.num_samples = {t.num_samples}: must be >= 2 when searching; the first trial of every search is "
-            "the unsearched recipe, the baseline a searched setting must beat"
-        )
-    if not t.space and not t.arch_space:
-        errs.append("tune.space: empty, and no tune.arch_space: a search needs something to search")
-    left_out = [m for m in p.grid.methods if m not in searched]
-    if left_out and not t.allow_unequal:
-        errs.append(
-            f"tune.methods = {t.methods!r} searches {len(searched)} of the {len(p.grid.methods)} compared methods "
-            f"and leaves out {left_out}: their comparison would measure the search as much as the method. "
-            "Allowed: [] (no search: every method at the recipe), all (every method of grid.methods, same budget "
-            "and space), or set tune.allow_unequal: true to accept it (the report then marks those rows)"
-        )
-    return errs
-
-
-def search_values(dim: SearchDim) -> list[tuple[str, Any]]:
-    """(what, value) a search dimension may set that a check can try: each choice, or the two bounds."""
-    if dim.type == "choice":
-        return [("choice value", v) for v in dim.values or []]
-    return [("low", dim.low), ("high", dim.high)]
-
-
-def _space_value_checks(p: Params) -> list[str]:
-    """Every value ``tune.space`` may set is one the recipe takes, with every searched method (every method of
-    the grid while nothing is searched) on every data set of the grid."""
-    errs: list[str] = []
-    pairs = []
-    for m in p.searched or p.grid.methods:
-        for d in p.grid.datasets:
-            if m in p.methods and d in p.datasets:
-                try:
-                    p.recipe(m, d)
-                except ValidationError:
-                    continue  # the recipe itself is bad: said elsewhere
-                pairs.append((m, d))
-    for key, dim in p.tune.space.items():
-        field = key.partition(".")[2]
-        if field not in TrainCfg.model_fields:
-            continue  # said elsewhere
-        kind = TrainCfg.model_fields[field].annotation
-        if dim.type != "choice" and kind is not float:
-            errs.append(
-                f"tune.space.{key}: {dim.type} samples real numbers, but {field} takes "
-                f"{getattr(kind, '__name__', kind)}; allowed: {{type: choice, values: [...]}}"
-            )
-            continue
-        for what, v in search_values(dim):
-            for m, d in pairs:
-                try:
-                    p.recipe(m, d, {field: v})
-                except ValidationError as e:
-                    why = "; ".join(
-                        (f"{_fmt_loc(x['loc'])}: " if tuple(x["loc"]) not in ((), (field,)) else "")
-                        + x["msg"].removeprefix("Value error, ")
-                        for x in e.errors()
-                    )
-                    errs.append(
-                        f"tune.space.{key}: {what} {v!r} is refused by the recipe (method {m}, data set {d}): {why}"
-                    )
-                    break
-    return errs
-
-
-def validate_params(raw: dict, source: str = "params.yaml") -> Params:
-    """Validate a raw params mapping; raise one ``ConfigError`` listing every problem."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    non_finite = _non_finite(raw)
-    nf_errs = [
-        f"{_fmt_loc(loc)} = {v!r}: not a finite number; allowed: a finite number (.inf, -.inf and .nan never are "
-        "a setting)"
-        for loc, v in non_finite
-    ]
-    try:
-        p = Params.model_validate(raw)
-    except ValidationError as e:
-        grouped: dict[tuple, list[str]] = {}
-        locs = [_key_loc(raw, tuple(x["loc"])) for x in e.errors()]
-        deeper = {loc[:i] for loc in locs for i in range(len(loc))}
-        said = {loc for loc, _ in non_finite}
-        for x, loc in zip(e.errors(), locs, strict=True):
-            if x["type"] == "literal_error" and loc in deeper:
-                continue  # a union's other branch (e.g. a list) got further: its error is the one that matters
-            if loc in said:
-                continue  # a non-finite number: said once above, wherever it is
-            msg = x["msg"].removeprefix("Value error, ")
-            if x["loc"] and x["loc"][-1] == "[key]":  # a bad key of a mapping (a data set or method name)
-                grouped.setdefault((loc[:-1], ""), []).append(f"key {msg}")
-                continue
-            if x["type"] in ("union_tag_invalid", "union_tag_not_found"):
-                loc, msg = (*loc, "kind"), f"unknown data set kind; allowed: {', '.join(DATASET_KINDS)}"
-            field = re.match(r"(\w+)=", msg)  # a model-level rule names its field first: point at it
-            if x["type"] == "value_error" and field and isinstance(_lookup(raw, loc), dict):
-                loc = (*loc, field.group(1))
-                msg = msg.split(": ", 1)[-1] if ": " in msg else msg
-            shown = "" if x["type"] == "missing" else f" = {_lookup(raw, loc)!r}"
-            grouped.setdefault((loc, shown), []).append(msg)
-        # a union gives one message per alternative: join them into one line
-        errs = [f"{_fmt_loc(loc)}{shown}: {' or '.join(dict.fromkeys(msgs))}" for (loc, shown), msgs in grouped.items()]
-        raise ConfigError(format_errors(source, nf_errs + errs)) from None
-    if nf_errs:  # in a free-form section (model arguments, recipe overrides): the models took them
-        raise ConfigError(format_errors(source, nf_errs))
-    errs = _cross_checks(p) + _keys_dvc_reads(raw, p)
-    if errs:
-        raise ConfigError(format_errors(source, errs))
-    return p
-
-
-# dvc.yaml's stages list these keys of each data set in the grid; DVC fails on a missing one, so say it first
-DVC_DATASET_KEYS = ("kind", "fetch", "preprocess", "train")
-
-
-def _keys_dvc_reads(raw: dict, p: Params) -> list[str]:
-    return [
-        f"datasets.{d}.{k}: missing; the DVC stages read it (write `{k}: {{}}` for no settings)"
-        for d in p.grid.datasets
-        if d in p.datasets
-        for k in DVC_DATASET_KEYS
-        if k not in raw["datasets"][d]
-    ]
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such params file (run from the repository root, or pass its path)")
-    return validate_params(read_yaml(path), str(path))
-
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-def read_yaml(path: str | Path) -> Any:
-    """``path`` parsed as YAML (safe types only), or one ``ConfigError``: a syntax error with its line and
-    column, or a key written twice in one mapping (YAML would silently keep the last), with both lines."""
-    path = Path(path)
-    try:
-        text = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        dups = _duplicate_keys(node) if node is not None else []
-        if dups:
-            raise ConfigError(format_errors(str(path), dups))
-        return loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as e:
-        raise ConfigError(f"{path}: {_yaml_problem(e)}") from None
-    except yaml.YAMLError as e:  # e.g. a byte that is not UTF-8 text
-        raise ConfigError(f"{path}: not readable as YAML: {e}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be settings") from None
-    finally:
-        loader.dispose()
-
-
-def _yaml_problem(e: yaml.MarkedYAMLError) -> str:
-    mark = e.problem_mark or e.context_mark
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    what = e.problem or e.context or "invalid YAML"
-    if e.context and e.problem:
-        cm = e.context_mark
-        what += f" ({e.context}" + (f" started at line {cm.line + 1}, column {cm.column + 1})" if cm else ")")
-    if "'\\t'" in what:
-        what += "; YAML is indented with spaces, never tabs"
-    return where + what
-
-
-def _duplicate_keys(node: yaml.Node, path: tuple = (), seen: set[int] | None = None) -> list[str]:
-    """Keys written twice in one mapping, with the lines of both. A key brought in by a merge key (``<<``)
-    and set again explicitly is an override, not a duplicate."""
-    seen = set() if seen is None else seen
-    if id(node) in seen:  # an alias of a node already walked (or a recursive one)
-        return []
-    seen.add(id(node))
-    errs: list[str] = []
-    if isinstance(node, yaml.MappingNode):
-        first: dict[tuple[str, str], yaml.Node] = {}
-        for k, v in node.value:
-            if k.tag == _MERGE_TAG:
-                errs += _duplicate_keys(v, path, seen)
-                continue
-            sub = path
-            if isinstance(k, yaml.ScalarNode):
-                sub = (*path, k.value)
-                if (k.tag, k.value) in first:
-                    errs.append(
-                        f"{_fmt_loc(sub)}: duplicate key, written at {_at(first[k.tag, k.value])} and again at "
-                        f"{_at(k)} (YAML would silently keep the last); write it once"
-                    )
-                else:
-                    first[k.tag, k.value] = k
-            errs += _duplicate_keys(v, sub, seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            errs += _duplicate_keys(v, (*path, i), seen)
-    return errs
-
-
-def _at(node: yaml.Node) -> str:
-    return f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
-
-
-def _non_finite(node: Any, path: tuple = (), above: frozenset[int] = frozenset()) -> list[tuple[tuple, float]]:
-    """(key path, value) of every .inf / -.inf / .nan in the raw tree, free-form sections included."""
-    if isinstance(node, float):
-        return [] if math.isfinite(node) else [(path, node)]
-    if id(node) in above:  # a recursive alias
-        return []
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    return [hit for k, v in items for hit in _non_finite(v, (*path, k), above | {id(node)})]
 
 
 def config_hash(*parts: Any) -> str:

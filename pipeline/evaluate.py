@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import serving, tracking
 from pipeline.config import EvaluateCfg
 from pipeline.data.manifest import Manifest, load_manifest, load_split
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.models import SpatialSoftmax, create_model
+from pipeline.plots import attention_grid, save
 from pipeline.spec import RunSpec
 from pipeline.train.checkpoint import read_checkpoint
 from pipeline.train.engine import TensorData, normalize, predict
@@ -42,8 +44,6 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunSpec, dict[str, Any
 @torch.no_grad()
 def flops_per_image(model: nn.Module, x: torch.Tensor) -> int:
     """Forward FLOPs for one image, counted by ``torch.utils.flop_counter`` (a multiply-add is 2 FLOPs)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         model.eval()(x[:1])
     return int(counter.get_total_flops())
@@ -114,8 +114,6 @@ def evaluate_unit(
     n = min(cfg.attention_images, len(test))
     maps = attention_maps(model, normalize(test.images[:n], mean, std)) if n else []
     if maps:
-        from pipeline.plots import attention_grid, save
-
         names = [f"{name} ({m.shape[-2]}x{m.shape[-1]})" for name, m in maps]
         titles = [f"{man.classes[int(y[i])]} -> {man.classes[int(pred[i])]}" for i in range(n)]
         fig = attention_grid(

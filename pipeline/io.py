@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
 _TMP = re.compile(r"^(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
 
@@ -82,8 +84,6 @@ def read_json(path: str | Path) -> Any:
 def filesystem(path: str | Path):
     """(pyarrow filesystem, path inside it) for a local path or a URI. S3 honours ``AWS_ENDPOINT_URL``, so an
     S3-compatible store is a setting, not a code change."""
-    import pyarrow.fs as pafs
-
     if "://" in str(path):
         return pafs.FileSystem.from_uri(str(path))
     return pafs.LocalFileSystem(), str(Path(path).resolve())

@@ -11,6 +11,8 @@ from typing import Any
 
 import matplotlib
 
+from pipeline.io import atomic_path
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
@@ -66,8 +68,6 @@ def attention_grid(
 
 
 def save(fig, path) -> None:
-    from pipeline.io import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)

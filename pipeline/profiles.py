@@ -24,9 +24,10 @@ from typing import Any
 import yaml
 from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
 
-from pipeline.config import ConfigError, read_yaml
+from pipeline.config import ConfigError
 from pipeline.io import atomic_path
 from pipeline.models.checks import validate_all
+from pipeline.settings import read_yaml
 
 
 def override_value(v: Any) -> str:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 
@@ -40,8 +41,6 @@ def hardware() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for pkg in ("torch", "torchvision", "ray", "mlflow", "dvc", "pyarrow"):
         try:

@@ -22,26 +22,22 @@ the test split), and its last point is the evaluated test top-1.
 from __future__ import annotations
 
 import csv
-import html
 import math
-import re
 import shutil
 import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from matplotlib.ticker import MaxNLocator
-
 from pipeline import tracking
 from pipeline.analysis import ComparisonResult, MethodResult, comparisons, method_result
-from pipeline.config import Params, config_hash
+from pipeline.config import Params, config_hash, split_key
 from pipeline.data.manifest import Manifest, load_manifest
 from pipeline.io import read_json, write_json
 from pipeline.paper import CLAIMS, COLUMN_OF_KIND, COLUMNS, PUBLISHED, TABLE_NAMES
-from pipeline.plots import plt, save
 from pipeline.provenance import provenance
+from pipeline.report_figures import write_figures
+from pipeline.report_html import markdown_to_html
 from pipeline.stats import Summary, chance_level
 from pipeline.study_report import study_section
 
@@ -59,7 +55,6 @@ OUTPUTS = (
     "figures",
 )
 METRIC_FIELDS = ("mean", "std", "ci_low", "ci_high", "n")  # metrics.json, per method: its test top-1
-CURVE_KEY = "val_top1"  # the training loop's per-epoch top-1; the train stage measures it on the test split
 TOP5_ABOVE = 10  # test top-5 is shown only with more classes than this (of 10 it is near 100 % and says nothing)
 
 
@@ -75,16 +70,6 @@ def collect(results: Path, params: Params, dataset: str) -> dict[str, dict[str, 
             units = out.setdefault(track_dir.name, {}).setdefault(m, {})
             for s in params.grid.seeds:
                 units[s] = read_json(track_dir / f"seed{s}" / "summary.json")
-    return out
-
-
-def read_curves(results: Path, params: Params, dataset: str) -> dict[str, dict[int, list[dict[str, float]]]]:
-    """The recipe track's learning curves: {method: {seed: [per-epoch record]}}."""
-    out: dict[str, dict[int, list[dict[str, float]]]] = {}
-    for m in params.grid.methods:
-        for s in params.grid.seeds:
-            with open(results / dataset / "curves" / f"{m}-seed{s}.csv") as f:
-                out.setdefault(m, {})[s] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     return out
 
 
@@ -301,7 +286,7 @@ def _values(config: dict[str, Any] | None) -> str:
     if not config:
         return "-"
     return ", ".join(
-        f"{k.split('.', 1)[1]} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in config.items()
+        f"{split_key(k)[1]} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in config.items()
     )
 
 
@@ -509,185 +494,8 @@ def _json(x: float | None) -> float | None:
 # Figures
 
 
-CLASS_NAMES_UP_TO = 20  # a confusion matrix names each class on its axes up to this many; beyond, index ticks
-CELL_VALUES_UP_TO = 12  # and writes each cell's percentage up to this many
-
-
-def curves_figure(params: Params, dataset: str, per_method: dict[str, dict[int, list[dict[str, float]]]]):
-    """Every method's test top-1 after each epoch (recipe track) on one axis: mean over seeds, band min to max."""
-    fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
-    n = 0
-    for m, by_seed in per_method.items():
-        runs = list(by_seed.values())
-        n = max(n, len(runs))
-        epochs = [r["epoch"] for r in runs[0]]
-        vals = [[run[i][CURVE_KEY] for run in runs] for i in range(len(epochs))]
-        line = ax.plot(epochs, [statistics.fmean(v) for v in vals], marker=".", label=params.method(m).label)[0]
-        ax.fill_between(epochs, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.15)
-    ax.set(xlabel="epoch", ylabel="test top-1 (%)")
-    ax.set_title(f"{dataset}: test top-1 after each epoch (test split)\nmean over {n} seeds; band: min to max", size=10)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    fig.legend(loc="outside right upper", fontsize=8)
-    return fig
-
-
-def confusion_counts(results: Path, dataset: str, method: str, seeds: list[int], classes: list[str]) -> np.ndarray:
-    """The recipe track's test confusion counts summed over ``seeds``: [true, predicted], in label order (the
-    order of ``classes``, the manifest's, never alphabetical)."""
-    index = {c: i for i, c in enumerate(classes)}
-    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    for s in seeds:
-        with open(results / dataset / "confusion" / method / "recipe" / f"seed{s}.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                counts[index[row["actual"]], index[row["predicted"]]] += 1
-    return counts
-
-
-def confusion_figure(counts: np.ndarray, classes: list[str], title: str):
-    """Rows as % of each true class, classes in the given (label) order; class names on the axes up to
-    ``CLASS_NAMES_UP_TO`` classes (index ticks beyond), each cell's % written up to ``CELL_VALUES_UP_TO``."""
-    k = len(classes)
-    pct = 100.0 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    side = min(max(3.5, 0.38 * k + 1.5), 6.5)
-    fig, ax = plt.subplots(figsize=(side + 1.3, side), layout="constrained")
-    named = k <= CLASS_NAMES_UP_TO
-    im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100, interpolation="nearest" if named else "antialiased")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="% of the true class")
-    if named:
-        ax.set_xticks(range(k), classes, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
-        ax.set_yticks(range(k), classes, fontsize=8)
-        ax.set(xlabel="predicted class", ylabel="true class")
-    else:
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_locator(MaxNLocator(10, integer=True))
-        ax.set(xlabel=f"predicted class (index in label order, 0-{k - 1})", ylabel="true class (index)")
-    if k <= CELL_VALUES_UP_TO:
-        for (i, j), v in np.ndenumerate(pct):
-            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v > 60 else "black")
-    ax.set_title(title, fontsize=9)
-    return fig
-
-
-def _attention_picture(params: Params, results: Path, dataset: str) -> Path | None:
-    """The attention-map picture of the paper's method (first seed, recipe track)."""
-    for m in params.grid.methods:
-        p = results / dataset / "eval" / m / "recipe" / f"seed{params.grid.seeds[0]}" / "attention.png"
-        if params.method(m).paper_row == "ours" and p.is_file():
-            return p
-    return None
-
-
-def write_figures(params: Params, results: Path, dataset: str, man: Manifest, fig_dir: Path) -> list[str]:
-    """Draw ``dataset``'s pictures into ``fig_dir`` (curves, a confusion matrix per method, the attention maps);
-    return the markdown that shows them, paths relative to the report."""
-    seeds = list(params.grid.seeds)
-    save(curves_figure(params, dataset, read_curves(results, params, dataset)), fig_dir / f"curves-{dataset}.png")
-    lines = [
-        "### Figures",
-        "",
-        f"Test top-1 after each epoch, every method (recipe track; measured on the test split after each epoch, so "
-        f"the last point is the test top-1 of the tables; mean over {len(seeds)} seeds, band: min to max):",
-        "",
-        f"![test top-1 per epoch on {dataset}](figures/curves-{dataset}.png)",
-        "",
-        f"Confusion matrices (recipe track, test split, the {len(seeds)} seeds summed; each row is a true class, in "
-        "label order, as % of its test images):",
-        "",
-    ]
-    pictures = []
-    for m in params.grid.methods:
-        counts = confusion_counts(results, dataset, m, seeds, man.classes)
-        label = params.method(m).label
-        title = f"{label} on {dataset}\ntest split, {len(seeds)} seeds summed"
-        save(confusion_figure(counts, man.classes, title), fig_dir / "confusion" / f"{dataset}-{m}.png")
-        pictures.append(f"![confusion matrix of {label} on {dataset}](figures/confusion/{dataset}-{m}.png)")
-    lines += [" ".join(pictures), ""]
-    attention = _attention_picture(params, results, dataset)
-    if attention is not None:
-        (fig_dir / "maps").mkdir(exist_ok=True)
-        shutil.copyfile(attention, fig_dir / "maps" / f"attention-{dataset}.png")
-        lines += [
-            f"Attention maps of the paper's method on `{dataset}` (seed {seeds[0]}; each module's map upsampled over "
-            "the test image; title: true -> predicted class):",
-            "",
-            f"![attention maps on {dataset}](figures/maps/attention-{dataset}.png)",
-            "",
-        ]
-    return lines
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The page: tables.md as HTML, pictures by relative path, nothing fetched, no scripts
-
-PAGE_STYLE = (
-    "body{font-family:sans-serif;line-height:1.4;margin:1.5em auto;padding:0 1em;max-width:110em}"
-    "table{border-collapse:collapse;font-size:.9em}th,td{border:1px solid #bbb;padding:.2em .5em;"
-    "vertical-align:top}th{background:#eee;text-align:left}.table{overflow-x:auto;margin:.5em 0}"
-    "code{background:#f3f3f3;padding:0 .2em}img{max-width:100%;vertical-align:top;margin:.2em}"
-    'img[src*="confusion/"]{width:30em}'  # side by side
-)
-_CODE = re.compile(r"`([^`]*)`")
-_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
-_ITALIC = re.compile(r"(?<![*\w])\*(?![\s*])(.+?)(?<![\s*])\*(?![*\w])")
-
-
-def _inline(text: str) -> str:
-    """Code spans, images, bold and italic; everything else escaped."""
-    out = []
-    for i, part in enumerate(_CODE.split(text)):  # odd parts are code
-        if i % 2:
-            out.append(f"<code>{html.escape(part)}</code>")
-            continue
-        part = _IMAGE.sub(lambda m: f'<img src="{m[2]}" alt="{m[1]}">', html.escape(part))
-        out.append(_ITALIC.sub(r"<em>\1</em>", _BOLD.sub(r"<strong>\1</strong>", part)))
-    return "".join(out)
-
-
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def _block(kind: str, lines: list[str]) -> str:
-    if kind == "heading":
-        level = len(lines[0]) - len(lines[0].lstrip("#"))
-        return f"<h{level}>{_inline(lines[0][level:].strip())}</h{level}>"
-    if kind == "list":
-        return "<ul>\n" + "\n".join(f"<li>{_inline(x[2:])}</li>" for x in lines) + "\n</ul>"
-    if kind == "table":
-        rows = [c for c in map(_cells, lines) if not all(re.fullmatch(r":?-{3,}:?", x) for x in c)]  # no |---|
-        head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
-        body = "\n".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-        return f'<div class="table"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>'
-    return "<p>" + " ".join(_inline(x) for x in lines) + "</p>"
-
-
-def _kind(line: str) -> str:
-    if line.startswith("#"):
-        return "heading"
-    return "table" if line.startswith("|") else "list" if line.startswith("- ") else "paragraph"
-
-
-def markdown_to_html(md: str) -> str:
-    """The markdown tables.md uses (headings, paragraphs, bullet lists, pipe tables, bold, italic, code, images)
-    as one self-contained page: no scripts, no fetched styles or fonts; images by their relative paths."""
-    lines, blocks, i = md.split("\n"), [], 0
-    while i < len(lines):
-        if not lines[i].strip():
-            i += 1
-            continue
-        kind, j = _kind(lines[i]), i + 1
-        while kind != "heading" and j < len(lines) and lines[j].strip() and _kind(lines[j]) == kind:
-            j += 1
-        blocks.append(_block(kind, lines[i:j]))
-        i = j
-    title = next((x.lstrip("#").strip() for x in lines if x.startswith("# ")), "Report")
-    return (
-        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-        f"<style>{PAGE_STYLE}</style>\n</head>\n<body>\n" + "\n".join(blocks) + "\n</body>\n</html>\n"
-    )
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Files and MLflow
@@ -719,7 +527,7 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
             "\n".join([s["text"], *write_figures(params, results, d, s["manifest"], tmp / "figures")])
             for d, s in sections.items()
         ]
-        study_text, study_summary = study_section(_study(results), tmp / "figures")
+        study_text, study_summary = study_section(_study(params, results), tmp / "figures")
         md = "\n".join(header + texts + study_text)
         (tmp / "tables.md").write_text(md)
         (tmp / "index.html").write_text(markdown_to_html(md))
@@ -736,10 +544,14 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
     return {"rows": rows, "summary": summary}
 
 
-def _study(results: Path) -> dict[str, Any]:
-    """The study stage's output; a results tree without one (a report of constructed results) has it off."""
-    f = results / "study.json"
-    return read_json(f) if f.is_file() else {"enabled": False, "how": "dvc exp run -S study.enabled=true"}
+def _study(params: Params, results: Path) -> dict[str, Any]:
+    """The study stage's output for the data set it studied; off when none did (or a results tree without one,
+    a report of constructed results)."""
+    for d in params.grid.datasets:
+        f = results / d / "study.json"
+        if f.is_file() and (study := read_json(f)).get("enabled"):
+            return study
+    return {"enabled": False, "how": "dvc exp run -S study.enabled=true"}
 
 
 def _provenance(results: Path, dataset: str, section: dict[str, Any]) -> dict[str, Any]:

@@ -19,8 +19,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import mlflow
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 from torch import nn
 
 from pipeline.spec import RunSpec
@@ -63,10 +67,6 @@ def log_unit_model(
     """Log ``net`` (trained for ``spec``) into its run as a pt2 MLflow model; ``example``: uint8 (n, H, W, 3)
     test images, n >= 2 (a batch of one would fix the batch size of the exported graph). Returns the model's
     id; a run that already has its model keeps it."""
-    import mlflow  # heavy, and only the evaluate stage logs models
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
     found = logged_model(c, experiment_id, run_id)
     if found is not None:
         return found.model_id
@@ -98,8 +98,6 @@ def _unit(spec: RunSpec) -> dict[str, Any]:
 def register(c, name: str, model_id: str, run_id: str, aliases: list[str], description: str) -> int:
     """Register the logged model ``model_id`` as a version of ``name`` (once: a version of this run is reused)
     and point ``aliases`` at it; the version number."""
-    from mlflow.exceptions import MlflowException
-
     try:
         c.create_registered_model(name, description=description)
     except MlflowException as e:

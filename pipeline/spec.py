@@ -13,7 +13,9 @@ from typing import Any
 from pydantic import Field
 
 from pipeline import codebase
-from pipeline.config import Frozen, Params, TrainCfg, config_hash
+from pipeline.config import Frozen, Overrides, Params, TrainCfg, config_hash
+from pipeline.data.manifest import load_manifest
+from pipeline.data.shared import publish
 
 
 class DataRef(Frozen):
@@ -56,16 +58,16 @@ def build_spec(
     method: str,
     data: DataRef,
     seed: int,
-    tuned: dict[str, Any] | None = None,
+    tuned: Overrides | dict[str, Any] | None = None,
     val_fraction: float | None = None,
     train_subset: int | None = None,
     diagnostics: int = 0,
 ) -> RunSpec:
     """Resolve the method's model and recipe, with tuned values (``train.<f>``/``args.<a>`` keys) applied."""
-    tuned = dict(tuned or {})
+    over = tuned if isinstance(tuned, Overrides) else Overrides.parse(tuned)
     model, base_args = params.model_of(method, data.name)
-    args = {**base_args, **{k[5:]: v for k, v in tuned.items() if k.startswith("args.")}}
-    recipe = params.recipe(method, data.name, {k[6:]: v for k, v in tuned.items() if k.startswith("train.")})
+    args = {**base_args, **over.args}
+    recipe = params.recipe(method, data.name, over.train)
     return RunSpec(
         dataset=data,
         method=method,
@@ -75,7 +77,7 @@ def build_spec(
         seed=seed,
         val_fraction=val_fraction,
         train_subset=train_subset,
-        tuned=tuned,
+        tuned=over.flat(),
         diagnostics=diagnostics,
     )
 
@@ -90,8 +92,6 @@ def compressed(recipe: TrainCfg, epochs: int) -> dict[str, Any]:
 
 
 def data_ref(name: str, data_dir: str | Path) -> DataRef:
-    from pipeline.data.manifest import load_manifest
-
     data_dir = Path(data_dir).resolve()
     man = load_manifest(data_dir)
     return DataRef(
@@ -109,8 +109,6 @@ def shared(data: DataRef, root: str | None) -> DataRef:
     place when that is None. Called only when there is work for the workers."""
     if root is None:
         return data
-    from pipeline.data.shared import publish
-
     return data.model_copy(update={"path": publish(data.path, root, data.name, data.sha256)})
 
 

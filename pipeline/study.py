@@ -22,7 +22,7 @@ seed) in the experiment ``<prefix>-<dataset>-study``, checkpoints every epoch, f
 store under their content key, so an interrupted study resumes and a study with one cell changed trains only
 that cell. Every unit records the collapse diagnostics (``pipeline.models.diagnostics``) before training and
 after every epoch. The cell's score is its test top-1 after the last epoch (the train stage's per-epoch
-``val_top1``, measured on the test split). ``results/study.json`` holds it all; the report's section "Where
+``val_top1``, measured on the test split). ``results/<dataset>/study.json`` holds it all; the report's section "Where
 attention helps" (``pipeline.study_report``) reads it.
 """
 
@@ -37,13 +37,13 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.compute import check_workers_before_start, storage_path
-from pipeline.config import Params
+from pipeline.config import Overrides, Params
 from pipeline.data.manifest import load_manifest
 from pipeline.io import write_json
 from pipeline.models import create_model
 from pipeline.provenance import provenance
 from pipeline.spec import DataRef, RunSpec, build_spec, compressed, data_ref
-from pipeline.train.run import job_for, train_on_ray
+from pipeline.train.run import dataset_input, job_for, run_params, train_on_ray
 from pipeline.train.store import UnitStore
 
 log = logging.getLogger(__name__)
@@ -54,16 +54,11 @@ def study_specs(params: Params, data: DataRef) -> dict[str, dict[int, RunSpec]]:
     """cell -> seed -> the unit it trains."""
     s = params.study
     recipe = params.recipe(s.method, data.name)
-    length = compressed(recipe, s.epochs) if s.epochs is not None else {}
+    length = Overrides.parse(compressed(recipe, s.epochs)).train if s.epochs is not None else {}
     return {
         name: {
             seed: build_spec(
-                params,
-                s.method,
-                data,
-                seed,
-                {**{f"args.{k}": v for k, v in args.items()}, **length},
-                diagnostics=s.diagnostics,
+                params, s.method, data, seed, Overrides(args=args, train=length), diagnostics=s.diagnostics
             )
             for seed in s.seeds
         }
@@ -109,45 +104,35 @@ def _unit_summary(record: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 def run_study(params: Params, dataset: str, data_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
     """Train (or reuse) every (cell, seed) of ``params.study`` on ``dataset``; write what the report needs to
-    ``out_file``. When the study is off, write only that (and how to turn it on)."""
+    ``out_file``. When the study is off, or on another data set (``study.dataset``), write only that (and how
+    to turn it on)."""
     t0, s = time.time(), params.study
-    if not s.enabled:
-        out = {"enabled": False, "how": HOW}
+    if not s.enabled or s.dataset != dataset:
+        out = {"enabled": False, "how": HOW, "dataset": dataset}
         write_json(out_file, out)
-        log.info("study@%s: off (study.enabled: false); to run it: %s", dataset, HOW)
+        why = "study.enabled: false" if not s.enabled else f"study.dataset: {s.dataset}"
+        log.info("study@%s: off (%s); to run it: %s", dataset, why, HOW)
         return out
     check_workers_before_start(params.compute)
     specs = study_specs(params, data_ref(dataset, data_dir))
     units = list({u.key(): u for per in specs.values() for u in per.values()}.values())
-    storage = storage_path(params.compute)
-    store = UnitStore(storage, dataset)
+    store = UnitStore(storage_path(params.compute), dataset)
     todo = [u for u in units if not store.has(u.key())]
     c = tracking.client()
-    exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, f"{dataset}-study"))
+    experiment = tracking.experiment_name(params.mlflow.experiment_prefix, f"{dataset}-study")
+    exp = tracking.get_experiment(c, experiment)
     for run_id in tracking.close_dead_runs(c, exp):
         log.info("study@%s: MLflow run %s was left RUNNING by a process that died: marked FAILED", dataset, run_id)
     git = provenance()["git"]
     refs = _refs(params, exp, specs, git["commit"])
-    log.info(
-        "study@%s: %d cells x %d seeds = %d units, %d already in the unit store, %d to train",
-        dataset,
-        len(specs),
-        len(s.seeds),
-        len(units),
-        len(units) - len(todo),
-        len(todo),
-    )
+    n, m = len(units), len(todo)
+    log.info("study@%s: %d cells x %d seeds = %d units, %d already in the unit store, %d to train",
+             dataset, len(specs), len(s.seeds), n, n - m, m)  # fmt: skip
     if todo:
         train_on_ray(params, job_for(params, todo, refs, {"git": git, "study": True}), data_dir)
     records = {u.key(): store.load(u.key()) for u in units}
     runs = {
-        u.key(): tracking.settle_unit_run(
-            c,
-            refs[u.key()],
-            {**u.model_dump(), "run_key": u.key()},
-            records[u.key()],
-            dataset={"name": u.dataset.name, "sha256": u.dataset.sha256, "source": u.dataset.path},
-        )
+        u.key(): tracking.settle_unit_run(c, refs[u.key()], run_params(u), records[u.key()], dataset=dataset_input(u))
         for u in units
     }
     man = load_manifest(data_dir)
@@ -161,21 +146,22 @@ def run_study(params: Params, dataset: str, data_dir: str | Path, out_file: str 
         "seeds": list(s.seeds),
         "placements": list(s.placements),
         "scalings": list(s.scalings),
-        "cells": {
-            name: {
-                "args": s.cells()[name],
-                "params": sum(
-                    p.numel() for p in create_model(per[s.seeds[0]].model, **per[s.seeds[0]].model_args).parameters()
-                ),
-                "seeds": {str(seed): _unit_summary(records[u.key()], runs[u.key()]) for seed, u in per.items()},
-            }
-            for name, per in specs.items()
-        },
-        "units_trained": len(todo),
-        "units_reused": len(units) - len(todo),
+        "cells": {name: _cell(s.cells()[name], per, records, runs) for name, per in specs.items()},
+        "units_trained": m,
+        "units_reused": n - m,
         "margin": s.margin,
         "wall_time_s": round(time.time() - t0, 1),
-        "mlflow_experiment": tracking.experiment_name(params.mlflow.experiment_prefix, f"{dataset}-study"),
+        "mlflow_experiment": experiment,
     }
     write_json(out_file, out)
     return out
+
+
+def _cell(args: dict[str, Any], per_seed: dict[int, RunSpec], records, runs: dict[str, str]) -> dict[str, Any]:
+    """One cell's record: its arguments, its net's parameter count, every seed's unit."""
+    first = next(iter(per_seed.values()))
+    return {
+        "args": args,
+        "params": sum(p.numel() for p in create_model(first.model, **first.model_args).parameters()),
+        "seeds": {str(seed): _unit_summary(records[u.key()], runs[u.key()]) for seed, u in per_seed.items()},
+    }

@@ -1,4 +1,4 @@
-"""The report's section "Where attention helps (the paper's Sec. 7.2)", from ``results/study.json``
+"""The report's section "Where attention helps (the paper's Sec. 7.2)", from ``results/<dataset>/study.json``
 (``pipeline.study``).
 
 Every cell's test top-1 over seeds (mean ± sample std, Student-t 95 % CI, n) in a placement x scaling table;

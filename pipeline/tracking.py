@@ -15,11 +15,27 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import socket
 import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import psutil
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
 
 from pipeline.config import Frozen
 from pipeline.redact import redact, redact_url
@@ -34,8 +50,6 @@ def tracking_uri() -> str:
 
 
 def client(uri: str | None = None):
-    from mlflow.tracking import MlflowClient
-
     # the store's schema migrations log at INFO ("Creating initial MLflow database tables...") in every stage,
     # the system metrics monitor at every start and stop
     for name in ("mlflow.store.db.utils", "alembic", "mlflow.system_metrics"):
@@ -90,9 +104,6 @@ def find_or_create_run(
     """The run tagged with this ``run_key`` (and seed, trial) if one exists, else a new one; (run_id, existed).
     An existing run is set RUNNING again (and owned by this process) when ``reopen``: it is about to go on;
     a finished unit merely reused keeps its status."""
-    from mlflow.entities import Param
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
     keys = ("run_key", "seed", "trial")
     filt = " and ".join(f"tags.{k} = '{tags[k]}'" for k in keys if k in tags)
     found = c.search_runs([experiment_id], filter_string=filt, max_results=1) if filt else []
@@ -127,8 +138,6 @@ class UnitRun(Frozen):
 def source_tags(stage: str, commit: str) -> dict[str, str]:
     """MLflow's standard source tags, which the UI shows in its Source column: the DVC stage that made the run
     (``dvc repro <stage>`` reproduces it) and the git commit of the code."""
-    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
-
     return {
         MLFLOW_SOURCE_NAME: f"dvc repro {stage}",
         MLFLOW_SOURCE_TYPE: "LOCAL",
@@ -151,11 +160,6 @@ DIGEST_CHARS = 32
 def log_dataset(c, run_id: str, *, name: str, sha256: str, source: str, context: str) -> None:
     """Record the data set a run used (``mlflow.log_input`` for a given run): the UI's Dataset column shows
     ``name`` with the data checksum as its digest and ``source`` (a local path or URI) as where it was read."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import DatasetInput, InputTag
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
     with warnings.catch_warnings():  # MLflow registers two local-file sources (schemes "" and "file") and says so
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         where = resolve_dataset_source(redact_url(source))
@@ -210,8 +214,6 @@ def settle_unit_run(
 
 
 def log_epoch(c, run_id: str, record: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
-    from mlflow.entities import Metric
-
     ts = timestamp_ms or int(time.time() * 1000)
     metrics = [Metric(k, float(v), ts, step) for k, v in record.items() if isinstance(v, (int, float)) and k != "epoch"]
     c.log_batch(run_id, metrics=metrics)
@@ -232,8 +234,6 @@ class EpochLog:
         self.logged = {m.step for m in c.get_metric_history(run_id, probe)}
         self.monitor = None
         if system_metrics_s > 0:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
             self.monitor = SystemMetricsMonitor(
                 run_id, sampling_interval=system_metrics_s, resume_logging=True, tracking_uri=c.tracking_uri
             )
@@ -248,7 +248,9 @@ class EpochLog:
         return True
 
     def end(self, status: str = "FINISHED") -> None:
-        """The unit is done (or failed): stop sampling the machine, and end the run if this log owns it."""
+        """The unit is done (or failed): stop sampling the machine, and end the run if this log owns it and this
+        process still carries it. A worker of a failed attempt can raise long after Ray started the next one
+        (stuck in a collective with a dead peer): that attempt has reopened the run, and its status is its own."""
         if self.monitor is not None:
             self.monitor.finish()
             # the monitor publishes a sample only once a whole interval has passed: a unit shorter than that
@@ -257,7 +259,7 @@ class EpochLog:
             self.monitor.publish_metrics(self.monitor.aggregate_metrics())
             self.monitor.mlflow_logger.flush()
             self.monitor = None
-        if self.owns_run:
+        if self.owns_run and self.c.get_run(self.run_id).data.tags.get(OWNER) == owner_tags()[OWNER]:
             finish(self.c, self.run_id, status)
 
 
@@ -274,8 +276,6 @@ OWNER_HOST, OWNER = "pipeline.owner_host", "pipeline.owner"
 
 def _process_id(pid: int) -> str | None:
     """``pid@start-time`` of a live process, None if it is gone (the start time tells a reused pid apart)."""
-    import psutil
-
     try:
         return f"{pid}@{psutil.Process(pid).create_time():.2f}"
     except psutil.NoSuchProcess:
@@ -284,8 +284,6 @@ def _process_id(pid: int) -> str | None:
 
 def owner_tags() -> dict[str, str]:
     """Which process is responsible for ending a run: lets a later stage tell a dead run from a live one."""
-    import socket
-
     return {OWNER_HOST: socket.gethostname(), OWNER: _process_id(os.getpid()) or str(os.getpid())}
 
 
@@ -293,8 +291,6 @@ def close_dead_runs(c, experiment_id: str) -> list[str]:
     """Mark FAILED every run of the experiment still RUNNING whose owning process on this host is gone
     (a killed ``dvc repro``, a crashed node process); return their ids. A run that is later resumed turns
     RUNNING again and ends FINISHED. Runs owned by other hosts are left to those hosts' stages."""
-    import socket
-
     dead = []
     filt = f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{socket.gethostname()}'"
     for r in c.search_runs([experiment_id], filter_string=filt, max_results=1000):

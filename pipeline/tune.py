@@ -40,18 +40,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
 from pipeline import tracking
 from pipeline.cli import StageError
-from pipeline.compute import check_workers_before_start, ray_session, storage_path
-from pipeline.config import Params, SearchDim, TuneCfg, config_hash
+from pipeline.compute import check_workers_before_start, keep_credentials_out_of_trials, ray_session, storage_path
+from pipeline.config import Overrides, Params, SearchDim, TuneCfg, config_hash, split_key
 from pipeline.data.manifest import load_manifest
 from pipeline.io import write_json
 from pipeline.models import registry
 from pipeline.provenance import provenance
-from pipeline.redact import safe_env
 from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, compressed, data_ref, shared
 from pipeline.stats import binomial_margin, near_chance
 from pipeline.train.store import KeyedStore
+from pipeline.train.worker import tune_trial
 
 METRIC = "val_top1"
 log = logging.getLogger(__name__)
@@ -68,8 +73,6 @@ def method_space(t: TuneCfg, method: str) -> dict[str, SearchDim]:
 
 
 def _space(space: dict[str, SearchDim]) -> dict[str, Any]:
-    from ray import tune
-
     out = {}
     for key, d in space.items():
         if d.type == "loguniform":
@@ -93,7 +96,7 @@ def recipe_point(params: Params, method: str, dataset: str) -> dict[str, Any]:
     }
     point = {}
     for key in method_space(params.tune, method):
-        section, _, name = key.partition(".")
+        section, name = split_key(key)
         point[key] = getattr(recipe, name) if section == "train" else args.get(name, defaults.get(name))
     return point
 
@@ -113,11 +116,11 @@ def trial_spec(params: Params, method: str, data: DataRef, chosen: dict[str, Any
 
 
 def _train_part(chosen: dict[str, Any]) -> dict[str, Any]:
-    return {k.partition(".")[2]: v for k, v in chosen.items() if k.startswith("train.")}
+    return Overrides.parse(chosen).train
 
 
 def _trial_name(chosen: dict[str, Any], recipe: dict[str, Any]) -> str:
-    what = " ".join(f"{k.split('.', 1)[1]}={_fmt(v)}" for k, v in chosen.items())
+    what = " ".join(f"{split_key(k)[1]}={_fmt(v)}" for k, v in chosen.items())
     return f"recipe | {what}" if chosen == recipe else what
 
 
@@ -186,10 +189,6 @@ def _make_trainable(params: Params, record: SearchRecord, uri: str):
     threads = params.compute.cpus_per_worker
 
     def trainable(config: dict[str, Any]) -> None:
-        from ray import tune
-
-        from pipeline.train.worker import tune_trial
-
         chosen = dict(config)
         spec = trial_spec(params, record.method, record.dataset, chosen)
         c = tracking.client(uri)
@@ -207,14 +206,13 @@ def _make_trainable(params: Params, record: SearchRecord, uri: str):
 def _trial_progress(method: str, dataset: str, planned: int, chosen_keys: list[str], samples: int):
     """A Tune callback, run by the search's driver (this process), that logs each trial's start, epochs and end:
     trials print nothing themselves (``pipeline.progress``)."""
-    from ray import tune
 
     def name(trials, trial) -> str:
         return f"tune@{dataset}: {method} trial {trials.index(trial) + 1}/{samples}"
 
     class TrialProgress(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            values = ", ".join(f"{k.split('.', 1)[1]}={_fmt(trial.config[k])}" for k in chosen_keys)
+            values = ", ".join(f"{split_key(k)[1]}={_fmt(trial.config[k])}" for k in chosen_keys)
             log.info("%s starting (%s)", name(trials, trial), values)
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -245,24 +243,8 @@ def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _keep_credentials_out_of_trial_envs() -> None:
-    """Ray Tune copies AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, ... from this process into every trial's
-    runtime_env (``ray.tune.execution.class_cache``), which Ray writes verbatim into runtime_env_agent.log.
-    Drop them there, and any whose value carries a credential (``pipeline.redact``): trials get credentials
-    from their node's environment, like every other worker (``pipeline.compute``). tests/test_cluster.py
-    greps Ray's logs for a planted secret."""
-    from ray.tune.execution import class_cache
-
-    names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
-    if isinstance(names, set):
-        _, dropped = safe_env({n: os.environ.get(n, "") for n in names})
-        class_cache.ENV_VARS_TO_PROPAGATE = names - set(dropped)
-
-
 def _concurrent_trials(t: TuneCfg, per_trial: dict[str, int]) -> int:
     """``tune.max_concurrent_trials``, or (auto) as many trials as the cluster's CPUs or GPUs hold at once."""
-    import ray
-
     if t.max_concurrent_trials != "auto":
         return t.max_concurrent_trials
     res = ray.cluster_resources()
@@ -376,18 +358,37 @@ def search(
     params: Params, method: str, data: DataRef, key: str, exp: str, c, uri: str, *, n_val: int
 ) -> dict[str, Any]:
     """Run the ASHA search for one method; return its trials and the adoption decision."""
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
     t = params.tune
-    space, recipe = method_space(t, method), recipe_point(params, method, data.name)
-    use_gpu = params.compute.use_gpu is True or (
-        params.compute.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0
-    )
-    per_trial = {"cpu": params.compute.cpus_per_worker, "gpu": 1 if use_gpu else 0}
-    _keep_credentials_out_of_trial_envs()
+    space = method_space(t, method)
+    record = _open_search(params, method, data, key, exp, c)
+    try:
+        grid = _tuner(params, record, uri, space).fit()
+    except BaseException:
+        tracking.finish(c, record.parent, "FAILED")
+        raise
+    trials = _trials(grid, space)
+    record.close_trials(c, trials, t.epochs)
+    c.log_text(record.parent, json.dumps(trials, indent=2, default=str), "trials.json")
+    crashed = [tr for tr in trials if tr["error"] is not None]
+    _refuse_crashes(c, record, trials, crashed, t)
+    result = decide(trials, record.recipe, n_val=n_val, num_classes=data.num_classes)
+    _tag_decision(c, record.parent, result, crashed)
+    return {
+        **result,
+        "recipe": record.recipe,
+        "trials": trials,
+        "excluded": [{k: tr[k] for k in ("trial_id", "config", "error")} for tr in crashed],
+        "budget": {"trials": t.num_samples, "epochs_per_trial": t.epochs, "space": list(space)},
+        "val_images": n_val,
+        "mlflow_parent_run": record.parent,
+        "key": key,
+    }
+
+
+def _open_search(params: Params, method: str, data: DataRef, key: str, exp: str, c) -> SearchRecord:
+    """The search's parent run (found by its key, or made), with its settings, source and data set."""
+    t = params.tune
+    recipe = recipe_point(params, method, data.name)
     source = tracking.source_tags(f"tune@{data.name}", provenance()["git"]["commit"])
     parent, _ = tracking.find_or_create_run(
         c,
@@ -396,66 +397,73 @@ def search(
         tracking.tags_for(run_key=key, stage="tune", searched_method=method, dataset=data.name) | source,
         {
             "tune": t.model_dump(),
-            "space": list(space),
+            "space": list(method_space(t, method)),
             "recipe": recipe,
             "base": trial_spec(params, method, data, {}).model_dump(),
         },
     )
     tracking.ensure_dataset(c, parent, {"name": data.name, "sha256": data.sha256, "source": data.path})
-    record = SearchRecord(exp, parent, key, method, data, recipe, source)
-    try:
-        # Tune's new console output prints a configuration box, the results path and a TensorBoard hint for
-        # every search whatever `verbose` says; the legacy reporter honours verbose=0. The pipeline prints
-        # its own line per search.
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        tuner = tune.Tuner(
-            tune.with_resources(_make_trainable(params, record, uri), per_trial),
-            param_space=_space(space),
-            tune_config=tune.TuneConfig(
-                metric=METRIC,
-                mode="max",
-                num_samples=t.num_samples,
-                scheduler=ASHAScheduler(
-                    max_t=t.epochs, grace_period=t.grace_period, reduction_factor=t.reduction_factor
-                ),
-                # seeded random search, the recipe first (it takes one of the num_samples trials); the
-                # concurrency limit must live here (TuneConfig's ignores generators)
-                search_alg=BasicVariantGenerator(
-                    points_to_evaluate=[recipe],
-                    max_concurrent=_concurrent_trials(t, per_trial),
-                    random_state=t.seed,
-                ),
+    return SearchRecord(exp, parent, key, method, data, recipe, source)
+
+
+def _tuner(params: Params, record: SearchRecord, uri: str, space: dict[str, SearchDim]) -> tune.Tuner:
+    """Seeded random search with ASHA, the recipe as its first trial, as many trials side by side as fit."""
+    t, data = params.tune, record.dataset
+    use_gpu = params.compute.use_gpu is True or (
+        params.compute.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+    )
+    per_trial = {"cpu": params.compute.cpus_per_worker, "gpu": 1 if use_gpu else 0}
+    keep_credentials_out_of_trials()
+    # Tune's new console output prints a configuration box, the results path and a TensorBoard hint for every
+    # search whatever `verbose` says; the legacy reporter honours verbose=0. The pipeline prints its own lines.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    return tune.Tuner(
+        tune.with_resources(_make_trainable(params, record, uri), per_trial),
+        param_space=_space(space),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            num_samples=t.num_samples,
+            scheduler=ASHAScheduler(max_t=t.epochs, grace_period=t.grace_period, reduction_factor=t.reduction_factor),
+            # seeded random search, the recipe first (it takes one of the num_samples trials); the concurrency
+            # limit must live here (TuneConfig's ignores generators)
+            search_alg=BasicVariantGenerator(
+                points_to_evaluate=[record.recipe],
+                max_concurrent=_concurrent_trials(t, per_trial),
+                random_state=t.seed,
             ),
-            run_config=tune.RunConfig(
-                name=f"{data.name}-tune-{method}-{key}",
-                storage_path=storage_path(params.compute),
-                verbose=0,
-                callbacks=[_trial_progress(method, data.name, t.epochs, list(space), t.num_samples)],
-            ),
-        )
-        grid = tuner.fit()
-    except BaseException:
-        tracking.finish(c, parent, "FAILED")
-        raise
-    trials = _trials(grid, space)
-    record.close_trials(c, trials, t.epochs)
-    c.log_text(parent, json.dumps(trials, indent=2, default=str), "trials.json")
-    crashed = [tr for tr in trials if tr["error"] is not None]
+        ),
+        run_config=tune.RunConfig(
+            name=f"{data.name}-tune-{record.method}-{record.key}",
+            storage_path=storage_path(params.compute),
+            verbose=0,
+            callbacks=[_trial_progress(record.method, data.name, t.epochs, list(space), t.num_samples)],
+        ),
+    )
+
+
+def _refuse_crashes(c, record: SearchRecord, trials: list[dict[str, Any]], crashed: list[dict[str, Any]], t: TuneCfg):
+    """A crashed trial fails the search (``tune.on_trial_error: fail``), and so does a search whose every trial
+    crashed: ``SearchError``, the parent run FAILED."""
     listing = "\n".join(f"  trial {tr['trial_id']} {tr['config']}: {tr['error']}" for tr in crashed)
+    where, method = f"tune@{record.dataset.name}", record.method
     if crashed and t.on_trial_error == "fail":
         _fail(
             c,
-            parent,
+            record.parent,
             SearchError(
-                f"tune@{data.name}: {len(crashed)} of {len(trials)} search trials of method {method!r} crashed:\n"
+                f"{where}: {len(crashed)} of {len(trials)} search trials of method {method!r} crashed:\n"
                 f"{listing}\nFix the search space (tune.space, tune.arch_space.{method}) or the model; or set "
                 "`tune.on_trial_error: exclude` to record crashed trials as FAILED and leave them out of the "
                 "decision."
             ),
         )
     if len(crashed) == len(trials):
-        _fail(c, parent, SearchError(f"tune@{data.name}: every search trial of method {method!r} crashed:\n{listing}"))
-    result = decide(trials, recipe, n_val=n_val, num_classes=data.num_classes)
+        _fail(c, record.parent, SearchError(f"{where}: every search trial of method {method!r} crashed:\n{listing}"))
+
+
+def _tag_decision(c, parent: str, result: dict[str, Any], crashed: list[dict[str, Any]]) -> None:
+    """The decision on the parent run, which then ends FINISHED."""
     c.set_tag(parent, "adopted", str(result["adopted"]))
     c.set_tag(parent, "decision", result["reason"])
     if crashed:
@@ -463,17 +471,6 @@ def search(
     for k, v in result["chosen"].items():
         c.set_tag(parent, f"chosen.{k}", str(v))
     tracking.finish(c, parent)
-    budget = {"trials": t.num_samples, "epochs_per_trial": t.epochs, "space": list(space)}
-    return {
-        **result,
-        "recipe": recipe,
-        "trials": trials,
-        "excluded": [{k: tr[k] for k in ("trial_id", "config", "error")} for tr in crashed],
-        "budget": budget,
-        "val_images": n_val,
-        "mlflow_parent_run": parent,
-        "key": key,
-    }
 
 
 def search_key(params: Params, method: str, data: DataRef) -> str:

@@ -8,8 +8,10 @@ import pytest
 import yaml
 
 from pipeline.cli import setup_logging
-
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg
+from pipeline.data.fetch import fetch_dataset
+from pipeline.data.preprocess import preprocess_dataset
+from tests.project import ROOT
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -19,6 +21,15 @@ def pipeline_logging() -> None:
     """The pipeline's lines go where a stage sends them (information to stdout, warnings to stderr), in every
     test alike, whichever test ran a stage function first."""
     setup_logging()
+
+
+@pytest.fixture
+def processed(tmp_path: Path) -> Path:
+    """A tiny embedded data set (60 train / 20 test images), fetched and preprocessed for real."""
+    cfg = EmbeddedDataCfg(kind="embedded", fetch=EmbeddedFetchCfg(seed=3, num_train=60, num_test=20))
+    fetch_dataset("embedded", cfg, tmp_path / "raw")
+    preprocess_dataset(tmp_path / "raw", tmp_path / "proc")
+    return tmp_path / "proc"
 
 
 @pytest.fixture

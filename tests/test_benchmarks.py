@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.project import env
+from tests.project import ROOT, env
 
 # script -> the figure lines its smoke run must print (a number with its unit, where the script prints one)
 FIGURES = {

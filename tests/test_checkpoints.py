@@ -5,6 +5,7 @@ run code through any loader, and every checkpoint the pipeline writes (finished 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import re
@@ -14,15 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, EvaluateCfg, validate_params
+from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, EvaluateCfg
 from pipeline.data.errors import DataError
 from pipeline.data.fetch import fetch_dataset
 from pipeline.data.manifest import load_manifest, load_split
 from pipeline.data.preprocess import preprocess_dataset
 from pipeline.evaluate import evaluate_method, evaluate_unit, load_checkpoint
 from pipeline.provenance import provenance
+from pipeline.settings import validate_params
 from pipeline.spec import RunSpec, build_spec, data_ref
-from pipeline.train.checkpoint import STATE_FILE, CheckpointError, load_state, read_checkpoint
+from pipeline.train.checkpoint import STATE_FILE, UNIT_FILE, CheckpointError, load_state, read_checkpoint, resume_points
 from pipeline.train.engine import Shard, TensorData
 from pipeline.train.loop import train_units
 from pipeline.train.run import _write_unit
@@ -191,3 +193,25 @@ def test_what_else_is_refused(tmp_path) -> None:
     path = tmp_path / "ok.pt"
     torch.save({"w": torch.ones(2), "meta": {"v": "2.x", "n": (1, 2.0, None, True)}}, path)
     assert read_checkpoint(path)["meta"] == {"v": "2.x", "n": (1, 2.0, None, True)}
+
+
+def test_resume_points_pick_each_units_latest_checkpoint(tmp_path) -> None:
+    def ckpt(job: str, name: str, key: str, epoch: int) -> None:
+        d = tmp_path / job / name
+        d.mkdir(parents=True)
+        torch.save({"key": key, "history": [{}] * epoch}, d / STATE_FILE)
+        (d / UNIT_FILE).write_text(json.dumps({"key": key, "epoch": epoch}))
+
+    ckpt("embedded-train-aaa", "checkpoint_1", "k1", 1)
+    ckpt("embedded-train-aaa", "checkpoint_2", "k1", 2)
+    ckpt("embedded-train-bbb", "checkpoint_1", "k1", 3)  # a later job (other lanes) took k1 further
+    ckpt("embedded-train-bbb", "checkpoint_2", "k2", 1)
+    ckpt("cifar10-train-ccc", "checkpoint_1", "k3", 5)  # another data set
+    (tmp_path / "embedded-train-bbb" / "checkpoint_3").mkdir()  # cut off before its unit.json: not a point
+    found = resume_points(str(tmp_path), "embedded", ["k1", "k2", "k3", "k4"])
+    assert found == {
+        "k1": str(tmp_path / "embedded-train-bbb" / "checkpoint_1"),
+        "k2": str(tmp_path / "embedded-train-bbb" / "checkpoint_2"),
+    }
+    assert load_state(found["k1"])["key"] == "k1"
+    assert resume_points(str(tmp_path / "nothing-yet"), "embedded", ["k1"]) == {}

@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from pipeline.compute import resolve_workers
-from pipeline.config import ComputeCfg, ConfigError, load_params
+from pipeline.config import ComputeCfg, ConfigError
 from pipeline.models.checks import validate_all
 from pipeline.profiles import apply_profile
-from tests.conftest import ROOT
+from pipeline.settings import load_params
+from tests.project import ROOT
 
 
 def errors_for(raw: dict) -> str:

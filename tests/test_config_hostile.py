@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from pipeline.cli import check_storage
-from pipeline.config import ConfigError, load_params, read_yaml
+from pipeline.config import ConfigError
 from pipeline.models.checks import validate_all
-from tests.conftest import ROOT
+from pipeline.settings import load_params, read_yaml
+from tests.project import ROOT
 
 SHIPPED = (ROOT / "params.yaml").read_text()
 

@@ -19,6 +19,8 @@ from pipeline.data.preprocess import preprocess_dataset
 from tests.archives import imagenet_folders, imagenet_official, photo, upload_tree, wnids
 from tests.servers import S3_ENV, moto_s3
 
+pytestmark = pytest.mark.slow  # every test here shares a local Ray (the `cluster` fixture)
+
 PREP = {"resize": 40, "image_size": 32, "shard_size": 5}
 
 

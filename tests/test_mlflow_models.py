@@ -15,13 +15,14 @@ import torch
 import yaml
 
 from pipeline import serving, tracking
-from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, EvaluateCfg, validate_params
+from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, EvaluateCfg
 from pipeline.data.fetch import fetch_dataset
 from pipeline.data.manifest import load_split
 from pipeline.data.preprocess import preprocess_dataset
 from pipeline.evaluate import evaluate_method, load_checkpoint
 from pipeline.io import read_json
 from pipeline.models import create_model
+from pipeline.settings import validate_params
 from pipeline.spec import build_spec, data_ref
 from pipeline.train.engine import Shard, TensorData, normalize, predict
 from pipeline.train.job import TrainJob
@@ -166,3 +167,19 @@ def test_a_unit_stored_without_its_run_gets_a_complete_one(trained, tmp_path) ->
     assert [m.step for m in c.get_metric_history(run_id, "train_loss")] == [1, 2]
     assert len(run.inputs.dataset_inputs) == 1
     assert tracking.settle_unit_run(c, ref, {"seed": 1}, record, dataset=dataset) == run_id  # found, not made again
+
+
+def test_a_failed_attempt_leaves_the_run_a_later_attempt_reopened(tmp_path) -> None:
+    """A worker of a failed attempt (stuck in a collective with a dead peer) can raise after Ray started the
+    next attempt, which reopened the unit's run: the stale worker must not mark it FAILED."""
+    c = tracking.client(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = c.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
+    ref = tracking.UnitRun(experiment_id=exp, name="u", tags={"run_key": "k"})
+    run_id = tracking.open_run(c, ref, {}, dataset={"name": "d", "sha256": "0" * 64, "source": str(tmp_path)})
+    stale = tracking.EpochLog(c, run_id, owns_run=True)
+    c.set_tag(run_id, tracking.OWNER, "1@1.00")  # the next attempt's worker carries it now
+    stale.end("FAILED")
+    assert c.get_run(run_id).info.status == "RUNNING"
+    c.set_tag(run_id, tracking.OWNER, tracking.owner_tags()[tracking.OWNER])
+    stale.end("FAILED")
+    assert c.get_run(run_id).info.status == "FAILED"

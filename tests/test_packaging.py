@@ -9,7 +9,7 @@ from importlib.metadata import packages_distributions
 
 import tomllib
 
-from tests.conftest import ROOT
+from tests.project import ROOT
 
 OWN = {"pipeline", "stages", "tests", "benchmarks"}
 

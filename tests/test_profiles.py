@@ -7,10 +7,11 @@ import shutil
 import pytest
 from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
 
-from pipeline.config import ConfigError, load_params
+from pipeline.config import ConfigError
 from pipeline.profiles import apply_overrides, apply_profile
-from tests.conftest import ROOT
-from tests.project import make_project, run
+from pipeline.profiles import main as profiles_main
+from pipeline.settings import load_params
+from tests.project import ROOT, make_project, run
 
 
 def test_paper_profile(tmp_path) -> None:
@@ -74,3 +75,15 @@ def test_dvc_exp_run_set_and_the_profile_tool_change_exactly_one_line(tmp_path) 
     shutil.copy(ROOT / "params.yaml", params)
     apply_overrides(["methods.resnet.args.depth=14"], "--set", params)
     assert params.read_bytes() == (proj / "params.yaml").read_bytes()
+
+
+def test_profiles_set_edits_params_in_place_and_validates(tmp_path, monkeypatch) -> None:
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert profiles_main(["--set", "compute.storage_path=s3://b/ray", "compute.shared_data=s3://b/data"]) == 0
+    text = (tmp_path / "params.yaml").read_text()
+    assert "storage_path: s3://b/ray" in text and "shared_data: s3://b/data" in text
+    assert "# Every setting of the pipeline" in text  # comments kept
+    assert profiles_main(["--set", "compute.shared_data=relative/dir"]) == 2  # not every node can read that
+    assert profiles_main(["--set", "compute.nope=1"]) == 2
+    assert (tmp_path / "params.yaml").read_text() == text  # a rejected edit writes nothing

@@ -9,11 +9,12 @@ import hashlib
 import pytest
 
 from pipeline.analysis import comparisons, method_result, paired
-from pipeline.config import CifarDataCfg, validate_params
+from pipeline.config import CifarDataCfg
 from pipeline.data import cifar
 from pipeline.data.fetch import fetch_dataset
 from pipeline.data.preprocess import preprocess_dataset
 from pipeline.report import data_line, fmt_summary, verdict_lines
+from pipeline.settings import validate_params
 from tests.archives import cifar10_archive
 from tests.servers import file_server
 

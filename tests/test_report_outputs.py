@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import report
+from pipeline import report, report_figures, report_html
 from pipeline.analysis import method_result
-from pipeline.config import validate_params
 from pipeline.data.embedded import CLASSES as GLYPHS  # "zero", "one", ...: label order is not alphabetical
 from pipeline.paper import CLAIMS
 from pipeline.plots import plt
+from pipeline.settings import validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS, SEEDS = ["resnet", "attn_resnet", "no_attention"], [0, 1]
@@ -130,11 +130,11 @@ def made(tmp_path_factory):
 
 def test_confusion_matrix_is_in_label_order_with_class_names(made) -> None:
     root, params = made["root"], made["params"]
-    counts = report.confusion_counts(root / "results", "embedded", "resnet", SEEDS, GLYPHS)
+    counts = report_figures.confusion_counts(root / "results", "embedded", "resnet", SEEDS, GLYPHS)
     # per class, seed 0: 30 of 50 right, seed 1: 31; the rest predicted as the next class in label order
     assert counts.sum() == PER_CLASS * len(GLYPHS) * len(SEEDS)
     assert counts[0, 0] == 61 and counts[0, 1] == 39  # "zero" -> "one", not "eight" (alphabetical order's next)
-    fig = report.confusion_figure(counts, GLYPHS, "t")
+    fig = report_figures.confusion_figure(counts, GLYPHS, "t")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == GLYPHS != sorted(GLYPHS)
     assert [t.get_text() for t in ax.get_yticklabels()] == GLYPHS
@@ -143,8 +143,8 @@ def test_confusion_matrix_is_in_label_order_with_class_names(made) -> None:
     assert len(ax.texts) == len(GLYPHS) ** 2  # each cell's % written
     plt.close(fig)
     hundred = DATASETS["cifar100"]
-    counts = report.confusion_counts(root / "results", "cifar100", "resnet", SEEDS, hundred)
-    fig = report.confusion_figure(counts, hundred, "t")
+    counts = report_figures.confusion_counts(root / "results", "cifar100", "resnet", SEEDS, hundred)
+    fig = report_figures.confusion_figure(counts, hundred, "t")
     ax = fig.axes[0]
     assert not set(hundred) & {t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()}
     assert not ax.texts and "label order" in ax.get_xlabel()
@@ -157,7 +157,9 @@ def test_confusion_matrix_is_in_label_order_with_class_names(made) -> None:
 
 def test_one_curves_figure_per_data_set_overlays_every_method(made) -> None:
     params, root = made["params"], made["root"]
-    fig = report.curves_figure(params, "embedded", report.read_curves(root / "results", params, "embedded"))
+    fig = report_figures.curves_figure(
+        params, "embedded", report_figures.read_curves(root / "results", params, "embedded")
+    )
     ax = fig.axes[0]
     assert [line.get_label() for line in ax.get_lines()] == [params.method(m).label for m in METHODS]
     assert ax.get_ylabel() == "test top-1 (%)" and "test split" in ax.get_title()
@@ -192,7 +194,7 @@ def test_delta_vs_paper_and_top5_only_with_more_than_ten_classes(made) -> None:
     results = {m: method_result(params, m, units, 10) for m in METHODS}
     for column, classes in (("CIFAR-10", 10), ("CIFAR-100", 100)):
         lines = report.method_table(params, results, report.MAIN_ROWS, column, {}, classes)
-        rows = [dict(zip(report._cells(lines[0]), report._cells(x), strict=True)) for x in lines[2:]]
+        rows = [dict(zip(report_html._cells(lines[0]), report_html._cells(x), strict=True)) for x in lines[2:]]
         assert ("test top-5" in rows[0]) == (classes > 10)
         by = {r["Method"]: r for r in rows}
         for v in params.report.claims:
@@ -201,7 +203,8 @@ def test_delta_vs_paper_and_top5_only_with_more_than_ten_classes(made) -> None:
     # the ablation has no ImageNet claim: "-"; off the paper's benchmarks: "n/a", never a difference
     lines = report.method_table(params, results, report.ABLATION_ROWS, "ImageNet", {}, 1000)
     by = {
-        r["Method"]: r for r in (dict(zip(report._cells(lines[0]), report._cells(x), strict=True)) for x in lines[2:])
+        r["Method"]: r
+        for r in (dict(zip(report_html._cells(lines[0]), report_html._cells(x), strict=True)) for x in lines[2:])
     }
     assert (
         by["CNN without attention"]["Δ vs Tables 1-2"] == "-" and by["Attention CNN (ours)"]["Δ vs Tables 1-2"] != "-"
@@ -274,7 +277,7 @@ def test_html_page_has_the_tables_and_its_pictures_offline(made) -> None:
 
 
 def test_markdown_subset() -> None:
-    page = report.markdown_to_html(
+    page = report_html.markdown_to_html(
         "# T\n\nA `a*b*c` and **b** and *i* & <x>.\n\n- one\n- two\n\n| h | k |\n|---|---|\n| 1 | ![p](f/p.png) |\n"
     )
     assert "<h1>T</h1>" in page and "<title>T</title>" in page

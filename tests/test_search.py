@@ -12,7 +12,8 @@ import pytest
 
 from pipeline import tracking
 from pipeline.cli import run_stage
-from pipeline.config import TrainCfg, TuneCfg, validate_params
+from pipeline.config import TrainCfg, TuneCfg
+from pipeline.settings import validate_params
 from pipeline.spec import DataRef
 from pipeline.stats import binomial_margin
 from pipeline.tune import (
@@ -157,7 +158,7 @@ def test_a_search_that_excluded_crashes_is_not_reused_under_fail() -> None:
 
 
 def test_a_failed_search_fails_its_stage_with_one_message(monkeypatch, capsys) -> None:
-    from tests.conftest import ROOT
+    from tests.project import ROOT
 
     def main(params, argv):
         raise SearchError("tune@embedded: 1 of 2 search trials of method 'attn_resnet' crashed: ValueError: x")

@@ -1,4 +1,4 @@
-"""The attention study (``pipeline.study``) for real: ``dvc repro study`` on a small copy of the
+"""The attention study (``pipeline.study``) for real: ``dvc repro study@embedded`` on a small copy of the
 project trains every (cell, seed) through Ray with the diagnostics, one MLflow run each; a second run with
 one scaling added trains only the new cells; the report's section is built from what it measured."""
 
@@ -43,13 +43,13 @@ def studied(tmp_path_factory):
     subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "variants"], cwd=proj, check=True
     )
-    first = run(["dvc", "repro", "study"], proj, timeout=1500)
+    first = run(["dvc", "repro", "study@embedded"], proj, timeout=1500)
     return proj, first
 
 
 def test_every_cell_and_seed_trained_with_its_diagnostics(studied) -> None:
     proj, first = studied
-    study = json.loads((proj / "results/study.json").read_text())
+    study = json.loads((proj / "results/embedded/study.json").read_text())
     assert set(study["cells"]) == {
         "final/none",
         "final/hw",
@@ -97,7 +97,7 @@ def test_one_mlflow_run_per_cell_and_seed_with_diagnostics_per_epoch(studied) ->
 
 def test_the_report_section_follows_from_the_numbers(studied, tmp_path) -> None:
     proj, _ = studied
-    study = json.loads((proj / "results/study.json").read_text())
+    study = json.loads((proj / "results/embedded/study.json").read_text())
     lines, summary = study_section(study, tmp_path)
     md = "\n".join(lines)
     assert md.startswith("## Where attention helps (the paper's Sec. 7.2)")
@@ -122,8 +122,8 @@ def test_the_report_section_follows_from_the_numbers(studied, tmp_path) -> None:
 
 def test_changing_one_setting_trains_only_the_new_cells(studied) -> None:
     proj, _ = studied
-    out = run(["dvc", "exp", "run", "-S", "study.scalings=[none,hw,gated]", "study"], proj, timeout=1500)
+    out = run(["dvc", "exp", "run", "-S", "study.scalings=[none,hw,gated]", "study@embedded"], proj, timeout=1500)
     # 3 placements x 1 new scaling x 2 seeds; the 14 units of the first run come from the unit store
     assert "study@embedded: 10 cells x 2 seeds = 20 units, 14 already in the unit store, 6 to train" in out.stdout
-    study = json.loads((proj / "results/study.json").read_text())
+    study = json.loads((proj / "results/embedded/study.json").read_text())
     assert study["units_trained"] == 6 and study["units_reused"] == 14

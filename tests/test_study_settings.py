@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import ConfigError, EmbeddedDataCfg, EmbeddedFetchCfg, validate_params
+from pipeline.config import ConfigError, EmbeddedDataCfg, EmbeddedFetchCfg
 from pipeline.data.fetch import fetch_dataset
 from pipeline.data.preprocess import preprocess_dataset
 from pipeline.models.checks import validate_all
+from pipeline.settings import validate_params
 from pipeline.spec import build_spec, data_ref
 from pipeline.study import study_specs
 from pipeline.train.engine import Shard
@@ -56,7 +57,7 @@ def test_each_unit_is_the_method_with_the_cells_arguments(raw_params, tmp_path: 
     ("change", "message"),
     [
         ({"placements": ["stage", "block"]}, r"study.placements = \['stage', 'block'\]: must include 'final'"),
-        ({"dataset": "cifar10"}, r"study.dataset: 'cifar10' is not in grid.datasets \['embedded'\]"),
+        ({"enabled": True, "dataset": "cifar10"}, r"study.dataset: 'cifar10' is not in grid.datasets \['embedded'\]"),
         ({"method": "vit"}, "study.method: unknown method 'vit'"),
         (
             {"enabled": True, "placements": ["final", "middle"]},

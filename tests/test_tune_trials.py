@@ -18,9 +18,10 @@ import pytest
 
 from pipeline import tracking
 from pipeline.compute import ray_session, storage_path
-from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, validate_params
+from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg
 from pipeline.data.fetch import fetch_dataset
 from pipeline.data.preprocess import preprocess_dataset
+from pipeline.settings import validate_params
 from pipeline.spec import data_ref
 from pipeline.tune import SearchCache, SearchError, search_key, trial_status, tune_dataset
 

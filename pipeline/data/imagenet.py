@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,44 @@ def _ray() -> Iterator[None]:
         yield
 
 
+@dataclass
+class _Shards:
+    """What the shards written so far add up to: files per split, pixel histogram (train), counts per class,
+    the images that could not be decoded, the library versions that made them."""
+
+    num_classes: int
+    files: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"train": [], "test": []})
+    hist: np.ndarray = field(default_factory=lambda: np.zeros((3, 256), np.int64))
+    bad: list[dict[str, str]] = field(default_factory=list)
+    versions: dict[str, set[str]] = field(default_factory=dict)
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, split: str, fname: str, path: Path, res: dict[str, Any]) -> None:
+        self.bad += [{"split": split, "name": n, "reason": w} for n, w in res["bad"]]
+        for lib, ver in res["versions"].items():
+            self.versions.setdefault(lib, set()).add(ver)
+        if split == "train":
+            self.hist += res["hist"]
+        labels = res["table"].column("label").to_numpy()
+        self.counts.setdefault(split, np.zeros(self.num_classes, np.int64))
+        self.counts[split] += np.bincount(labels, minlength=self.num_classes)
+        self.files[split].append(
+            {"path": fname, "rows": res["table"].num_rows, "sha256": sha256_file(path),
+             "source_sha256": res["source_sha256"]}
+        )  # fmt: skip
+
+    def split_files(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for split, fs in self.files.items():
+            fs.sort(key=lambda f: f["path"])
+            out[split] = {
+                "rows": sum(f["rows"] for f in fs),
+                "shards": fs,
+                "sha256": hashlib.sha256("".join(f["sha256"] for f in fs).encode()).hexdigest(),
+            }
+        return out
+
+
 def preprocess_imagenet(raw_dir: Path, out_dir: Path, cfg: ImageNetPreprocessCfg) -> Manifest:
     """Index -> Parquet shards + manifest in ``out_dir`` (atomically), one Ray task per shard."""
     source = read_json(raw_dir / SOURCE)
@@ -159,91 +198,88 @@ def preprocess_imagenet(raw_dir: Path, out_dir: Path, cfg: ImageNetPreprocessCfg
     if sha256_file(index_path) != source["index_sha256"]:
         raise DataError(f"{index_path}: sha256 does not match {raw_dir / SOURCE}; re-run fetch")
     rows, info = _plan(source, pq.read_table(index_path), cfg)
-    store = Store(source["root"])
     shards = []
     for split in ("train", "test"):
         rs = sorted((r for r in rows if r["split"] == split), key=lambda r: (r["container"], r["offset"], r["name"]))
         shards += [(split, k, rs[i : i + cfg.shard_size]) for k, i in enumerate(range(0, len(rs), cfg.shard_size))]
-    import ray  # here, not at the top: Ray is heavy, and only ImageNet's preprocess needs it in this stage
-
     with _ray(), atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        task = ray.remote(num_cpus=1)(process_shard)
-        window = max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)  # bounds what waits in memory
-        pending: dict[Any, tuple[str, int]] = {}
-        todo = list(shards)
-        files: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
-        hist = np.zeros((3, 256), np.int64)
-        bad: list[dict[str, str]] = []
-        versions: dict[str, set[str]] = {}
-        counts = {s: np.zeros(len(info["classes"]), np.int64) for s in ("train", "test")}
-        while todo or pending:
-            while todo and len(pending) < window:
-                split, k, rs = todo.pop(0)
-                pending[task.remote(store, rs, cfg)] = (split, k)
-            done, _ = ray.wait(list(pending), num_returns=1)
-            split, k = pending.pop(done[0])
-            res = ray.get(done[0])
-            if res["bad"] and cfg.on_bad_image == "error":
-                name, why = res["bad"][0]
-                raise DataError(
-                    f"{source['root']}: image {name!r} cannot be decoded ({why}); remove it, or set "
-                    "preprocess.on_bad_image: skip to skip and count such images"
-                )
-            bad += [{"split": split, "name": n, "reason": w} for n, w in res["bad"]]
-            for lib, ver in res["versions"].items():
-                versions.setdefault(lib, set()).add(ver)
-            if split == "train":
-                hist += res["hist"]
-            fname = f"{split}-{k:05d}.parquet"
-            pq.write_table(res["table"], tmp / fname, compression="none")  # JPEG/PNG bytes do not compress
-            labels = res["table"].column("label").to_numpy()
-            counts[split] += np.bincount(labels, minlength=len(counts[split]))
-            files[split].append(
-                {"path": fname, "rows": res["table"].num_rows, "sha256": sha256_file(tmp / fname),
-                 "source_sha256": res["source_sha256"]}
-            )  # fmt: skip
-        if bad:
-            log.warning("skipped %d image(s) that could not be decoded, e.g. %s (see the manifest)", len(bad), bad[:3])
-        mean, std = stats_from_histogram(hist)
-        split_files = {}
-        for split, fs in files.items():
-            fs.sort(key=lambda f: f["path"])
-            split_files[split] = {
-                "rows": sum(f["rows"] for f in fs),
-                "shards": fs,
-                "sha256": hashlib.sha256("".join(f["sha256"] for f in fs).encode()).hexdigest(),
-            }
-        classes, shape = [c["name"] for c in info["classes"]], [cfg.image_size, cfg.image_size, 3]
-        manifest = Manifest(
-            dataset=source["dataset"],
-            format="jpeg",
-            classes=classes,
-            class_info=info["classes"],
-            num_classes=len(info["classes"]),
-            image_shape=shape,
-            stored_shorter_side=cfg.resize,  # of the train split's JPEGs
-            encoding=dict(ENCODING),  # per split; readers: Manifest.split_encoding, decode_images
-            eval_protocol={
-                "transform": f"Resize({cfg.resize}) + CenterCrop({cfg.image_size})",
-                "description": EVAL_PROTOCOL,
-                "test": "stored as the exact evaluation input (lossless PNG), decoded as is",
-                "train": "Resize + CenterCrop of the stored JPEG (train images held out for evaluation)",
-                "made_with": {lib: sorted(v) for lib, v in sorted(versions.items())},
-            },
-            stats_of="train split, evaluation view of the stored JPEGs (load_split(..., 'train'))",
-            mean=mean,
-            std=std,
-            class_counts={s: c.tolist() for s, c in counts.items()},
-            files=split_files,
-            skipped_images={"count": len(bad), "images": bad},
-            missing_classes=info["missing_classes"],
-            preprocess=cfg.model_dump(),
-            source_sha256=source["sha256"],
-            source_files=source["files"],
-            source_origin=source.get("origin", {}),
-            test_split="ILSVRC2012 val",
-            data_sha256=data_sha(split_files, classes, shape),
-        )
+        done = _write_shards(shards, Store(source["root"]), cfg, tmp, source["root"], len(info["classes"]))
+        if done.bad:
+            log.warning(
+                "skipped %d image(s) that could not be decoded, e.g. %s (see the manifest)", len(done.bad), done.bad[:3]
+            )
+        manifest = _manifest(source, info, cfg, done)
         write_json(tmp / MANIFEST, manifest.dump())
     return manifest
+
+
+def _write_shards(
+    shards: list[tuple[str, int, list[dict[str, Any]]]],
+    store: Store,
+    cfg: ImageNetPreprocessCfg,
+    tmp: Path,
+    root: str,
+    num_classes: int,
+) -> _Shards:
+    """One Ray task per shard (``process_shard``), at most twice the cluster's CPUs waiting in memory; each
+    shard written to ``tmp`` as it comes back."""
+    import ray  # here, not at the top: Ray is heavy, and only ImageNet's preprocess needs it in this stage
+
+    task = ray.remote(num_cpus=1)(process_shard)
+    window = max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)  # bounds what waits in memory
+    pending: dict[Any, tuple[str, int]] = {}
+    todo, done = list(shards), _Shards(num_classes)
+    while todo or pending:
+        while todo and len(pending) < window:
+            split, k, rs = todo.pop(0)
+            pending[task.remote(store, rs, cfg)] = (split, k)
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        split, k = pending.pop(ready[0])
+        res = ray.get(ready[0])
+        if res["bad"] and cfg.on_bad_image == "error":
+            name, why = res["bad"][0]
+            raise DataError(
+                f"{root}: image {name!r} cannot be decoded ({why}); remove it, or set "
+                "preprocess.on_bad_image: skip to skip and count such images"
+            )
+        fname = f"{split}-{k:05d}.parquet"
+        pq.write_table(res["table"], tmp / fname, compression="none")  # JPEG/PNG bytes do not compress
+        done.add(split, fname, tmp / fname, res)
+    return done
+
+
+def _manifest(source: dict[str, Any], info: dict[str, Any], cfg: ImageNetPreprocessCfg, done: _Shards) -> Manifest:
+    mean, std = stats_from_histogram(done.hist)
+    split_files = done.split_files()
+    classes, shape = [c["name"] for c in info["classes"]], [cfg.image_size, cfg.image_size, 3]
+    return Manifest(
+        dataset=source["dataset"],
+        format="jpeg",
+        classes=classes,
+        class_info=info["classes"],
+        num_classes=len(info["classes"]),
+        image_shape=shape,
+        stored_shorter_side=cfg.resize,  # of the train split's JPEGs
+        encoding=dict(ENCODING),  # per split; readers: Manifest.split_encoding, decode_images
+        eval_protocol={
+            "transform": f"Resize({cfg.resize}) + CenterCrop({cfg.image_size})",
+            "description": EVAL_PROTOCOL,
+            "test": "stored as the exact evaluation input (lossless PNG), decoded as is",
+            "train": "Resize + CenterCrop of the stored JPEG (train images held out for evaluation)",
+            "made_with": {lib: sorted(v) for lib, v in sorted(done.versions.items())},
+        },
+        stats_of="train split, evaluation view of the stored JPEGs (load_split(..., 'train'))",
+        mean=mean,
+        std=std,
+        class_counts={s: done.counts.get(s, np.zeros(len(classes), np.int64)).tolist() for s in ("train", "test")},
+        files=split_files,
+        skipped_images={"count": len(done.bad), "images": done.bad},
+        missing_classes=info["missing_classes"],
+        preprocess=cfg.model_dump(),
+        source_sha256=source["sha256"],
+        source_files=source["files"],
+        source_origin=source.get("origin", {}),
+        test_split="ILSVRC2012 val",
+        data_sha256=data_sha(split_files, classes, shape),
+    )

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pyarrow.fs as pafs
+
 from pipeline.io import filesystem, join
 
 from .manifest import MANIFEST
@@ -26,8 +28,6 @@ def shared_uri(root: str, dataset: str, sha256: str) -> str:
 def publish(data_dir: str | Path, root: str, dataset: str, sha256: str) -> str:
     """Copy the preprocessed ``data_dir`` (content ``sha256``) under ``root`` unless that content is there;
     return its URI."""
-    import pyarrow.fs as pafs
-
     uri = shared_uri(root, dataset, sha256)
     fs, dest = filesystem(uri)
     if fs.get_file_info(join(dest, MANIFEST)).type == pafs.FileType.File:

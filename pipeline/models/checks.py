@@ -12,7 +12,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from pipeline.config import ConfigError, Params, SearchDim, format_errors, search_values, validate_params
+from pipeline.config import ConfigError, Params, SearchDim, format_errors, split_key
+from pipeline.config_checks import search_values
+from pipeline.settings import validate_params
 
 from .registry import create_model, get_factory, is_model, list_models
 
@@ -82,7 +84,7 @@ def check_models(p: Params) -> list[str]:
         if name not in p.methods or not is_model(p.methods[name].model):
             continue
         allowed, var_kw = _factory_args(p.methods[name].model)
-        unknown = [key for key in dims if key.partition(".")[2] not in allowed and not var_kw]
+        unknown = [key for key in dims if split_key(key)[1] not in allowed and not var_kw]
         errs += [
             f"tune.arch_space.{name}.{key}: not an argument of model {p.methods[name].model!r}; "
             f"allowed: {sorted('args.' + a for a in allowed)}"
@@ -122,7 +124,7 @@ def _arch_value_checks(p: Params, method: str, dims: dict[str, SearchDim]) -> li
             nets[repr((model, sorted(args.items())))] = (model, args)
     errs: list[str] = []
     for key, dim in dims.items():
-        arg = key.partition(".")[2]
+        arg = split_key(key)[1]
         for model, args in nets.values():
             numeric = _numeric_args(model)
             if dim.type != "choice" and numeric.get(arg) is not float:

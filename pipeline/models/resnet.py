@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import get_attn, softmax_layer
+from .attention import ATTENTION_MODULES, get_attn, softmax_layer
 from .registry import register_model
 
 Placement = Literal["block", "stage", "stage_branch", "final", "none"]
@@ -136,8 +136,9 @@ class ResNet(nn.Module):
 
     def _init_weights(self, gen: torch.Generator) -> None:
         """Backbone only, in module order, from ``gen``: attention modules own their initialisation."""
-        for name, m in self.named_modules():
-            if "attn" in name:
+        attention = {id(x) for a in self.modules() if isinstance(a, ATTENTION_MODULES) for x in a.modules()}
+        for m in self.modules():
+            if id(m) in attention:  # initialised by the module itself (reset_parameters)
                 continue
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=gen)

@@ -17,23 +17,29 @@ import csv
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 from pipeline import tracking
 from pipeline.compute import Workers, check_workers_before_start, ray_session, resolve_workers, storage_path
 from pipeline.config import Params, config_hash
+from pipeline.data.manifest import load_manifest, ray_dataset
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.plots import plt, training_curves
 from pipeline.progress import PlannedUnit, UnitProgress, relay
 from pipeline.provenance import provenance
 from pipeline.spec import DataRef, RunSpec, build_spec, data_ref, shared
 from pipeline.tracking import UnitRun
-from pipeline.train.checkpoint import HISTORY_FIELDS, resume_points
+from pipeline.train.checkpoint import HISTORY_FIELDS, UnitRecord, resume_points
 from pipeline.train.job import TrainJob
 from pipeline.train.store import UnitStore
+from pipeline.train.worker import train_worker
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +50,6 @@ def fit(job: TrainJob, params: Params, name: str, w: Workers, progress: Any = No
 
     JPEG data sets (ImageNet) are streamed through Ray Data: shards are read with ``read_parquet``, decoded
     and augmented by Ray Data tasks, and split across the workers; CIFAR-sized sets are held in memory."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from pipeline.train.worker import train_worker
-
     datasets = streamed_datasets(job.units[0].dataset.path)
     if datasets:
         log.info("train@%s: streaming the JPEG shards through Ray Data", job.units[0].dataset.name)
@@ -89,8 +90,6 @@ def split_lanes(units: list[RunSpec], k: int) -> list[list[RunSpec]]:
 
 def streamed_datasets(data_dir: str) -> dict[str, Any]:
     """Ray Datasets for a JPEG data set ({} for in-memory formats): augmented train, plain test."""
-    from pipeline.data.manifest import load_manifest, ray_dataset
-
     man = load_manifest(data_dir)
     if man.format != "jpeg":
         return {}
@@ -164,7 +163,6 @@ def _run_lanes(
 
     Ray schedules the jobs' worker groups as resources free up, so on a cluster without room for all lanes
     they still complete, fewer at a time."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def one(lane: list[RunSpec]) -> None:
         name = f"{lane[0].dataset.name}-train-{config_hash([u.key() for u in lane])}"
@@ -253,6 +251,46 @@ def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
         w.writerows(history)
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """The train stage resolved once: its units by track, each unit once, which are in the unit store and
+    which to train, and where each unit's MLflow run is."""
+
+    dataset: str
+    tracks: dict[str, list[RunSpec]]  # recipe (and searched): every (method, seed) of the grid
+    units: list[RunSpec]  # each unit once (tracks share the units a search did not change), in plan order
+    store: UnitStore
+    todo: list[RunSpec]  # the units not in the store yet
+    experiment: str
+    refs: dict[str, UnitRun]  # unit key -> its MLflow run
+    git: dict[str, Any]
+
+    def track_of(self, u: RunSpec) -> str:
+        return "recipe" if u.key() in {x.key() for x in self.tracks["recipe"]} else "searched"
+
+
+def plan_stage(params: Params, dataset: str, data_dir: str | Path, tuned_file: str | Path, c) -> TrainPlan:
+    """The train stage's ``TrainPlan``; MLflow runs a dead process left RUNNING are closed FAILED first."""
+    tracks = plan_units(params, data_ref(dataset, data_dir), read_json(tuned_file)["methods"])
+    units = _unique(tracks)
+    store = UnitStore(storage_path(params.compute), dataset)
+    exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset))
+    for run_id in tracking.close_dead_runs(c, exp):
+        log.info("train@%s: MLflow run %s was left RUNNING by a process that died: marked FAILED", dataset, run_id)
+    git = provenance()["git"]
+    recipe_keys = {u.key() for u in tracks["recipe"]}
+    return TrainPlan(
+        dataset=dataset,
+        tracks=tracks,
+        units=units,
+        store=store,
+        todo=[u for u in units if not store.has(u.key())],
+        experiment=exp,
+        refs=unit_runs(params, exp, units, recipe_keys, git["commit"]),
+        git=git,
+    )
+
+
 def train_dataset(
     params: Params,
     dataset: str,
@@ -264,68 +302,68 @@ def train_dataset(
 ) -> dict[str, Any]:
     """Train (or reuse) every unit of the grid for ``dataset``. Writes ``out_dir/<method>/<track>/seed<k>/``
     (model.pt, history.csv, mlflow.json: run, experiment and unit key), what this stage did to
-    ``metrics_file`` and one learning curve CSV per (track, method, seed) to ``curves_dir``."""
+    ``metrics_file`` and one learning curve CSV per (track, method, seed) to ``curves_dir``; then the new
+    units' files into their MLflow runs."""
     t0 = time.time()
     check_workers_before_start(params.compute)
-    plan = plan_units(params, data_ref(dataset, data_dir), read_json(tuned_file)["methods"])
-    units = _unique(plan)
-    keys = [u.key() for u in units]
-    storage = storage_path(params.compute)
-    store = UnitStore(storage, dataset)
-    todo = [u for u, k in zip(units, keys, strict=True) if not store.has(k)]
-    recipe_keys = {u.key() for u in plan["recipe"]}
     c = tracking.client()
-    exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset))
-    for run_id in tracking.close_dead_runs(c, exp):
-        log.info("train@%s: MLflow run %s was left RUNNING by a process that died: marked FAILED", dataset, run_id)
-    git = provenance()["git"]
-    refs = unit_runs(params, exp, units, recipe_keys, git["commit"])
+    plan = plan_stage(params, dataset, data_dir, tuned_file, c)
+    n, todo = len(plan.units), plan.todo
+    shares = ", ".join(f"{len(v)} {k}" for k, v in plan.tracks.items())
     log.info(
         "train@%s: %d units (%s), %d already in the unit store, %d to train",
         dataset,
-        len(units),
-        ", ".join(f"{len(v)} {k}" for k, v in plan.items()),
-        len(units) - len(todo),
+        n,
+        shares,
+        n - len(todo),
         len(todo),
     )
-    lanes_run = 0
-    if todo:
-        lanes_run = train_on_ray(params, job_for(params, todo, refs, {"git": git}), data_dir)
-
-    finals = {k: store.load(k) for k in keys}
+    lanes = train_on_ray(params, job_for(params, todo, plan.refs, {"git": plan.git}), data_dir) if todo else 0
+    finals = {u.key(): plan.store.load(u.key()) for u in plan.units}
     runs = {
-        u.key(): tracking.settle_unit_run(c, refs[u.key()], _run_params(u), finals[u.key()], dataset=_dataset_of(u))
-        for u in units
+        u.key(): tracking.settle_unit_run(
+            c, plan.refs[u.key()], run_params(u), finals[u.key()], dataset=dataset_input(u)
+        )
+        for u in plan.units
     }
-    with atomic_path(out_dir) as tmp, atomic_path(curves_dir) as ctmp:
-        ctmp.mkdir()
-        for track, track_units in plan.items():
-            for u in track_units:
-                key = u.key()
-                record = {"run_id": runs[key], "experiment_id": exp, "key": key}
-                _write_unit(unit_dir(tmp, u, track), finals[key], record)
-                _write_history(ctmp / curve_name(u, track), finals[key]["history"])
+    _write_outputs(plan, finals, runs, Path(out_dir), Path(curves_dir))
     # per-(method, seed) accuracy is the evaluate stage's metrics; here, what this stage did and its speed
     rates = [h["images_per_s"] for u in todo for h in finals[u.key()]["history"]]
     metrics = {
         "units_trained": len(todo),
-        "units_reused": len(units) - len(todo),
-        "jobs_side_by_side": lanes_run,
+        "units_reused": n - len(todo),
+        "jobs_side_by_side": lanes,
         "wall_time_s": round(time.time() - t0, 1),
         "train_images_per_s": round(sum(rates) / len(rates), 1) if rates else None,
     }
     write_json(metrics_file, metrics)
     for u in todo:
-        d = unit_dir(out_dir, u, "recipe" if u.key() in recipe_keys else "searched")
+        d = unit_dir(out_dir, u, plan.track_of(u))
         _log_unit_files(c, runs[u.key()], d, u, finals[u.key()]["history"])
     return metrics
 
 
-def _run_params(u: RunSpec) -> dict[str, Any]:
+def _write_outputs(
+    plan: TrainPlan, finals: dict[str, UnitRecord], runs: dict[str, str], out_dir: Path, curves_dir: Path
+) -> None:
+    """The DVC outputs: every unit of every track (model.pt, history.csv, mlflow.json) and its curve CSV."""
+    with atomic_path(out_dir) as tmp, atomic_path(curves_dir) as ctmp:
+        ctmp.mkdir()
+        for track, track_units in plan.tracks.items():
+            for u in track_units:
+                key = u.key()
+                record = {"run_id": runs[key], "experiment_id": plan.experiment, "key": key}
+                _write_unit(unit_dir(tmp, u, track), finals[key], record)
+                _write_history(ctmp / curve_name(u, track), finals[key]["history"])
+
+
+def run_params(u: RunSpec) -> dict[str, Any]:
+    """A unit's MLflow params: its resolved settings and content key."""
     return {**u.model_dump(), "run_key": u.key()}
 
 
-def _dataset_of(u: RunSpec) -> dict[str, str]:
+def dataset_input(u: RunSpec) -> dict[str, str]:
+    """A unit's data set as its MLflow run records it (``tracking.log_dataset``)."""
     return {"name": u.dataset.name, "sha256": u.dataset.sha256, "source": u.dataset.path}
 
 

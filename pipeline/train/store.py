@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import uuid
 
+import pyarrow.fs as pafs
 import torch
 
 from pipeline.io import filesystem
@@ -29,8 +30,6 @@ class KeyedStore:
         return f"{self.dir}/{key}{self.suffix}"
 
     def has(self, key: str) -> bool:
-        import pyarrow.fs as pafs
-
         return self.fs.get_file_info(self.path(key)).type == pafs.FileType.File
 
     def write(self, key: str, data: bytes) -> None:

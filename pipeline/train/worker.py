@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 from typing import Any
 
+import ray
+import ray.train
+import ray.train.torch
 import torch
+from ray import tune
 
 from pipeline import tracking
 from pipeline.config import FastPathCfg
@@ -56,10 +61,6 @@ def _unit_runs(job: TrainJob) -> Loggers:
 
 def _nodes(shard: Shard) -> list[dict[str, str]]:
     """Where each rank runs (Ray node id, host), in rank order: the record shows how a job was placed."""
-    import socket
-
-    import ray
-
     me = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
     if shard.world_size == 1:
         return [me]
@@ -79,9 +80,6 @@ def quiet_ray_logs() -> None:
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: ``job`` (a ``TrainJob``, dumped) and ``progress`` (the driver's
     progress hub, ``pipeline.progress.relay``; None: no progress events)."""
-    import ray.train
-    import ray.train.torch
-
     quiet_ray_logs()
     job = TrainJob.model_validate(config["job"])
     emit = Emitter(config["progress"]) if config.get("progress") is not None else None
@@ -140,8 +138,6 @@ def tune_trial(spec: RunSpec, threads: int, mlflow_uri: str, run_id: str, fast_p
     The trial's MLflow run ``run_id`` is ended FINISHED just before its last epoch is reported: Tune stops a
     trial that reached ``max_t`` right after that report, so later work in this process may never run. (The
     search then sets every trial run's status from Tune's results: ``pipeline.tune``.)"""
-    from ray import tune
-
     quiet_ray_logs()
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

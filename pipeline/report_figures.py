@@ -1,0 +1,139 @@
+"""The report's pictures (``reports/figures/``, also DVC image plots, in the order ``dvc plots show`` sorts
+them): ``curves-<d>.png``, every method's test top-1 per epoch on one axis; ``confusion/<d>-<method>.png``,
+each method's confusion matrix summed over seeds, classes in label order; ``maps/attention-<d>.png``, the
+paper's attention maps. Here, not in ``pipeline.plots``, which the train stage imports: a change to a report
+picture re-runs only the report."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import statistics
+from pathlib import Path
+
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+from pipeline.config import Params
+from pipeline.data.manifest import Manifest
+from pipeline.plots import plt, save
+
+CURVE_KEY = "val_top1"  # the training loop's per-epoch top-1; the train stage measures it on the test split
+
+
+def read_curves(results: Path, params: Params, dataset: str) -> dict[str, dict[int, list[dict[str, float]]]]:
+    """The recipe track's learning curves: {method: {seed: [per-epoch record]}}."""
+    out: dict[str, dict[int, list[dict[str, float]]]] = {}
+    for m in params.grid.methods:
+        for s in params.grid.seeds:
+            with open(results / dataset / "curves" / f"{m}-seed{s}.csv") as f:
+                out.setdefault(m, {})[s] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return out
+
+
+CLASS_NAMES_UP_TO = 20  # a confusion matrix names each class on its axes up to this many; beyond, index ticks
+CELL_VALUES_UP_TO = 12  # and writes each cell's percentage up to this many
+
+
+def curves_figure(params: Params, dataset: str, per_method: dict[str, dict[int, list[dict[str, float]]]]):
+    """Every method's test top-1 after each epoch (recipe track) on one axis: mean over seeds, band min to max."""
+    fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
+    n = 0
+    for m, by_seed in per_method.items():
+        runs = list(by_seed.values())
+        n = max(n, len(runs))
+        epochs = [r["epoch"] for r in runs[0]]
+        vals = [[run[i][CURVE_KEY] for run in runs] for i in range(len(epochs))]
+        line = ax.plot(epochs, [statistics.fmean(v) for v in vals], marker=".", label=params.method(m).label)[0]
+        ax.fill_between(epochs, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="epoch", ylabel="test top-1 (%)")
+    ax.set_title(f"{dataset}: test top-1 after each epoch (test split)\nmean over {n} seeds; band: min to max", size=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=8)
+    return fig
+
+
+def confusion_counts(results: Path, dataset: str, method: str, seeds: list[int], classes: list[str]) -> np.ndarray:
+    """The recipe track's test confusion counts summed over ``seeds``: [true, predicted], in label order (the
+    order of ``classes``, the manifest's, never alphabetical)."""
+    index = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for s in seeds:
+        with open(results / dataset / "confusion" / method / "recipe" / f"seed{s}.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                counts[index[row["actual"]], index[row["predicted"]]] += 1
+    return counts
+
+
+def confusion_figure(counts: np.ndarray, classes: list[str], title: str):
+    """Rows as % of each true class, classes in the given (label) order; class names on the axes up to
+    ``CLASS_NAMES_UP_TO`` classes (index ticks beyond), each cell's % written up to ``CELL_VALUES_UP_TO``."""
+    k = len(classes)
+    pct = 100.0 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(max(3.5, 0.38 * k + 1.5), 6.5)
+    fig, ax = plt.subplots(figsize=(side + 1.3, side), layout="constrained")
+    named = k <= CLASS_NAMES_UP_TO
+    im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100, interpolation="nearest" if named else "antialiased")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="% of the true class")
+    if named:
+        ax.set_xticks(range(k), classes, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
+        ax.set_yticks(range(k), classes, fontsize=8)
+        ax.set(xlabel="predicted class", ylabel="true class")
+    else:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(10, integer=True))
+        ax.set(xlabel=f"predicted class (index in label order, 0-{k - 1})", ylabel="true class (index)")
+    if k <= CELL_VALUES_UP_TO:
+        for (i, j), v in np.ndenumerate(pct):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v > 60 else "black")
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def _attention_picture(params: Params, results: Path, dataset: str) -> Path | None:
+    """The attention-map picture of the paper's method (first seed, recipe track)."""
+    for m in params.grid.methods:
+        p = results / dataset / "eval" / m / "recipe" / f"seed{params.grid.seeds[0]}" / "attention.png"
+        if params.method(m).paper_row == "ours" and p.is_file():
+            return p
+    return None
+
+
+def write_figures(params: Params, results: Path, dataset: str, man: Manifest, fig_dir: Path) -> list[str]:
+    """Draw ``dataset``'s pictures into ``fig_dir`` (curves, a confusion matrix per method, the attention maps);
+    return the markdown that shows them, paths relative to the report."""
+    seeds = list(params.grid.seeds)
+    save(curves_figure(params, dataset, read_curves(results, params, dataset)), fig_dir / f"curves-{dataset}.png")
+    lines = [
+        "### Figures",
+        "",
+        f"Test top-1 after each epoch, every method (recipe track; measured on the test split after each epoch, so "
+        f"the last point is the test top-1 of the tables; mean over {len(seeds)} seeds, band: min to max):",
+        "",
+        f"![test top-1 per epoch on {dataset}](figures/curves-{dataset}.png)",
+        "",
+        f"Confusion matrices (recipe track, test split, the {len(seeds)} seeds summed; each row is a true class, in "
+        "label order, as % of its test images):",
+        "",
+    ]
+    pictures = []
+    for m in params.grid.methods:
+        counts = confusion_counts(results, dataset, m, seeds, man.classes)
+        label = params.method(m).label
+        title = f"{label} on {dataset}\ntest split, {len(seeds)} seeds summed"
+        save(confusion_figure(counts, man.classes, title), fig_dir / "confusion" / f"{dataset}-{m}.png")
+        pictures.append(f"![confusion matrix of {label} on {dataset}](figures/confusion/{dataset}-{m}.png)")
+    lines += [" ".join(pictures), ""]
+    attention = _attention_picture(params, results, dataset)
+    if attention is not None:
+        (fig_dir / "maps").mkdir(exist_ok=True)
+        shutil.copyfile(attention, fig_dir / "maps" / f"attention-{dataset}.png")
+        lines += [
+            f"Attention maps of the paper's method on `{dataset}` (seed {seeds[0]}; each module's map upsampled over "
+            "the test image; title: true -> predicted class):",
+            "",
+            f"![attention maps on {dataset}](figures/maps/attention-{dataset}.png)",
+            "",
+        ]
+    return lines

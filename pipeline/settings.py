@@ -1,0 +1,214 @@
+"""Reading ``params.yaml`` into the settings' schema (``pipeline.config``), refusing what is not settings.
+
+``load_params`` reads the file (YAML syntax errors with their line and column, keys written twice, values
+that are not finite numbers), validates it into ``Params`` (pydantic's errors rewritten as one line per
+setting: the key, the value and what is allowed) and applies the cross-section rules
+(``pipeline.config_checks``): every problem in one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from pipeline.config import DATASET_KINDS, ConfigError, Params, fmt_loc, format_errors
+from pipeline.config_checks import cross_checks
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+_MISSING = object()
+
+
+def _key_loc(raw: dict, loc: tuple) -> tuple:
+    """``loc`` without pydantic's union/validator tags (e.g. ``constrained-int``), which are not keys."""
+    out: list = []
+    cur: Any = raw
+    for p in loc:
+        if (isinstance(cur, dict) and p in cur) or (isinstance(cur, list) and isinstance(p, int) and p < len(cur)):
+            cur = cur[p]
+        elif isinstance(p, str) and ("[" in p or "-" in p or p in DATASET_KINDS):
+            continue  # a union member's tag, not a key
+        else:
+            cur = _MISSING
+        out.append(p)
+    return tuple(out)
+
+
+def _lookup(raw: dict, loc: tuple) -> Any:
+    cur: Any = raw
+    for p in loc:
+        if (isinstance(cur, dict) and p in cur) or (isinstance(cur, list) and isinstance(p, int) and p < len(cur)):
+            cur = cur[p]
+        else:
+            return None
+    return cur
+
+
+def validate_params(raw: dict, source: str = "params.yaml") -> Params:
+    """Validate a raw params mapping; raise one ``ConfigError`` listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    non_finite = _non_finite(raw)
+    nf_errs = [
+        f"{fmt_loc(loc)} = {v!r}: not a finite number; allowed: a finite number (.inf, -.inf and .nan never are "
+        "a setting)"
+        for loc, v in non_finite
+    ]
+    try:
+        p = Params.model_validate(raw)
+    except ValidationError as e:
+        grouped: dict[tuple, list[str]] = {}
+        locs = [_key_loc(raw, tuple(x["loc"])) for x in e.errors()]
+        deeper = {loc[:i] for loc in locs for i in range(len(loc))}
+        said = {loc for loc, _ in non_finite}
+        for x, loc in zip(e.errors(), locs, strict=True):
+            if x["type"] == "literal_error" and loc in deeper:
+                continue  # a union's other branch (e.g. a list) got further: its error is the one that matters
+            if loc in said:
+                continue  # a non-finite number: said once above, wherever it is
+            msg = x["msg"].removeprefix("Value error, ")
+            if x["loc"] and x["loc"][-1] == "[key]":  # a bad key of a mapping (a data set or method name)
+                grouped.setdefault((loc[:-1], ""), []).append(f"key {msg}")
+                continue
+            if x["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc, msg = (*loc, "kind"), f"unknown data set kind; allowed: {', '.join(DATASET_KINDS)}"
+            field = re.match(r"(\w+)=", msg)  # a model-level rule names its field first: point at it
+            if x["type"] == "value_error" and field and isinstance(_lookup(raw, loc), dict):
+                loc = (*loc, field.group(1))
+                msg = msg.split(": ", 1)[-1] if ": " in msg else msg
+            shown = "" if x["type"] == "missing" else f" = {_lookup(raw, loc)!r}"
+            grouped.setdefault((loc, shown), []).append(msg)
+        # a union gives one message per alternative: join them into one line
+        errs = [f"{fmt_loc(loc)}{shown}: {' or '.join(dict.fromkeys(msgs))}" for (loc, shown), msgs in grouped.items()]
+        raise ConfigError(format_errors(source, nf_errs + errs)) from None
+    if nf_errs:  # in a free-form section (model arguments, recipe overrides): the models took them
+        raise ConfigError(format_errors(source, nf_errs))
+    errs = cross_checks(p) + _keys_dvc_reads(raw, p)
+    if errs:
+        raise ConfigError(format_errors(source, errs))
+    return p
+
+
+@functools.cache
+def dvc_dataset_keys(dvc_yaml: Path = ROOT / "dvc.yaml") -> tuple[str, ...]:
+    """The keys of each data set that ``dvc.yaml``'s stages list as params (``datasets.${item.dataset}.kind``,
+    ...): DVC fails on a missing one, so validation says so first. Read from dvc.yaml itself; none without it."""
+    try:
+        stages = yaml.safe_load(dvc_yaml.read_text()).get("stages", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return ()
+    found = re.findall(
+        r"^datasets\.\$\{[\w.]+\}\.(\w+)$",
+        "\n".join(str(k) for st in stages.values() for k in (st.get("params") or []) if isinstance(k, str)),
+        re.M,
+    )
+    return tuple(sorted(set(found)))
+
+
+def _keys_dvc_reads(raw: dict, p: Params) -> list[str]:
+    return [
+        f"datasets.{d}.{k}: missing; the DVC stages read it (write `{k}: {{}}` for no settings)"
+        for d in p.grid.datasets
+        if d in p.datasets
+        for k in dvc_dataset_keys()
+        if k not in raw["datasets"][d]
+    ]
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file (run from the repository root, or pass its path)")
+    return validate_params(read_yaml(path), str(path))
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def read_yaml(path: str | Path) -> Any:
+    """``path`` parsed as YAML (safe types only), or one ``ConfigError``: a syntax error with its line and
+    column, or a key written twice in one mapping (YAML would silently keep the last), with both lines."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        dups = _duplicate_keys(node) if node is not None else []
+        if dups:
+            raise ConfigError(format_errors(str(path), dups))
+        return loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        raise ConfigError(f"{path}: {_yaml_problem(e)}") from None
+    except yaml.YAMLError as e:  # e.g. a byte that is not UTF-8 text
+        raise ConfigError(f"{path}: not readable as YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be settings") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(e: yaml.MarkedYAMLError) -> str:
+    mark = e.problem_mark or e.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = e.problem or e.context or "invalid YAML"
+    if e.context and e.problem:
+        cm = e.context_mark
+        what += f" ({e.context}" + (f" started at line {cm.line + 1}, column {cm.column + 1})" if cm else ")")
+    if "'\\t'" in what:
+        what += "; YAML is indented with spaces, never tabs"
+    return where + what
+
+
+def _duplicate_keys(node: yaml.Node, path: tuple = (), seen: set[int] | None = None) -> list[str]:
+    """Keys written twice in one mapping, with the lines of both. A key brought in by a merge key (``<<``)
+    and set again explicitly is an override, not a duplicate."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already walked (or a recursive one)
+        return []
+    seen.add(id(node))
+    errs: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Node] = {}
+        for k, v in node.value:
+            if k.tag == _MERGE_TAG:
+                errs += _duplicate_keys(v, path, seen)
+                continue
+            sub = path
+            if isinstance(k, yaml.ScalarNode):
+                sub = (*path, k.value)
+                if (k.tag, k.value) in first:
+                    errs.append(
+                        f"{fmt_loc(sub)}: duplicate key, written at {_at(first[k.tag, k.value])} and again at "
+                        f"{_at(k)} (YAML would silently keep the last); write it once"
+                    )
+                else:
+                    first[k.tag, k.value] = k
+            errs += _duplicate_keys(v, sub, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            errs += _duplicate_keys(v, (*path, i), seen)
+    return errs
+
+
+def _at(node: yaml.Node) -> str:
+    return f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
+
+
+def _non_finite(node: Any, path: tuple = (), above: frozenset[int] = frozenset()) -> list[tuple[tuple, float]]:
+    """(key path, value) of every .inf / -.inf / .nan in the raw tree, free-form sections included."""
+    if isinstance(node, float):
+        return [] if math.isfinite(node) else [(path, node)]
+    if id(node) in above:  # a recursive alias
+        return []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return [hit for k, v in items for hit in _non_finite(v, (*path, k), above | {id(node)})]
