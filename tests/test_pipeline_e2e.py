@@ -266,7 +266,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RAY_PREFIX = re.compile(r"^\([\w:]+ pid=\d+(?:, ip=[\d.]+)?\)\s*")
 # The pipeline's own lines (stage messages, unit progress) and DVC's; anything else is somebody else's noise
 OWN = re.compile(
-    r"^(?:(?:check|fetch|preprocess|tune|train|evaluate|report)(?:@[\w-]+)?[: ]|\[[\w-]+ seed \d+\]|worker rank "
+    r"^(?:(?:check|fetch|preprocess|tune|train|evaluate|study|report)(?:@[\w-]+)?[: ]|\[[\w-]+ seed \d+\]|worker rank "
     r"|Running stage|> |(?:Updating|Generating) lock file|To track the changes|To enable auto staging|git add "
     r"|dvc config|Use `dvc push`|$)"
 )
