@@ -13,13 +13,10 @@ from typing import NoReturn
 
 from pipeline.config import ConfigError, Params, format_errors
 from pipeline.data.errors import DataError
+from pipeline.errors import StageError
 from pipeline.settings import load_params
 
 PARAMS_FILE = "params.yaml"
-
-
-class StageError(RuntimeError):
-    """A stage's work failed in a way its message explains in full (e.g. a crashed search trial): exit 1."""
 
 
 def usage(doc: str, argv: list[str], n: int) -> None:

@@ -46,10 +46,10 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pipeline import tracking
-from pipeline.cli import StageError
 from pipeline.compute import check_workers_before_start, keep_credentials_out_of_trials, ray_session, storage_path
 from pipeline.config import Overrides, Params, SearchDim, TuneCfg, config_hash, split_key
 from pipeline.data.manifest import load_manifest
+from pipeline.errors import StageError
 from pipeline.io import write_json
 from pipeline.models import registry
 from pipeline.provenance import provenance
