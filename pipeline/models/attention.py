@@ -204,22 +204,6 @@ def get_attn(attn_type: str | None, **kwargs: object) -> type[nn.Module] | parti
     return partial(cls, **kwargs) if kwargs else cls
 
 
-def softmax_layer(
-    num_maps: int, kernel_size: int, scaling: str, temperature: float, learn_temperature: bool, map_init: str
-) -> partial:
-    """The paper's attention module with its options bound, for a network to build per channel count (the
-    ``attn_resnet`` factories' arguments, in their order)."""
-    return partial(
-        SoftmaxAttention,
-        num_maps=num_maps,
-        kernel_size=kernel_size,
-        scaling=scaling,
-        temperature=temperature,
-        learn_temperature=learn_temperature,
-        map_init=map_init,
-    )
-
-
 def create_attn(attn_type: str | None, channels: int, **kwargs: object) -> nn.Module | None:
     """Build one attention module for ``channels`` feature maps, or ``None``."""
     layer = get_attn(attn_type, **kwargs)

@@ -19,7 +19,7 @@ from torchvision.models import densenet121 as tv_densenet121
 from torchvision.models.resnet import Bottleneck
 from torchvision.models.resnet import ResNet as TVResNet
 
-from .attention import ATTENTION_MODULES, get_attn, softmax_layer
+from .attention import ATTENTION_MODULES, get_attn
 from .registry import register_model
 from .resnet import PLACEMENTS, AttnLayer, Placement
 
@@ -129,7 +129,15 @@ def attn_resnet50(
 ) -> ImageNetResNet:
     """The paper's attention CNN on a ResNet-50 backbone; ``placement='none'`` is its ablation. The attention
     options are ``pipeline.models.attention.SoftmaxAttention``'s."""
-    layer = softmax_layer(num_maps, kernel_size, scaling, temperature, learn_temperature, map_init)
+    layer = get_attn(
+        "softmax",
+        num_maps=num_maps,
+        kernel_size=kernel_size,
+        scaling=scaling,
+        temperature=temperature,
+        learn_temperature=learn_temperature,
+        map_init=map_init,
+    )
     return ImageNetResNet(RESNET50_LAYERS, num_classes, layer, placement)
 
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import ATTENTION_MODULES, get_attn, softmax_layer
+from .attention import ATTENTION_MODULES, get_attn
 from .registry import register_model
 
 Placement = Literal["block", "stage", "stage_branch", "final", "none"]
@@ -204,5 +204,13 @@ def attn_resnet(
 ) -> ResNet:
     """The paper's attention CNN on a ResNet backbone; ``placement='none'`` is its ablation. The attention
     options are ``pipeline.models.attention.SoftmaxAttention``'s."""
-    layer = softmax_layer(num_maps, kernel_size, scaling, temperature, learn_temperature, map_init)
+    layer = get_attn(
+        "softmax",
+        num_maps=num_maps,
+        kernel_size=kernel_size,
+        scaling=scaling,
+        temperature=temperature,
+        learn_temperature=learn_temperature,
+        map_init=map_init,
+    )
     return ResNet(depth, num_classes, width, layer, placement, shortcut)
