@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import ImageNetPreprocessCfg
-from pipeline.io import atomic_path, read_json, sha256_file, write_json
+from pipeline.io import atomic_path, sha256_file, write_json
 
 from .errors import DataError
 from .jpeg import ENCODING, EVAL_PROTOCOL, encode_image
@@ -163,7 +163,10 @@ class _Shards:
     hist: np.ndarray = field(default_factory=lambda: np.zeros((3, 256), np.int64))
     bad: list[dict[str, str]] = field(default_factory=list)
     versions: dict[str, set[str]] = field(default_factory=dict)
-    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, np.ndarray] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counts = {s: np.zeros(self.num_classes, np.int64) for s in self.files}
 
     def add(self, split: str, fname: str, path: Path, res: dict[str, Any]) -> None:
         self.bad += [{"split": split, "name": n, "reason": w} for n, w in res["bad"]]
@@ -172,7 +175,6 @@ class _Shards:
         if split == "train":
             self.hist += res["hist"]
         labels = res["table"].column("label").to_numpy()
-        self.counts.setdefault(split, np.zeros(self.num_classes, np.int64))
         self.counts[split] += np.bincount(labels, minlength=self.num_classes)
         self.files[split].append(
             {"path": fname, "rows": res["table"].num_rows, "sha256": sha256_file(path),
@@ -191,9 +193,9 @@ class _Shards:
         return out
 
 
-def preprocess_imagenet(raw_dir: Path, out_dir: Path, cfg: ImageNetPreprocessCfg) -> Manifest:
-    """Index -> Parquet shards + manifest in ``out_dir`` (atomically), one Ray task per shard."""
-    source = read_json(raw_dir / SOURCE)
+def preprocess_imagenet(raw_dir: Path, source: dict[str, Any], out_dir: Path, cfg: ImageNetPreprocessCfg) -> Manifest:
+    """Index -> Parquet shards + manifest in ``out_dir`` (atomically), one Ray task per shard. ``source`` is
+    ``raw_dir``'s source.json, read once by the caller."""
     index_path = raw_dir / source["index"]
     if sha256_file(index_path) != source["index_sha256"]:
         raise DataError(f"{index_path}: sha256 does not match {raw_dir / SOURCE}; re-run fetch")
@@ -272,7 +274,7 @@ def _manifest(source: dict[str, Any], info: dict[str, Any], cfg: ImageNetPreproc
         stats_of="train split, evaluation view of the stored JPEGs (load_split(..., 'train'))",
         mean=mean,
         std=std,
-        class_counts={s: done.counts.get(s, np.zeros(len(classes), np.int64)).tolist() for s in ("train", "test")},
+        class_counts={s: c.tolist() for s, c in done.counts.items()},
         files=split_files,
         skipped_images={"count": len(done.bad), "images": done.bad},
         missing_classes=info["missing_classes"],

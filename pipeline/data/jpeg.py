@@ -115,4 +115,10 @@ def encode_image(blob: bytes, split: str, cfg: ImageNetPreprocessCfg) -> tuple[b
     rgb.save(buf, format="JPEG", quality=cfg.quality)
     stored = buf.getvalue()
     x = decode_images([stored], cfg.image_size, cfg.resize)[0]
-    return stored, np.stack([np.bincount(x[..., c].ravel(), minlength=256) for c in range(3)])
+    return stored, channel_histogram(x)
+
+
+def channel_histogram(images: np.ndarray) -> np.ndarray:
+    """(C, 256) counts of each uint8 value per channel of HWC images (or one image): what the channel
+    statistics are computed from, summed over shards (``manifest.stats_from_histogram``)."""
+    return np.stack([np.bincount(images[..., c].ravel(), minlength=256) for c in range(images.shape[-1])])

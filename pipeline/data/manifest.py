@@ -29,7 +29,7 @@ from pipeline.io import filesystem, join, read_json
 
 from .cifar import ImageSet
 from .errors import DataError
-from .jpeg import decode_images
+from .jpeg import channel_histogram, decode_images
 
 SOURCE = "source.json"
 MANIFEST = "manifest.json"
@@ -104,8 +104,7 @@ def stats_from_histogram(hist: np.ndarray) -> tuple[list[float], list[float]]:
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 HWC images on the [0, 1] scale (``stats_from_histogram``)."""
-    counts = [np.bincount(images[..., c].ravel(), minlength=256) for c in range(images.shape[-1])]
-    return stats_from_histogram(np.stack(counts))
+    return stats_from_histogram(channel_histogram(images))
 
 
 def data_sha(files: dict[str, dict[str, Any]], classes: list[str], image_shape: list[int]) -> str:

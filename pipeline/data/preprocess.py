@@ -36,7 +36,7 @@ def preprocess_dataset(raw_dir: str | Path, out_dir: str | Path, cfg: Preprocess
             if isinstance(cfg, ImageNetPreprocessCfg)
             else ImageNetPreprocessCfg.model_validate((cfg or PreprocessCfg()).model_dump())
         )
-        return preprocess_imagenet(raw_dir, out_dir, icfg)
+        return preprocess_imagenet(raw_dir, source, out_dir, icfg)
     return _preprocess_cifar(raw_dir, source, out_dir, cfg or PreprocessCfg())
 
 
