@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.config import Params
 from pipeline.paper import claimed_gain
-from pipeline.stats import Comparison, Summary, Verdict, compare, near_chance, summarize, verdict
+from pipeline.stats import Comparison, Summary, Verdict, compare, near_chance, same_start, summarize, verdict
 
 OURS = "ours"
 BASELINE_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet")
@@ -90,14 +90,7 @@ def method_result(params: Params, method: str, units: dict[int, dict[str, Any]],
 
 def paired(a: MethodResult, b: MethodResult) -> bool:
     """Every common seed's two runs saw the same data order and began from the same backbone weights."""
-    common = set(a.top1) & set(b.top1)
-    return bool(common) and all(
-        a.pairing[s].get("data_order") is not None
-        and a.pairing[s].get("data_order") == b.pairing[s].get("data_order")
-        and a.pairing[s].get("init") is not None
-        and a.pairing[s].get("init") == b.pairing[s].get("init")
-        for s in common
-    )
+    return same_start(a.pairing, b.pairing)
 
 
 def compare_with(params: Params, ours: MethodResult, other: MethodResult, column: str | None) -> ComparisonResult:

@@ -426,6 +426,9 @@ class EvaluateCfg(Frozen):
     attention_images: Annotated[Int, Field(ge=0, le=64)] = 6
 
 
+STUDY_HOW_TO_RUN = "dvc exp run -S study.enabled=true"  # the one command, in the report and in the logs
+
+
 class StudyCfg(Frozen):
     """The attention study (``pipeline.study``): the paper's attention net (``method``) trained in every cell of
     ``placements`` x ``scalings`` and in each named ``variant`` (model arguments on top of the method's), over

@@ -31,7 +31,7 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.analysis import ComparisonResult, MethodResult, comparisons, method_result
-from pipeline.config import Params, config_hash, split_key
+from pipeline.config import STUDY_HOW_TO_RUN, Params, config_hash, split_key
 from pipeline.data.manifest import Manifest, load_manifest
 from pipeline.io import read_json, write_json
 from pipeline.paper import CLAIMS, COLUMN_OF_KIND, COLUMNS, PUBLISHED, TABLE_NAMES
@@ -491,14 +491,7 @@ def _json(x: float | None) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Figures
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The page: tables.md as HTML, pictures by relative path, nothing fetched, no scripts
-
-# ---------------------------------------------------------------------------------------------------------
-# Files and MLflow
+# Files and MLflow (figures: pipeline.report_figures; the page: pipeline.report_html)
 
 
 def make_report(params: Params, results_dir: str | Path, data_root: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -551,7 +544,7 @@ def _study(params: Params, results: Path) -> dict[str, Any]:
         f = results / d / "study.json"
         if f.is_file() and (study := read_json(f)).get("enabled"):
             return study
-    return {"enabled": False, "how": "dvc exp run -S study.enabled=true"}
+    return {"enabled": False, "how": STUDY_HOW_TO_RUN}
 
 
 def _provenance(results: Path, dataset: str, section: dict[str, Any]) -> dict[str, Any]:

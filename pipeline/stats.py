@@ -150,6 +150,15 @@ def _compare_welch(a: Mapping[int, float], b: Mapping[int, float], level: float)
     return Comparison("welch", n_a, n_b, diff, low, high, _p_two_sided(diff, se, df), df, None, level)
 
 
+def same_start(a: Mapping[int, Mapping[str, object]], b: Mapping[int, Mapping[str, object]]) -> bool:
+    """Whether two seed -> pairing-digest maps (``init``, ``data_order``, recorded at training) pair up: every
+    common seed's two runs saw the same data order and began from the same backbone weights."""
+    common = set(a) & set(b)
+    return bool(common) and all(
+        a[s].get(k) is not None and a[s].get(k) == b[s].get(k) for s in common for k in ("data_order", "init")
+    )
+
+
 def compare(a: Mapping[int, float], b: Mapping[int, float], *, paired: bool, level: float = LEVEL) -> Comparison:
     """a minus b over seed -> value maps: paired t-test over the common seeds, or Welch's t-test."""
     return _compare_paired(a, b, level) if paired else _compare_welch(a, b, level)

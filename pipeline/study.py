@@ -37,7 +37,7 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.compute import check_workers_before_start, storage_path
-from pipeline.config import Overrides, Params
+from pipeline.config import STUDY_HOW_TO_RUN, Overrides, Params
 from pipeline.data.manifest import load_manifest
 from pipeline.io import write_json
 from pipeline.models import create_model
@@ -47,7 +47,6 @@ from pipeline.train.run import dataset_input, job_for, run_params, train_on_ray
 from pipeline.train.store import UnitStore
 
 log = logging.getLogger(__name__)
-HOW = "dvc exp run -S study.enabled=true"
 
 
 def study_specs(params: Params, data: DataRef) -> dict[str, dict[int, RunSpec]]:
@@ -108,10 +107,10 @@ def run_study(params: Params, dataset: str, data_dir: str | Path, out_file: str 
     to turn it on)."""
     t0, s = time.time(), params.study
     if not s.enabled or s.dataset != dataset:
-        out = {"enabled": False, "how": HOW, "dataset": dataset}
+        out = {"enabled": False, "how": STUDY_HOW_TO_RUN, "dataset": dataset}
         write_json(out_file, out)
         why = "study.enabled: false" if not s.enabled else f"study.dataset: {s.dataset}"
-        log.info("study@%s: off (%s); to run it: %s", dataset, why, HOW)
+        log.info("study@%s: off (%s); to run it: %s", dataset, why, STUDY_HOW_TO_RUN)
         return out
     check_workers_before_start(params.compute)
     specs = study_specs(params, data_ref(dataset, data_dir))

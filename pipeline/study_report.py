@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.plots import plt, save
-from pipeline.stats import Comparison, Summary, chance_level, compare, near_chance, summarize
+from pipeline.stats import Comparison, Summary, chance_level, compare, near_chance, same_start, summarize
 
 TITLE = "## Where attention helps (the paper's Sec. 7.2)"
 MULTI = ("stage", "stage_branch", "block")  # placements with a module in every stage or block
@@ -56,6 +56,15 @@ class Cell:
     def trains(self) -> bool:
         return not self.at_chance and not self.diverged
 
+    @property
+    def pairing(self) -> dict[int, dict[str, Any]]:
+        return {s: u["pairing"] for s, u in self.units.items()}
+
+    @property
+    def modules(self) -> list[str]:
+        """The attention modules of the cell's network (as its lowest seed recorded them)."""
+        return modules_of(self.units[min(self.units)])
+
 
 def cells(study: dict[str, Any]) -> dict[str, Cell]:
     out = {}
@@ -76,22 +85,13 @@ def cells(study: dict[str, Any]) -> dict[str, Cell]:
     return out
 
 
-def _paired(a: Cell, b: Cell) -> bool:
-    common = set(a.units) & set(b.units)
-    return bool(common) and all(
-        a.units[s]["pairing"].get("init") == b.units[s]["pairing"].get("init") is not None
-        and a.units[s]["pairing"].get("data_order") == b.units[s]["pairing"].get("data_order") is not None
-        for s in common
-    )
-
-
 def reference(cs: dict[str, Cell], cell: Cell) -> Cell | None:
     """The ``final`` cell a cell is judged against: the one at its scaling, else ``final/hw``."""
     return cs.get(f"final/{cell.scaling}") or cs.get("final/hw")
 
 
 def versus(cell: Cell, ref: Cell) -> tuple[Comparison, str]:
-    c = compare(cell.top1, ref.top1, paired=_paired(cell, ref))
+    c = compare(cell.top1, ref.top1, paired=same_start(cell.pairing, ref.pairing))
     if c.ci_low is None:
         return c, "one seed: no interval"
     word = "better" if c.ci_low > 0 else "worse" if c.ci_high < 0 else "no difference shown"
@@ -143,9 +143,14 @@ def tables(study: dict[str, Any], cs: dict[str, Cell]) -> list[str]:
     return lines
 
 
+def default_scaling(study: dict[str, Any]) -> str:
+    """The scaling the cost table and the figure use: the project's default ``hw`` if the study ran it."""
+    return "hw" if "hw" in study["scalings"] else study["scalings"][0]
+
+
 def cost_lines(study: dict[str, Any], cs: dict[str, Cell]) -> list[str]:
     """Parameters and training speed of each placement (at ``hw``, or the first scaling), against ``final``."""
-    s0 = "hw" if "hw" in study["scalings"] else study["scalings"][0]
+    s0 = default_scaling(study)
     base = cs[f"final/{s0}"]
     lines = [
         "| placement | attention modules | parameters | vs final | train img/s | vs final |",
@@ -153,15 +158,8 @@ def cost_lines(study: dict[str, Any], cs: dict[str, Cell]) -> list[str]:
     ]
     for p in study["placements"]:
         c = cs[f"{p}/{s0}"]
-        modules = len(
-            {
-                k.split("/")[1]
-                for k in c.units[min(c.units)]["history"][-1]
-                if k.startswith("diag/") and k.count("/") == 2
-            }
-        )
         lines.append(
-            f"| `{p}` | {modules} | {c.params:,} | {c.params - base.params:+,} | {c.speed:,.0f} | "
+            f"| `{p}` | {len(c.modules)} | {c.params:,} | {c.params - base.params:+,} | {c.speed:,.0f} | "
             f"{c.speed / base.speed:.2f}x |"
         )
     return [f"Cost of each placement (scaling `{s0}`, training speed measured on this machine):", "", *lines, ""]
@@ -257,12 +255,11 @@ def _names(cs: list[Cell]) -> str:
     return ", ".join(f"`{c.name}` ({c.summary.mean:.1f} %)" for c in sorted(cs, key=lambda c: -c.summary.mean))
 
 
-def findings(study: dict[str, Any], cs: dict[str, Cell], working: Cell) -> list[str]:
-    """The paragraph: which multi-module cells train as well as ``final``, which do worse, and what the
-    diagnostics say about why, every number read from the cells."""
+def findings(study: dict[str, Any], cs: dict[str, Cell], working: Cell, good: list[Cell]) -> list[str]:
+    """The paragraph: which multi-module cells train as well as ``final`` (``good``), which do worse, and what
+    the diagnostics say about why, every number read from the cells."""
     margin, chance = study.get("margin", 1.0), chance_level(study["num_classes"])
     multi = [c for c in cs.values() if c.placement in MULTI]
-    good = [c for c in multi if as_good(c, reference(cs, c), margin)]
     worse = [c for c in multi if c not in good and (c.at_chance or _word(cs, c) == "worse")]
     unclear = [c for c in multi if c not in good and c not in worse]
     text = [f"The one-module network (`{working.name}`) reaches {working.summary.mean:.1f} % (chance: {chance:.0f} %)."]
@@ -299,8 +296,8 @@ def _why(working: Cell, good: list[Cell], collapsed: list[Cell]) -> list[str]:
     """What the diagnostics show: the modules before the last in collapsed cells (below the midpoint between
     chance and ``final``) against those in cells that train, and the literal scaling's shrinkage."""
     out = []
-    scaled = [c for c in collapsed if c.scaling != "none" and len(modules_of(c.units[min(c.units)])) > 1]
-    fine = [c for c in good if len(modules_of(c.units[min(c.units)])) > 1]
+    scaled = [c for c in collapsed if c.scaling != "none" and len(c.modules) > 1]
+    fine = [c for c in good if len(c.modules) > 1]
     if scaled and fine:
         f, g = [_inner_stats(c) for c in scaled], [_inner_stats(c) for c in fine]
         med = statistics.median
@@ -316,41 +313,29 @@ def _why(working: Cell, good: list[Cell], collapsed: list[Cell]) -> list[str]:
             f"network's in the collapsed cells, {med(_grad_ratio(c, working) for c in fine):.2g}x in the ones "
             "that train."
         )
-    literal = [c for c in collapsed if c.scaling == "none" and len(modules_of(c.units[min(c.units)])) > 1]
+    literal = [c for c in collapsed if c.scaling == "none" and len(c.modules) > 1]
     if literal:
         c = min(literal, key=lambda c: c.summary.mean)
         u = c.units[min(c.units)]
-        shrink = math.prod(u["diag_start"][f"diag/{m}/scale"] for m in modules_of(u))
+        shrink = math.prod(u["diag_start"][f"diag/{m}/scale"] for m in c.modules)
         out.append(
-            f"The literal scaling fails from the first step: in `{c.name}` the {len(modules_of(u))} sum-to-one "
+            f"The literal scaling fails from the first step: in `{c.name}` the {len(c.modules)} sum-to-one "
             f"maps multiply the features by {shrink:.2g} in all, and after epoch 1 the gradient at the first conv "
             f"is {_grad_ratio(c, working):.2g}x the working network's."
         )
     return out
 
 
-def _rng(values, unit: str = "") -> str:
-    vs = sorted(values)
-    fmt = (lambda v: f"{v:.2g}{unit}") if unit else (lambda v: f"{v:.2f}")
-    return fmt(vs[0]) if len(vs) == 1 or fmt(vs[0]) == fmt(vs[-1]) else f"{fmt(vs[0])}-{fmt(vs[-1])}"
-
-
 def _same_networks(cs: dict[str, Cell]) -> str:
-    """Placements that put their modules in the very same places (``block`` and ``stage_branch`` when every
-    stage has one block): said, lest identical rows look like a copying error."""
-    pairs = []
-    for a, b in (("block", "stage_branch"),):
-        ca = [c for c in cs.values() if c.placement == a and "/" in c.name]
-        cb = {c.scaling: c for c in cs.values() if c.placement == b and "/" in c.name}
-        same = [
-            x.scaling in cb
-            and modules_of(x.units[min(x.units)]) == modules_of(cb[x.scaling].units[min(x.units)])
-            and x.top1 == cb[x.scaling].top1
-            for x in ca
-        ]
-        if ca and all(same):
-            pairs.append(f"`{a}` and `{b}` are the same network")
-    return " and ".join(pairs)
+    """``block`` and ``stage_branch`` put their modules in the very same places when every stage has one block:
+    said, lest identical rows look like a copying error."""
+    blocks = [c for c in cs.values() if c.placement == "block" and "/" in c.name]
+    branch = {c.scaling: c for c in cs.values() if c.placement == "stage_branch" and "/" in c.name}
+    same = all(
+        x.scaling in branch and x.modules == branch[x.scaling].modules and x.top1 == branch[x.scaling].top1
+        for x in blocks
+    )
+    return "`block` and `stage_branch` are the same network" if blocks and same else ""
 
 
 def study_section(study: dict[str, Any], fig_dir: Path) -> tuple[list[str], dict[str, Any]]:
@@ -365,9 +350,9 @@ def study_section(study: dict[str, Any], fig_dir: Path) -> tuple[list[str], dict
             "",
         ], {"enabled": False}
     cs = cells(study)
-    default = "hw" if "hw" in study["scalings"] else study["scalings"][0]
+    default = default_scaling(study)
     working = cs[f"final/{default}"]
-    multi = [c for c in cs.values() if c.placement in MULTI and modules_of(c.units[min(c.units)])]
+    multi = [c for c in cs.values() if c.placement in MULTI and c.modules]
     margin = study.get("margin", 1.0)
     good = [c for c in multi if as_good(c, reference(cs, c), margin)]
     # the figure: the working network, the paper's Sec. 3.1 network at the default scaling, the worst cell,
@@ -400,7 +385,7 @@ def study_section(study: dict[str, Any], fig_dir: Path) -> tuple[list[str], dict
             f"![attention diagnostics of {named}](figures/study/diagnostics.png)",
             "",
         ]
-    lines += ["### What the study found", "", *findings(study, cs, working)]
+    lines += ["### What the study found", "", *findings(study, cs, working, good)]
     summary = {
         "enabled": True,
         "cells": {
@@ -412,8 +397,8 @@ def study_section(study: dict[str, Any], fig_dir: Path) -> tuple[list[str], dict
                 "ci_high": c.summary.ci_high,
                 "at_chance": len(c.at_chance),
                 **(
-                    {"vs_final": versus(c, ref)[1], "diff": round(versus(c, ref)[0].diff, 3)}
-                    if (ref := reference(cs, c)) is not None and ref is not c
+                    {"vs_final": v[1], "diff": round(v[0].diff, 3)}
+                    if (ref := reference(cs, c)) is not None and ref is not c and (v := versus(c, ref))
                     else {}
                 ),
             }
