@@ -4,6 +4,7 @@ and on a real net."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -83,7 +84,10 @@ def test_a_higher_temperature_flattens_the_map() -> None:
     for t in (0.25, 1.0, 4.0):
         torch.manual_seed(1)
         m = SoftmaxAttention(8, temperature=t, map_init="random")
-        ratios.append(float(entropy_ratio(m.softmax(m.conv(x) / t)).mean()))
+        maps = []  # the map the module itself makes at temperature t
+        m.softmax.register_forward_hook(lambda mod, i, o, maps=maps: maps.append(o.detach()))
+        m(x)
+        ratios.append(float(entropy_ratio(maps[0]).mean()))
     assert ratios[0] < ratios[1] < ratios[2] <= 1.0
 
 
@@ -136,7 +140,27 @@ def test_diagnostics_of_a_net_and_they_leave_training_alone() -> None:
         name = f"{PREFIX}stage_attn.{i}"
         assert d[f"{name}/entropy"] == pytest.approx(1.0)
         assert d[f"{name}/scale"] == pytest.approx(1 / hw, rel=1e-4)
-        assert d[f"{name}/map_grad"] >= 0 and d[f"{name}/in_grad"] > 0
+    # the gradients, against an ordinary backward pass of a copy in the same (eval) mode
+    ref, inputs = copy.deepcopy(net).eval(), {}
+
+    def keep_input(name: str):
+        def hook(mod: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
+            i[0].retain_grad()
+            inputs[name] = i[0]
+
+        return hook
+
+    for name, m in ref.named_modules():
+        if isinstance(m, SoftmaxAttention):
+            m.register_forward_hook(keep_input(name))
+    F.cross_entropy(ref(x), y).backward()
+    for name, m in ref.named_modules():
+        if isinstance(m, SoftmaxAttention):
+            assert d[f"{PREFIX}{name}/map_grad"] == pytest.approx(float(m.conv.weight.grad.norm()), rel=1e-4)
+            g = inputs[name].grad
+            assert d[f"{PREFIX}{name}/in_grad"] == pytest.approx(float(g.pow(2).mean().sqrt()), rel=1e-4)
+            assert d[f"{PREFIX}{name}/in_grad"] > 0
+    assert d[f"{PREFIX}stem_grad"] == pytest.approx(float(ref.stem[0].weight.grad.norm()), rel=1e-4)
     assert d[f"{PREFIX}stem_grad"] > 0
     hw = diagnose(create_model("attn_resnet", depth=8, width=4, placement="stage", scaling="hw"), x, y)
     assert hw[f"{PREFIX}stage_attn.0/scale"] == pytest.approx(1.0)  # the identity at the uniform start
