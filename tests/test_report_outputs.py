@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import report, report_figures, report_html
+from pipeline import report, report_figures, report_html, tracking
 from pipeline.analysis import method_result
 from pipeline.data.embedded import CLASSES as GLYPHS  # "zero", "one", ...: label order is not alphabetical
 from pipeline.paper import CLAIMS
@@ -106,22 +106,31 @@ def _params(raw: dict):
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    """make_report over the constructed results once; MLflow and the (slow) hardware probe stubbed out."""
+    """make_report over the constructed results once, logging to a real MLflow store (sqlite, artifacts in the
+    temporary directory); only the (slow) hardware probe is stubbed out."""
     root = tmp_path_factory.mktemp("report")
     with open(ROOT / "params.yaml") as f:
         params = _params(yaml.safe_load(f))
     _fake_results(root, params.train.model_dump())
-    logged: dict[str, list[str]] = {}
-
-    def log(params, summary, tmp: Path, commit: str) -> None:  # what MLflow would get: every file, at logging time
-        logged["files"] = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-
     stub = {"git": {"commit": "0" * 40, "dirty": False}, "hardware": {"host": "h", "cpu_count": 2, "gpus": []}}
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "_log_to_mlflow", log)
+        mp.chdir(root)  # MLflow's default artifact root, ./mlruns, in the temporary directory
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setattr(report, "provenance", lambda **extra: stub | extra)
         out = report.make_report(params, root / "results", root / "data", root / "reports")
-    return {"root": root, "reports": root / "reports", "out": out, "logged": logged["files"], "params": params}
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name(tracking.experiment_name(params.mlflow.experiment_prefix, "embedded"))
+    (run,) = c.search_runs([exp.experiment_id], "tags.stage = 'report'")
+    logged = sorted(_artifacts(c, run.info.run_id))
+    return {"root": root, "reports": root / "reports", "out": out, "logged": logged, "run": run, "params": params}
+
+
+def _artifacts(c, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for f in c.list_artifacts(run_id, path):
+        out += _artifacts(c, run_id, f.path) if f.is_dir else [f.path]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -250,6 +259,15 @@ def test_metrics_file_is_per_method_summary(made) -> None:
                 assert fields == {k: summary[d][track][m][k] for k in fields} and fields["n"] == len(SEEDS)
     assert metrics["embedded"]["recipe"]["attn_resnet"]["mean"] == pytest.approx(81.0)
     assert {"index.html", "metrics.json", "tables.md", "figures/curves-embedded.png"} <= set(made["logged"])
+
+
+def test_the_report_run_names_its_source(made) -> None:
+    """The report's MLflow run carries the standard source tags (the UI's Source column) and its figures."""
+    run = made["run"]
+    assert run.info.run_name == "report | embedded" and run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.source.git.commit"] == "0" * 40
+    assert run.data.tags["mlflow.source.name"] == "dvc repro report"
+    assert run.data.metrics["recipe.attn_resnet.mean"] == pytest.approx(81.0)
 
 
 class _Page(html.parser.HTMLParser):
