@@ -85,10 +85,13 @@ def evaluate_unit(
     cfg: EvaluateCfg,
     out_dir: Path,
     confusion_file: Path,
+    *,
+    loaded: tuple[nn.Module, RunSpec, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the unit in ``unit_dir`` (model.pt as the train stage writes it); write its attention picture
-    (if it has attention) and summary to ``out_dir`` and its confusion CSV; return its metrics."""
-    model, spec, ck = load_checkpoint(unit_dir / "model.pt")
+    """Evaluate the unit in ``unit_dir`` (model.pt as the train stage writes it, or ``loaded``: what
+    ``load_checkpoint`` made of it); write its attention picture (if it has attention) and summary to
+    ``out_dir`` and its confusion CSV; return its metrics."""
+    model, spec, ck = loaded or load_checkpoint(unit_dir / "model.pt")
     if man.data_sha256 != spec.dataset.sha256:
         raise ValueError(
             f"{unit_dir}/model.pt was trained on data {spec.dataset.sha256[:12]}, but the test set is "
@@ -160,34 +163,41 @@ def evaluate_method(
     model, and register the lowest seed's per track (``pipeline.serving``). A unit two tracks share is
     evaluated once."""
     method_dir = Path(method_dir)
-    units = sorted(p for p in method_dir.glob("*/seed*") if p.is_dir())  # <track>/seed<k>
+    units = sorted(p.relative_to(method_dir) for p in method_dir.glob("*/seed*") if p.is_dir())  # <track>/seed<k>
     if not units:
         raise ValueError(f"{method_dir}: no <track>/seed<k>/ directories; run the train stage first")
+    records = {rel: read_json(method_dir / rel / "mlflow.json") for rel in units}  # run ids and unit keys
+    first: dict[str, Path] = {}  # unit key -> the place it is evaluated: tracks share unchanged units
+    places = {rel: first.setdefault(records[rel]["key"], rel) for rel in units}
+    aliases = _aliases(places)
     man = load_manifest(data_dir)
     te = load_split(data_dir, "test")
     test = TensorData.from_numpy(te.images, te.labels)
+    c = tracking.client()
     metrics: dict[str, Any] = {}
-    places: dict[Path, Path] = {}  # <track>/seed<k> -> where its unit was evaluated: tracks share unchanged units
-    first: dict[str, Path] = {}  # unit key -> the place it was evaluated
+    logged: dict[Path, dict[str, Any]] = {}
     with atomic_path(out_dir) as tmp, atomic_path(confusion_dir) as ctmp:
-        for u in units:
-            rel = u.relative_to(method_dir)
+        for rel, src in places.items():
             (ctmp / rel.parent).mkdir(parents=True, exist_ok=True)
-            places[rel] = src = first.setdefault(_unit_key(u), rel)
             if src == rel:
-                m = evaluate_unit(u, man, test, te.images, cfg, tmp / rel, ctmp / f"{rel}.csv")
+                loaded = load_checkpoint(method_dir / rel / "model.pt")
+                m = evaluate_unit(method_dir / rel, man, test, te.images, cfg, tmp / rel, ctmp / f"{rel}.csv",
+                                  loaded=loaded)  # fmt: skip
+                wanted = [a for r, s in places.items() if s == src for a in aliases[r]]
+                net, spec, _ = loaded
+                logged[src] = _publish(
+                    c, records[src], net, spec, images=te.images, classes=man.classes, aliases=wanted
+                )
             else:
                 shutil.copytree(tmp / src, tmp / rel)
                 shutil.copyfile(ctmp / f"{src}.csv", ctmp / f"{rel}.csv")
                 m = metrics[src.parent.name][src.name]
             metrics.setdefault(rel.parent.name, {})[rel.name] = m
-        c = tracking.client()
-        for rel, model in _publish(c, method_dir, places, te.images, man.classes).items():
-            write_json(tmp / rel / "mlflow_model.json", model)
+            write_json(tmp / rel / "mlflow_model.json", {**logged[src], "aliases": aliases[rel]})
     write_json(metrics_file, metrics)
 
     for rel in first.values():
-        run_id = read_json(method_dir / rel / "mlflow.json")["run_id"]
+        run_id = records[rel]["run_id"]
         for name, v in metrics[rel.parent.name][rel.name].items():
             c.log_metric(run_id, name, float(v))
         c.log_artifact(run_id, str(Path(confusion_dir) / f"{rel}.csv"), "confusion")
@@ -201,32 +211,34 @@ def _seed(place: Path) -> int:
     return int(place.name.removeprefix("seed"))
 
 
-def _publish(
-    c, method_dir: Path, places: dict[Path, Path], images: np.ndarray, classes: list[str]
-) -> dict[Path, dict[str, Any]]:
-    """Each evaluated unit's net logged as an MLflow model into its run, and the unit of each track's lowest
-    seed registered under that track's alias (``pipeline.serving``). ``places``: <track>/seed<k> -> where its
-    unit was evaluated. Returns, per place, its model (id, URI), the registered version if any, and the
-    aliases that place holds."""
+def _aliases(places: dict[Path, Path]) -> dict[Path, list[str]]:
+    """<track>/seed<k> -> the registry aliases it holds: its track's (``pipeline.serving``) for the track's
+    lowest seed, none for the others."""
     lowest: dict[str, Path] = {}  # track -> the place of its lowest seed
     for rel in sorted(places, key=_seed):
         lowest.setdefault(rel.parent.name, rel)
-    aliases = {rel: [serving.ALIASES[rel.parent.name]] if lowest[rel.parent.name] == rel else [] for rel in places}
-    logged: dict[Path, dict[str, Any]] = {}
-    for src in dict.fromkeys(places.values()):
-        record = read_json(method_dir / src / "mlflow.json")
-        net, spec, _ = load_checkpoint(method_dir / src / "model.pt")
-        model_id = serving.log_unit_model(c, record["run_id"], record["experiment_id"], net, spec, images[:2], classes)
-        logged[src] = {"model_id": model_id, "model_uri": f"models:/{model_id}"}
-        wanted = [a for rel, s in places.items() if s == src for a in aliases[rel]]
-        if wanted:
-            name = serving.registered_name(c.get_experiment(record["experiment_id"]).name, spec.method)
-            what = f"{spec.method} on {spec.dataset.name}, lowest seed per track (pipeline.serving)"
-            version = serving.register(c, name, model_id, record["run_id"], wanted, what)
-            logged[src]["registered"] = {"name": name, "version": version}
-    return {rel: {**logged[src], "aliases": aliases[rel]} for rel, src in places.items()}
+    return {rel: [serving.ALIASES[rel.parent.name]] if lowest[rel.parent.name] == rel else [] for rel in places}
 
 
-def _unit_key(unit_dir: Path) -> str:
-    """The unit's content key, without loading its weights (the train stage writes it into mlflow.json)."""
-    return read_json(unit_dir / "mlflow.json")["key"]
+def _publish(
+    c,
+    record: dict[str, Any],
+    net: nn.Module,
+    spec: RunSpec,
+    *,
+    images: np.ndarray,
+    classes: list[str],
+    aliases: list[str],
+) -> dict[str, Any]:
+    """The unit's net logged as an MLflow model into its run (``record``: its mlflow.json), and registered under
+    ``aliases`` if it holds any. Returns its model (id, URI) and the registered version if any."""
+    model_id = serving.log_unit_model(c, record["run_id"], record["experiment_id"], net, spec, images[:2], classes)
+    out: dict[str, Any] = {"model_id": model_id, "model_uri": f"models:/{model_id}"}
+    if aliases:
+        name = serving.registered_name(c.get_experiment(record["experiment_id"]).name, spec.method)
+        what = f"{spec.method} on {spec.dataset.name}, lowest seed per track (pipeline.serving)"
+        out["registered"] = {
+            "name": name,
+            "version": serving.register(c, name, model_id, record["run_id"], aliases, what),
+        }
+    return out
