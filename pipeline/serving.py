@@ -28,6 +28,7 @@ from mlflow.types import Schema, TensorSpec
 from torch import nn
 
 from pipeline.spec import RunSpec
+from pipeline.train.engine import normalize
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name in its run
@@ -35,8 +36,8 @@ ALIASES = {"recipe": "recipe", "searched": "searched"}  # track -> registry alia
 
 
 class ImageClassifier(nn.Module):
-    """A trained net with its input normalisation: uint8 images (N, H, W, 3) in, logits (N, classes) out. The
-    same arithmetic as ``pipeline.train.engine.normalize`` on the training side."""
+    """A trained net with its input normalisation: uint8 images (N, H, W, 3) in, logits (N, classes) out,
+    normalised by the training side's own ``pipeline.train.engine.normalize``."""
 
     def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__()
@@ -45,8 +46,7 @@ class ImageClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W) in [0, 1]
-        return self.net((x - self.mean) / self.std)
+        return self.net(normalize(images.permute(0, 3, 1, 2), self.mean, self.std))  # (N, 3, H, W), standardised
 
 
 def registered_name(experiment: str, method: str) -> str:
