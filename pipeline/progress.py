@@ -98,8 +98,8 @@ class UnitProgress:
     """The train stage's units as they train: a log line per unit start and per epoch (with units done of the
     total and the ETA of the whole stage), and on a terminal one bar over every epoch of every unit."""
 
-    def __init__(self, stage: str, units: Sequence[PlannedUnit], split: str = "test") -> None:
-        self.stage, self.split = stage, split
+    def __init__(self, stage: str, units: Sequence[PlannedUnit]) -> None:
+        self.stage = stage
         self.planned = {u.key: u.epochs for u in units}
         self.done = dict.fromkeys(self.planned, 0)
         self.order: dict[str, int] = {}  # unit key -> its place in the order units started (a restart keeps it)
@@ -138,7 +138,7 @@ class UnitProgress:
             left = eta(remaining, self.trained_here, time.monotonic() - (self.t0 or time.monotonic()))
             self.bar.set_postfix_str(f"{self.finished}/{len(self.planned)} units, {e.images_per_s:.0f} img/s")
             log.info(
-                f"[{e.method} seed {e.seed}] epoch {e.epoch}/{e.epochs} loss {e.train_loss:.3f} {self.split} top-1 "
+                f"[{e.method} seed {e.seed}] epoch {e.epoch}/{e.epochs} loss {e.train_loss:.3f} test top-1 "
                 f"{e.val_top1:.1f}% ({e.images_per_s:.0f} img/s) | {self.finished}/{len(self.planned)} units done, "
                 f"ETA {left}"
             )

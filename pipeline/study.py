@@ -41,7 +41,7 @@ from pipeline.config import STUDY_HOW_TO_RUN, Overrides, Params
 from pipeline.data.manifest import load_manifest
 from pipeline.io import write_json
 from pipeline.models import create_model
-from pipeline.provenance import provenance
+from pipeline.provenance import git_commit
 from pipeline.spec import DataRef, RunSpec, build_spec, compressed, data_ref
 from pipeline.train.run import dataset_input, job_for, run_params, train_on_ray
 from pipeline.train.store import UnitStore
@@ -122,7 +122,7 @@ def run_study(params: Params, dataset: str, data_dir: str | Path, out_file: str 
     exp = tracking.get_experiment(c, experiment)
     for run_id in tracking.close_dead_runs(c, exp):
         log.info("study@%s: MLflow run %s was left RUNNING by a process that died: marked FAILED", dataset, run_id)
-    git = provenance()["git"]
+    git = git_commit()
     refs = _refs(params, exp, specs, git["commit"])
     n, m = len(units), len(todo)
     log.info("study@%s: %d cells x %d seeds = %d units, %d already in the unit store, %d to train",

@@ -52,7 +52,7 @@ from pipeline.data.manifest import load_manifest
 from pipeline.errors import StageError
 from pipeline.io import write_json
 from pipeline.models import registry
-from pipeline.provenance import provenance
+from pipeline.provenance import git_commit, provenance
 from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, compressed, data_ref, shared
 from pipeline.stats import binomial_margin, near_chance
 from pipeline.train.store import KeyedStore
@@ -389,7 +389,7 @@ def _open_search(params: Params, method: str, data: DataRef, key: str, exp: str,
     """The search's parent run (found by its key, or made), with its settings, source and data set."""
     t = params.tune
     recipe = recipe_point(params, method, data.name)
-    source = tracking.source_tags(f"tune@{data.name}", provenance()["git"]["commit"])
+    source = tracking.source_tags(f"tune@{data.name}", git_commit()["commit"])
     parent, _ = tracking.find_or_create_run(
         c,
         exp,

@@ -33,7 +33,7 @@ from pipeline.data.manifest import load_manifest, ray_dataset
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.plots import plt, training_curves
 from pipeline.progress import PlannedUnit, UnitProgress, relay
-from pipeline.provenance import provenance
+from pipeline.provenance import git_commit
 from pipeline.spec import DataRef, RunSpec, build_spec, data_ref, shared
 from pipeline.tracking import UnitRun
 from pipeline.train.checkpoint import HISTORY_FIELDS, UnitRecord, resume_points
@@ -97,8 +97,6 @@ def streamed_datasets(data_dir: str) -> dict[str, Any]:
 
 
 def streaming(data_dir: str | Path) -> bool:
-    from pipeline.data.manifest import load_manifest
-
     return load_manifest(data_dir).format == "jpeg"
 
 
@@ -227,8 +225,10 @@ def train_on_ray(params: Params, job: TrainJob, data_dir: str | Path) -> int:
     finally:
         progress.close()
         for u in job.units:
+            if store.has(u.key()):  # finished: its worker ended its run
+                continue
             run = tracking.find_run(c, job.runs[u.key()].experiment_id, u.key())
-            if run is not None and run.info.status == "RUNNING" and not store.has(u.key()):
+            if run is not None and run.info.status == "RUNNING":
                 tracking.finish(c, run.info.run_id, "FAILED")
     if errors:
         raise errors[0]
@@ -266,7 +266,7 @@ class TrainPlan:
     git: dict[str, Any]
 
     def track_of(self, u: RunSpec) -> str:
-        return "recipe" if u.key() in {x.key() for x in self.tracks["recipe"]} else "searched"
+        return self.refs[u.key()].tags["track"]  # decided once, in unit_runs
 
 
 def plan_stage(params: Params, dataset: str, data_dir: str | Path, tuned_file: str | Path, c) -> TrainPlan:
@@ -277,7 +277,7 @@ def plan_stage(params: Params, dataset: str, data_dir: str | Path, tuned_file: s
     exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset))
     for run_id in tracking.close_dead_runs(c, exp):
         log.info("train@%s: MLflow run %s was left RUNNING by a process that died: marked FAILED", dataset, run_id)
-    git = provenance()["git"]
+    git = git_commit()
     recipe_keys = {u.key() for u in tracks["recipe"]}
     return TrainPlan(
         dataset=dataset,
