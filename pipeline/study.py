@@ -43,7 +43,8 @@ from pipeline.io import write_json
 from pipeline.models import create_model
 from pipeline.provenance import git_commit
 from pipeline.spec import DataRef, RunSpec, build_spec, compressed, data_ref
-from pipeline.train.run import dataset_input, job_for, run_params, train_on_ray
+from pipeline.train.job import dataset_input, run_params
+from pipeline.train.run import job_for, train_on_ray
 from pipeline.train.store import UnitStore
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,9 @@ def run_study(params: Params, dataset: str, data_dir: str | Path, out_file: str 
         train_on_ray(params, job_for(params, todo, refs, {"git": git, "study": True}), data_dir)
     records = {u.key(): store.load(u.key()) for u in units}
     runs = {
-        u.key(): tracking.settle_unit_run(c, refs[u.key()], run_params(u), records[u.key()], dataset=dataset_input(u))
+        u.key(): tracking.settle_unit_run(
+            c, refs[u.key()], run_params(u), records[u.key()], dataset=dataset_input(u.dataset)
+        )
         for u in units
     }
     man = load_manifest(data_dir)

@@ -55,6 +55,7 @@ from pipeline.models import registry
 from pipeline.provenance import git_commit, provenance
 from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, compressed, data_ref, shared
 from pipeline.stats import binomial_margin, near_chance
+from pipeline.train.job import dataset_input
 from pipeline.train.store import KeyedStore
 from pipeline.train.worker import tune_trial
 
@@ -161,7 +162,7 @@ class SearchRecord:
             parent_run_id=self.parent,
             reopen=reopen,
         )
-        tracking.ensure_dataset(c, run_id, {"name": d.name, "sha256": d.sha256, "source": d.path})
+        tracking.ensure_dataset(c, run_id, dataset_input(d))
         return run_id
 
     def close_trials(self, c, trials: list[dict[str, Any]], planned: int) -> None:
@@ -402,7 +403,7 @@ def _open_search(params: Params, method: str, data: DataRef, key: str, exp: str,
             "base": trial_spec(params, method, data, {}).model_dump(),
         },
     )
-    tracking.ensure_dataset(c, parent, {"name": data.name, "sha256": data.sha256, "source": data.path})
+    tracking.ensure_dataset(c, parent, dataset_input(data))
     return SearchRecord(exp, parent, key, method, data, recipe, source)
 
 

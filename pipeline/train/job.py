@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from pipeline.config import FastPathCfg, Frozen
-from pipeline.spec import RunSpec
+from pipeline.spec import DataRef, RunSpec
 from pipeline.tracking import UnitRun
 
 
@@ -26,3 +26,13 @@ class TrainJob(Frozen):
     fast_path: FastPathCfg = FastPathCfg()
     stream: bool = False  # the data is streamed through Ray Data (JPEG data sets)
     system_metrics_s: Annotated[float, Field(ge=0)] = 0  # MLflow system metrics every that many seconds (0: off)
+
+
+def run_params(u: RunSpec) -> dict[str, Any]:
+    """A unit's MLflow params: its resolved settings and content key."""
+    return {**u.model_dump(), "run_key": u.key()}
+
+
+def dataset_input(d: DataRef) -> dict[str, str]:
+    """A data set as the MLflow runs that use it record it (``tracking.log_dataset``): units, trials, searches."""
+    return {"name": d.name, "sha256": d.sha256, "source": d.path}

@@ -37,7 +37,7 @@ from pipeline.provenance import git_commit
 from pipeline.spec import DataRef, RunSpec, build_spec, data_ref, shared
 from pipeline.tracking import UnitRun
 from pipeline.train.checkpoint import HISTORY_FIELDS, UnitRecord, resume_points
-from pipeline.train.job import TrainJob
+from pipeline.train.job import TrainJob, dataset_input, run_params
 from pipeline.train.store import UnitStore
 from pipeline.train.worker import train_worker
 
@@ -322,7 +322,7 @@ def train_dataset(
     finals = {u.key(): plan.store.load(u.key()) for u in plan.units}
     runs = {
         u.key(): tracking.settle_unit_run(
-            c, plan.refs[u.key()], run_params(u), finals[u.key()], dataset=dataset_input(u)
+            c, plan.refs[u.key()], run_params(u), finals[u.key()], dataset=dataset_input(u.dataset)
         )
         for u in plan.units
     }
@@ -355,16 +355,6 @@ def _write_outputs(
                 record = {"run_id": runs[key], "experiment_id": plan.experiment, "key": key}
                 _write_unit(unit_dir(tmp, u, track), finals[key], record)
                 _write_history(ctmp / curve_name(u, track), finals[key]["history"])
-
-
-def run_params(u: RunSpec) -> dict[str, Any]:
-    """A unit's MLflow params: its resolved settings and content key."""
-    return {**u.model_dump(), "run_key": u.key()}
-
-
-def dataset_input(u: RunSpec) -> dict[str, str]:
-    """A unit's data set as its MLflow run records it (``tracking.log_dataset``)."""
-    return {"name": u.dataset.name, "sha256": u.dataset.sha256, "source": u.dataset.path}
 
 
 def _log_unit_files(c, run_id: str, d: Path, u: RunSpec, history: list[dict[str, Any]]) -> None:

@@ -26,7 +26,7 @@ from pipeline.provenance import provenance
 from pipeline.spec import RunSpec
 from pipeline.train.checkpoint import load_state, write_state
 from pipeline.train.engine import Shard, StreamData
-from pipeline.train.job import TrainJob
+from pipeline.train.job import TrainJob, dataset_input, run_params
 from pipeline.train.loop import Loggers, train_units
 from pipeline.train.store import UnitStore
 
@@ -47,13 +47,7 @@ def _unit_runs(job: TrainJob) -> Loggers:
         if c is None or key not in job.runs:
             return None
         spec = specs[key]
-        d = spec.dataset
-        run_id = tracking.open_run(
-            c,
-            job.runs[key],
-            {**spec.model_dump(), "run_key": key},
-            dataset={"name": d.name, "sha256": d.sha256, "source": d.path},
-        )
+        run_id = tracking.open_run(c, job.runs[key], run_params(spec), dataset=dataset_input(spec.dataset))
         return tracking.EpochLog(c, run_id, owns_run=True, system_metrics_s=job.system_metrics_s)
 
     return open_
