@@ -120,9 +120,7 @@ def run_study(params: Params, dataset: str, data_dir: str | Path, out_file: str 
     todo = [u for u in units if not store.has(u.key())]
     c = tracking.client()
     experiment = tracking.experiment_name(params.mlflow.experiment_prefix, f"{dataset}-study")
-    exp = tracking.get_experiment(c, experiment)
-    for run_id in tracking.close_dead_runs(c, exp):
-        log.info("study@%s: MLflow run %s was left RUNNING by a process that died: marked FAILED", dataset, run_id)
+    exp = tracking.open_experiment(c, experiment, f"study@{dataset}")
     git = git_commit()
     refs = _refs(params, exp, specs, git["commit"])
     n, m = len(units), len(todo)
@@ -137,7 +135,7 @@ def run_study(params: Params, dataset: str, data_dir: str | Path, out_file: str 
         )
         for u in units
     }
-    man = load_manifest(data_dir)
+    man, cells = load_manifest(data_dir), s.cells()
     out = {
         "enabled": True,
         "dataset": dataset,
@@ -148,7 +146,7 @@ def run_study(params: Params, dataset: str, data_dir: str | Path, out_file: str 
         "seeds": list(s.seeds),
         "placements": list(s.placements),
         "scalings": list(s.scalings),
-        "cells": {name: _cell(s.cells()[name], per, records, runs) for name, per in specs.items()},
+        "cells": {name: _cell(cells[name], per, records, runs) for name, per in specs.items()},
         "units_trained": m,
         "units_reused": n - m,
         "margin": s.margin,

@@ -287,6 +287,15 @@ def owner_tags() -> dict[str, str]:
     return {OWNER_HOST: socket.gethostname(), OWNER: _process_id(os.getpid()) or str(os.getpid())}
 
 
+def open_experiment(c, name: str, stage: str) -> str:
+    """The experiment ``name`` (``get_experiment``), its runs a dead process left RUNNING closed FAILED first
+    (``close_dead_runs``), each said in a line naming ``stage`` (``train@cifar10``)."""
+    exp = get_experiment(c, name)
+    for run_id in close_dead_runs(c, exp):
+        log.info("%s: MLflow run %s was left RUNNING by a process that died: marked FAILED", stage, run_id)
+    return exp
+
+
 def close_dead_runs(c, experiment_id: str) -> list[str]:
     """Mark FAILED every run of the experiment still RUNNING whose owning process on this host is gone
     (a killed ``dvc repro``, a crashed node process); return their ids. A run that is later resumed turns

@@ -531,9 +531,9 @@ def _search_all(params: Params, dataset: str, data_dir: str | Path) -> dict[str,
     data = shared(data, params.compute.shared_data)  # where the trials read it
     uri = tracking.tracking_uri()
     c = tracking.client(uri)
-    exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset))
-    for run_id in tracking.close_dead_runs(c, exp):
-        log.info("tune@%s: MLflow run %s was left RUNNING by a process that died: marked FAILED", dataset, run_id)
+    exp = tracking.open_experiment(
+        c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset), f"tune@{dataset}"
+    )
     with ray_session():
         for m in todo:
             # a search that failed raises here (SearchError): nothing of it is cached

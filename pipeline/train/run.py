@@ -274,9 +274,9 @@ def plan_stage(params: Params, dataset: str, data_dir: str | Path, tuned_file: s
     tracks = plan_units(params, data_ref(dataset, data_dir), read_json(tuned_file)["methods"])
     units = _unique(tracks)
     store = UnitStore(storage_path(params.compute), dataset)
-    exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset))
-    for run_id in tracking.close_dead_runs(c, exp):
-        log.info("train@%s: MLflow run %s was left RUNNING by a process that died: marked FAILED", dataset, run_id)
+    exp = tracking.open_experiment(
+        c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset), f"train@{dataset}"
+    )
     git = git_commit()
     recipe_keys = {u.key() for u in tracks["recipe"]}
     return TrainPlan(
