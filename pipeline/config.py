@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -276,7 +276,7 @@ class MethodCfg(Frozen):
 
 
 Section = Literal["train", "args"]
-SECTIONS: tuple[str, ...] = ("train", "args")
+SECTIONS: tuple[str, ...] = get_args(Section)
 
 
 def split_key(key: str) -> tuple[Section, str]:
@@ -298,7 +298,7 @@ class Overrides(Frozen):
     @classmethod
     def parse(cls, flat: dict[str, Any] | None) -> Overrides:
         """From dotted keys (``{"train.lr": 0.05, "args.placement": "stage"}``)."""
-        out: dict[str, dict[str, Any]] = {"train": {}, "args": {}}
+        out: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
         for key, value in (flat or {}).items():
             section, name = split_key(key)
             out[section][name] = value
@@ -504,18 +504,19 @@ class Params(Frozen):
         """(registered model, its arguments) of ``method`` on ``dataset``."""
         return self.methods[method].model_and_args(imagenet=self.variant(method, dataset) is not None)
 
-    def recipe(self, method: str, dataset: str | None = None, overrides: dict[str, Any] | None = None) -> TrainCfg:
-        """The shared recipe with the data set's, the method's (and its variant's), then ``overrides`` applied
-        in that order, re-validated."""
+    def recipe_layers(self, method: str, dataset: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """The recipe's layers in the order they apply, each named by its setting: the shared recipe, the data
+        set's, the method's, its ImageNet variant's."""
         v = self.variant(method, dataset)
-        merged = {
-            **self.train.model_dump(),
-            **(self.datasets[dataset].train if dataset in self.datasets else {}),
-            **self.methods[method].train,
-            **(v.train if v is not None else {}),
-            **(overrides or {}),
-        }
-        return TrainCfg.model_validate(merged)
+        layers = [("train", self.train.model_dump())]
+        layers += [(f"datasets.{dataset}.train", self.datasets[dataset].train)] if dataset in self.datasets else []
+        layers += [(f"methods.{method}.train", self.methods[method].train)]
+        return layers + ([(f"methods.{method}.imagenet.train", v.train)] if v is not None else [])
+
+    def recipe(self, method: str, dataset: str | None = None, overrides: dict[str, Any] | None = None) -> TrainCfg:
+        """The recipe's layers (``recipe_layers``), then ``overrides``, applied in that order, re-validated."""
+        merged = {k: x for _, layer in self.recipe_layers(method, dataset) for k, x in layer.items()}
+        return TrainCfg.model_validate({**merged, **(overrides or {})})
 
 
 def fmt_loc(loc: tuple) -> str:

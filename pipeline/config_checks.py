@@ -78,16 +78,10 @@ def _dataset_recipe_checks(p: Params, d: str, errs: list[str]) -> list[str]:
 
 
 def _batch_setting(p: Params, d: str, method: str) -> str:
-    """The setting a method's batch size on data set ``d`` comes from: the last layer of the recipe that sets it
-    (``Params.recipe``: the shared recipe, the data set's, the method's, its ImageNet variant's)."""
-    v = p.variant(method, d)
-    if v is not None and "batch_size" in v.train:
-        return f"methods.{method}.imagenet.train.batch_size"
-    if "batch_size" in p.methods[method].train:
-        return f"methods.{method}.train.batch_size"
-    if "batch_size" in p.datasets[d].train:
-        return f"datasets.{d}.train.batch_size (method {method})"
-    return "train.batch_size"
+    """The setting a method's batch size on data set ``d`` comes from: the last layer of its recipe that sets it
+    (``Params.recipe_layers``)."""
+    name = next(n for n, layer in reversed(p.recipe_layers(method, d)) if "batch_size" in layer)
+    return f"{name}.batch_size" + (f" (method {method})" if name.startswith("datasets.") else "")
 
 
 def _study_checks(p: Params) -> list[str]:

@@ -213,3 +213,15 @@ def test_too_many_workers_stops_the_stage_before_ray(tmp_path, raw_params: dict)
     assert r.returncode == 2, r.stderr
     assert "compute.num_workers = 64" in r.stderr and "allowed: num_workers 1.." in r.stderr
     assert not (tmp_path / ".ray_results").exists()
+
+
+def test_an_unsplittable_batch_names_the_layer_that_set_it(raw_params: dict) -> None:
+    """The message names the setting the batch size came from: the method's, else the data set's."""
+    raw_params["compute"]["num_workers"] = 3
+    raw_params["train"]["batch_size"] = 96  # splits over 3: only the layers below do not
+    raw_params["datasets"]["embedded"]["train"] = {"batch_size": 64}
+    raw_params["methods"]["resnet"]["train"] = {"batch_size": 100}
+    errs = errors_for(raw_params)
+    assert "methods.resnet.train.batch_size = 100: must be divisible by compute.num_workers = 3" in errs
+    assert "datasets.embedded.train.batch_size (method attn_resnet) = 64: must be divisible" in errs
+    assert "train.batch_size = 96" not in errs
