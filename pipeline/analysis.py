@@ -40,6 +40,7 @@ class MethodResult:
     at_chance: tuple[int, ...]  # seeds whose run is at or near chance
     diverged: tuple[int, ...]  # seeds whose run has a non-finite loss
     pairing: dict[int, dict[str, Any]]  # seed -> {init, data_order} digests
+    units: dict[int, str]  # seed -> the unit key of its run (rows of one network, recipe and start share one)
     params: int
     flops: float | None
     speed: float | None  # measured training images/s per device, mean over seeds
@@ -82,6 +83,7 @@ def method_result(params: Params, method: str, units: dict[int, dict[str, Any]],
         at_chance=tuple(s for s, u in units.items() if near_chance(top1[s], num_classes, u["num_test"])),
         diverged=tuple(s for s, u in units.items() if u.get("diverged")),
         pairing={s: u.get("pairing") or {} for s, u in units.items()},
+        units={s: u.get("key", "") for s, u in units.items()},
         params=first["params"],
         flops=first.get("flops_per_image"),
         speed=None if None in speeds else round(sum(speeds) / len(speeds), 1),

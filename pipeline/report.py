@@ -312,14 +312,16 @@ def track_section(
 
 
 def _twins(results: dict[str, MethodResult]) -> list[str]:
-    """Say so when two methods' runs are identical (the ablation of a ResNet-backbone net *is* ResNet: same
-    network, same start, same data order), lest the equal rows look like a copying error."""
+    """Say so when two methods' rows are one unit (the ablation of a ResNet-backbone net *is* ResNet: the same
+    network, start, data order and recipe): trained once, one run per seed, lest the equal rows look like a
+    copying error."""
     rs = list(results.values())
     return [
-        f"- {a.label} and {b.label} are the same network from the same start: their runs are identical."
+        f"- {a.label} and {b.label} are the same network from the same start, data order and recipe: one run per "
+        "seed, trained once, serves both rows (MLflow: the run's `methods` tag names both)."
         for i, a in enumerate(rs)
         for b in rs[i + 1 :]
-        if a.top1 == b.top1 and a.pairing == b.pairing
+        if a.units == b.units and all(a.units.values())
     ]
 
 

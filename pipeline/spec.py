@@ -7,15 +7,19 @@ rebuilds the network from a checkpoint alone (the nanoGPT ``train.py``/``sample.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import Field
 
 from pipeline import codebase
 from pipeline.config import Frozen, Overrides, Params, TrainCfg, config_hash
 from pipeline.data.manifest import load_manifest
 from pipeline.data.shared import publish
+from pipeline.models import create_model
+from pipeline.models.digest import network_digest
 
 
 class DataRef(Frozen):
@@ -44,13 +48,33 @@ class RunSpec(Frozen):
     diagnostics: int = Field(default=0, ge=0)  # probe images for the attention diagnostics each epoch (0: off)
 
     def identity(self) -> dict[str, Any]:
-        """Everything that decides the result: not where the data is read from (a local folder, or its copy
-        in ``compute.shared_data``), which ``dataset.sha256`` pins anyway."""
-        return self.model_dump(exclude={"dataset": {"path"}})
+        """Everything that decides the result, and nothing else: the network as built from the seed (its
+        structure, settings and initial weights: ``network_key``), the recipe, the data (its checksum, not
+        where it is read from) and the data order (seed, held-out part, subset), and whether the diagnostics
+        run. Not the method's name or model name, nor what a search chose (``tuned``, a record): two methods
+        or tracks that resolve to the same network, recipe and start are one unit, trained once."""
+        return {
+            "network": network_key(self.model, self.model_args, self.seed),
+            "dataset": self.dataset.model_dump(exclude={"path"}),
+            **self.model_dump(include={"train", "seed", "val_fraction", "train_subset", "diagnostics"}),
+        }
 
     def key(self) -> str:
-        """Content key of this unit: settings, seed, data checksum and code. Equal keys, equal runs."""
+        """Content key of this unit: network, recipe, data, data order and code. Equal keys, equal runs."""
         return config_hash(self.identity(), code_digest())
+
+
+@functools.cache
+def _network_key(model: str, args_json: str, seed: int) -> str:
+    with torch.random.fork_rng(devices=[]):  # leaves the caller's random state as it was
+        torch.default_generator.manual_seed(seed)  # the CPU draws of torch.manual_seed (prepare_unit), only
+        return network_digest(create_model(model, **json.loads(args_json)))
+
+
+def network_key(model: str, args: dict[str, Any], seed: int) -> str:
+    """``pipeline.models.digest.network_digest`` of the net a unit starts from (built on the CPU, once per
+    process for each model, arguments and seed)."""
+    return _network_key(model, json.dumps(args, sort_keys=True), seed)
 
 
 def build_spec(

@@ -51,7 +51,7 @@ from pipeline.config import Overrides, Params, SearchDim, TuneCfg, config_hash, 
 from pipeline.data.manifest import load_manifest
 from pipeline.errors import StageError
 from pipeline.io import write_json
-from pipeline.models import registry
+from pipeline.models import get_factory
 from pipeline.provenance import git_commit, provenance
 from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, compressed, data_ref, shared
 from pipeline.stats import binomial_margin, near_chance
@@ -91,9 +91,7 @@ def recipe_point(params: Params, method: str, dataset: str) -> dict[str, Any]:
     recipe = params.recipe(method, dataset)
     model, args = params.model_of(method, dataset)
     defaults = {
-        k: p.default
-        for k, p in inspect.signature(registry.get_factory(model)).parameters.items()
-        if p.default is not p.empty
+        k: p.default for k, p in inspect.signature(get_factory(model)).parameters.items() if p.default is not p.empty
     }
     point = {}
     for key in method_space(params.tune, method):
@@ -356,12 +354,13 @@ def _fail(c, parent: str, err: SearchError) -> None:
 
 
 def search(
-    params: Params, method: str, data: DataRef, key: str, exp: str, c, uri: str, *, n_val: int
+    params: Params, method: str, data: DataRef, key: str, exp: str, c, uri: str, *, n_val: int, also: list[str]
 ) -> dict[str, Any]:
-    """Run the ASHA search for one method; return its trials and the adoption decision."""
+    """Run the ASHA search for one method (and for the methods ``also``, whose search it is as well: one
+    network, recipe and space); return its trials and the adoption decision."""
     t = params.tune
     space = method_space(t, method)
-    record = _open_search(params, method, data, key, exp, c)
+    record = _open_search(params, method, data, key, exp, c, also)
     try:
         grid = _tuner(params, record, uri, space).fit()
     except BaseException:
@@ -386,16 +385,19 @@ def search(
     }
 
 
-def _open_search(params: Params, method: str, data: DataRef, key: str, exp: str, c) -> SearchRecord:
-    """The search's parent run (found by its key, or made), with its settings, source and data set."""
+def _open_search(params: Params, method: str, data: DataRef, key: str, exp: str, c, also: list[str]) -> SearchRecord:
+    """The search's parent run (found by its key, or made), with its settings, source and data set; tagged
+    ``searched_methods``: every method whose search it is."""
     t = params.tune
     recipe = recipe_point(params, method, data.name)
     source = tracking.source_tags(f"tune@{data.name}", git_commit()["commit"])
+    methods = ",".join([method, *also])
+    tags = tracking.tags_for(run_key=key, stage="tune", searched_method=method, searched_methods=methods)
     parent, _ = tracking.find_or_create_run(
         c,
         exp,
-        f"{method} search",
-        tracking.tags_for(run_key=key, stage="tune", searched_method=method, dataset=data.name) | source,
+        f"{method} search" + (f" (also {', '.join(also)})" if also else ""),
+        tags | tracking.tags_for(dataset=data.name) | source,
         {
             "tune": t.model_dump(),
             "space": list(method_space(t, method)),
@@ -534,13 +536,18 @@ def _search_all(params: Params, dataset: str, data_dir: str | Path) -> dict[str,
     exp = tracking.open_experiment(
         c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset), f"tune@{dataset}"
     )
+    # methods whose searches have one key (one network, recipe and space: the ablation of a ResNet-backbone net
+    # is that ResNet) search once: the first method's search is the others' too
+    sharing: dict[str, list[str]] = {}
+    for m in todo:
+        sharing.setdefault(keys[m], []).append(m)
     with ray_session():
-        for m in todo:
+        for first, *also in sharing.values():
             # a search that failed raises here (SearchError): nothing of it is cached
-            results[m] = search(params, m, data, keys[m], exp, c, uri, n_val=n_val)
-            cache.put(keys[m], results[m])
-            results[m]["cached"] = False
-            r = results[m]
+            r = search(params, first, data, keys[first], exp, c, uri, n_val=n_val, also=also)
+            cache.put(keys[first], r)
             what = f"adopted {r['chosen']}" if r["adopted"] else "kept the recipe"
-            log.info("tune@%s: %s: %s (%s)", dataset, m, what, r["reason"])
+            log.info("tune@%s: %s: %s (%s)", dataset, " = ".join([first, *also]), what, r["reason"])
+            results[first] = {**r, "cached": False}
+            results |= {m: {**r, "cached": False, "shared_with": first} for m in also}
     return results

@@ -302,7 +302,8 @@ def test_more_units_with_ray_address_reuse_the_finished_ones(cluster) -> None:
         r = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, f"{cmd}: {r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     # the first seed's units (both tracks: a search that kept the recipe shares them) reused, the new seed's trained
-    m = re.search(r"train@embedded: (\d+) units \(.*?\), (\d+) already in the unit store, (\d+) to train", r.stdout)
+    m = re.search(r"train@embedded: \d+ rows \(.*?\) resolve to (\d+) units.*?; (\d+) already in the unit store, "
+                  r"(\d+) to train", r.stdout)  # fmt: skip
     assert m is not None, r.stdout[-3000:]
     total, reused, trained = map(int, m.groups())
     assert total >= 4 and reused == trained == total // 2

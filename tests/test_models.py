@@ -199,3 +199,66 @@ def _duplicate_resnet():
         return nn.Identity()
 
     return resnet
+
+
+# Arguments whose other values change what a CIFAR net computes (structure, a module's setting or its start)
+ALTERNATIVES = {
+    "resnet": {"depth": [14], "width": [4], "shortcut": ["A"]},
+    "se_resnet": {"reduction": [4]},
+    "cbam_resnet": {"reduction": [4], "spatial_kernel": [3]},
+    "attn_resnet": {
+        "placement": ["stage", "none"],
+        "scaling": ["none", "residual", "gated"],
+        "temperature": [2.0],
+        "learn_temperature": [True],
+        "map_init": ["random"],
+        "num_maps": [2],
+        "kernel_size": [3],
+    },
+    "densenet_bc": {"growth_rate": [4], "depth": [16]},
+}
+BASE = {"resnet": {"depth": 8, "width": 8}, "densenet_bc": {"depth": 10, "growth_rate": 8}}
+
+
+def _digest(name: str, seed: int = 0, **args) -> str:
+    from pipeline.models.digest import network_digest
+
+    torch.manual_seed(seed)
+    return network_digest(create_model(name, num_classes=10, **args))
+
+
+def _outputs(name: str, x: torch.Tensor, seed: int = 0, **args) -> torch.Tensor:
+    torch.manual_seed(seed)
+    net = create_model(name, num_classes=10, **args).eval()
+    with torch.no_grad():
+        return net(x)
+
+
+@pytest.mark.parametrize("name", sorted(ALTERNATIVES))
+def test_network_digest_tells_apart_nets_that_compute_differently(name: str) -> None:
+    """Training units are keyed on the network digest (pipeline.spec): two settings that compute differently
+    must never share a digest, or one would be served the other's trained net. Each alternative value changes
+    what the net computes, at its start or once trained (a softmax temperature over a zero-initialised map
+    changes nothing until the map learns), and must change the digest."""
+    base = BASE.get(name, BASE["resnet"])
+    ref_digest = _digest(name, **base)
+    assert _digest(name, **base) == ref_digest  # deterministic
+    assert _digest(name, seed=1, **base) != ref_digest  # another start
+    for arg, values in ALTERNATIVES[name].items():
+        for v in values:
+            args = {**base, arg: v}
+            if arg == "scaling" and v == "gated":
+                args["placement"] = "final"
+            assert _digest(name, **args) != ref_digest, (name, arg, v)
+
+
+def test_network_digest_of_settings_that_build_the_same_net() -> None:
+    """The ablation (attention placement none) is the plain ResNet, weight for weight: one digest, so the
+    two methods train one unit; its outputs agree."""
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for args in ({"depth": 8, "width": 8}, {"depth": 14, "width": 4, "shortcut": "A"}):
+        assert _digest("resnet", **args) == _digest("attn_resnet", placement="none", scaling="gated", **args)
+        assert torch.equal(_outputs("resnet", x, **args), _outputs("attn_resnet", x, placement="none", **args))
+    # the scaling of an attention module that is not there changes nothing; where it is there, it does
+    assert _digest("attn_resnet", placement="final", scaling="hw") != _digest("attn_resnet", scaling="none")
+    assert _digest("se_resnet", reduction=4) != _digest("cbam_resnet", reduction=4)

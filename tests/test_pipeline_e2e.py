@@ -128,7 +128,9 @@ def test_dvc_metrics_plots_and_experiments(project) -> None:
     assert ours["n"] == len(SEEDS) and ours["ci_low"] <= ours["mean"] <= ours["ci_high"]
     assert "ours_vs_no_attention" in json.loads((proj / "reports/summary.json").read_text())["embedded"]["recipe"]
     train = files["results/embedded/train_metrics.json"]["data"]
-    assert train["units_reused"] == 0 and train["units_trained"] >= len(METHODS) * len(SEEDS)
+    assert train["units_reused"] == 0 and train["rows"] >= len(METHODS) * len(SEEDS)
+    # resnet and no_attention are one network from one start: their rows share a unit, trained once
+    assert train["units_trained"] == train["units"] < train["rows"]
     # the grid ran as two jobs at once (2 cores, 1 worker each): each job's units overlap the other's in time
     assert train["jobs_side_by_side"] == 2
     walls = {}
@@ -170,9 +172,12 @@ def test_mlflow_records(project) -> None:
     assert exp is not None
     runs = c.search_runs([exp.experiment_id], "tags.stage = 'train'")
     recipe = [r for r in runs if r.data.tags["track"] == "recipe"]
-    assert sorted((r.data.tags["method"], r.data.tags["seed"]) for r in recipe) == sorted(
+    # one run per unit, tagged with every method whose row it is: resnet's runs are no_attention's too
+    assert sorted((m, r.data.tags["seed"]) for r in recipe for m in r.data.tags["methods"].split(",")) == sorted(
         (m, str(s)) for m in METHODS for s in SEEDS
     )
+    shared = [r for r in recipe if r.data.tags["methods"] == "resnet,no_attention"]
+    assert len(shared) == len(SEEDS) and all(r.info.run_name.endswith("(also no_attention)") for r in shared)
     # grouping the experiment by `method` shows training runs only (searches are tagged searched_method)
     assert {r.info.run_id for r in c.search_runs([exp.experiment_id], "tags.method != ''")} == {
         r.info.run_id for r in runs
@@ -216,7 +221,13 @@ def test_mlflow_records(project) -> None:
     md = (proj / "reports" / "tables.md").read_text()
     assert "- Attention CNN (ours): `models:/attncnn-embedded-attn_resnet` version 1: `@recipe` (seed 0)" in md
     parents = c.search_runs([exp.experiment_id], "tags.stage = 'tune'")
-    assert len(parents) == len(METHODS) and all(p.info.status == "FINISHED" for p in parents)
+    assert all(p.info.status == "FINISHED" for p in parents)
+    # one search per distinct search: resnet's is no_attention's too (one network, recipe and space)
+    tuned = json.loads((proj / "results/embedded/tune.json").read_text())["methods"]
+    assert len(parents) == len({r["key"] for r in tuned.values()}) == len(METHODS) - 1
+    (shared,) = [p for p in parents if p.data.tags["searched_methods"] == "resnet,no_attention"]
+    assert tuned["no_attention"]["shared_with"] == "resnet"
+    assert tuned["no_attention"]["mlflow_parent_run"] == shared.info.run_id == tuned["resnet"]["mlflow_parent_run"]
     for p in parents:
         trials = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{p.info.run_id}'")
         assert len(trials) == TINY["tune"]["num_samples"]
@@ -253,9 +264,11 @@ def test_changing_one_method_reruns_only_that_method(project) -> None:
     out = run(["dvc", "repro"], proj, timeout=1500).stdout
     train = json.loads((proj / "results/embedded/train_metrics.json").read_text())
     assert train["units_reused"] >= (len(METHODS) - 1) * len(SEEDS) and train["units_trained"] >= len(SEEDS)
-    assert "Running stage 'evaluate@embedded-resnet'" in out
-    for m in METHODS[1:]:
-        assert f"Running stage 'evaluate@embedded-{m}'" not in out
+    # one evaluate stage per data set, which evaluates only the units it has not evaluated before: resnet's
+    # new ones (its rows no longer share no_attention's units, which were evaluated already)
+    assert "Running stage 'evaluate@embedded'" in out
+    said = re.search(r"evaluate@embedded: \d+ rows, (\d+) units, (\d+) evaluated now, (\d+) from the eval store", out)
+    assert said and int(said[2]) == train["units_trained"] and int(said[3]) == int(said[1]) - int(said[2])
     assert "Running stage 'tune@embedded'" in out  # it reads every method's settings, but reuses their searches
     tuned = json.loads((proj / "results/embedded/tune.json").read_text())["methods"]
     assert [m for m, r in tuned.items() if not r["cached"]] == ["resnet"]
@@ -279,7 +292,7 @@ def test_the_terminal_shows_the_pipelines_own_lines_once(project) -> None:
     lines = [RAY_PREFIX.sub("", ANSI.sub("", ln)).strip() for ln in (first.stdout + first.stderr).splitlines()]
     foreign = [ln for ln in lines if not OWN.match(ln)]
     assert len(foreign) <= len(lines) / 10, f"{len(foreign)} of {len(lines)} lines are not the pipeline's: {foreign}"
-    trained = int(re.search(r"train@embedded: \d+ units .*?, (\d+) to train", first.stdout)[1])
+    trained = int(re.search(r"train@embedded: \d+ rows .*?, (\d+) to train", first.stdout)[1])
     out = first.stdout
     train_part = out[out.index("Running stage 'train@embedded'") :]
     train_part = train_part[: train_part.find("Running stage", 10)]

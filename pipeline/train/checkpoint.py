@@ -24,7 +24,7 @@ import pickle
 import re
 import struct
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import pyarrow.fs as pafs
 import torch
@@ -77,6 +77,8 @@ class UnitRecord(TypedDict):
     wall: dict[str, float]  # started_at, finished_at (epoch seconds)
     provenance: dict[str, Any]
     diag_start: dict[str, float] | None
+    # model.pt only: the methods whose rows this unit is (one network, recipe and start trained once)
+    shared_by: NotRequired[list[str]]
 
 
 def write_state(directory: str | Path, state: TrainState) -> None:

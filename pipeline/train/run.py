@@ -31,6 +31,7 @@ from pipeline.compute import Workers, check_workers_before_start, ray_session, r
 from pipeline.config import Params, config_hash
 from pipeline.data.manifest import load_manifest, ray_dataset
 from pipeline.io import atomic_path, read_json, write_json
+from pipeline.plan import Stage, plan_lines
 from pipeline.plots import plt, training_curves
 from pipeline.progress import PlannedUnit, UnitProgress, relay
 from pipeline.provenance import git_commit
@@ -115,8 +116,25 @@ def plan_units(params: Params, data: DataRef, tuned: dict[str, Any]) -> dict[str
 
 
 def _unique(plan: dict[str, list[RunSpec]]) -> list[RunSpec]:
-    """Each unit once (tracks share the units a search did not change), in plan order."""
-    return list({u.key(): u for units in plan.values() for u in units}.values())
+    """Each unit once, as its first row in plan order: tracks share the units a search did not change, and
+    methods that resolve to the same network, recipe and start share theirs (``RunSpec.identity``)."""
+    first: dict[str, RunSpec] = {}
+    for units in plan.values():
+        for u in units:
+            first.setdefault(u.key(), u)
+    return list(first.values())
+
+
+def sharing(plan: dict[str, list[RunSpec]]) -> dict[str, list[str]]:
+    """unit key -> the methods whose rows it is, in plan order (one method for most units; ``resnet`` and
+    ``no_attention`` for the ablation of a ResNet-backbone net, which *is* that ResNet)."""
+    out: dict[str, list[str]] = {}
+    for units in plan.values():
+        for u in units:
+            methods = out.setdefault(u.key(), [])
+            if u.method not in methods:
+                methods.append(u.method)
+    return out
 
 
 def unit_dir(root: str | Path, u: RunSpec, track: str) -> Path:
@@ -127,22 +145,29 @@ def curve_name(u: RunSpec, track: str) -> str:
     return f"{u.method}-seed{u.seed}.csv" if track == "recipe" else f"{u.method}-{track}-seed{u.seed}.csv"
 
 
-def run_name(method: str, seed: int, searched_only: bool) -> str:
-    """A unit's MLflow run name: method and seed first, so the UI's cut-off runs column still shows both."""
-    return f"{method} seed {seed}" + (" (searched)" if searched_only else "")
+def run_name(method: str, seed: int, searched_only: bool, also: list[str] | None = None) -> str:
+    """A unit's MLflow run name: method and seed first, so the UI's cut-off runs column still shows both;
+    then the other methods whose rows the unit is (``also``)."""
+    shared = f" (also {', '.join(also)})" if also else ""
+    return f"{method} seed {seed}" + (" (searched)" if searched_only else "") + shared
 
 
-def unit_runs(params: Params, exp: str, units: list[RunSpec], recipe_keys: set[str], commit: str) -> dict[str, UnitRun]:
-    """unit key -> where its MLflow run is and what it is called (the worker opens it as the unit starts)."""
+def unit_runs(
+    params: Params, exp: str, units: list[RunSpec], recipe_keys: set[str], commit: str, shared: dict[str, list[str]]
+) -> dict[str, UnitRun]:
+    """unit key -> where its MLflow run is and what it is called (the worker opens it as the unit starts).
+    ``shared``: unit key -> the methods whose rows it is (``sharing``), tagged ``methods`` on the run."""
     out = {}
     for u in units:
         key = u.key()
+        methods = shared.get(key, [u.method])
         tags = tracking.tags_for(
             run_key=key,
             seed=u.seed,
             dataset=u.dataset.name,
             method=u.method,
-            label=params.method(u.method).label,
+            methods=",".join(methods),
+            label=" = ".join(params.method(m).label for m in methods),
             model=u.model,
             track="recipe" if key in recipe_keys else "searched",
             stage="train",
@@ -150,7 +175,8 @@ def unit_runs(params: Params, exp: str, units: list[RunSpec], recipe_keys: set[s
             data_sha256=u.dataset.sha256,
         )
         tags |= tracking.source_tags(f"train@{u.dataset.name}", commit)
-        out[key] = UnitRun(experiment_id=exp, name=run_name(u.method, u.seed, key not in recipe_keys), tags=tags)
+        name = run_name(u.method, u.seed, key not in recipe_keys, [m for m in methods if m != u.method])
+        out[key] = UnitRun(experiment_id=exp, name=name, tags=tags)
     return out
 
 
@@ -199,9 +225,11 @@ def job_for(params: Params, todo: list[RunSpec], refs: dict[str, UnitRun], origi
     )
 
 
-def train_on_ray(params: Params, job: TrainJob, data_dir: str | Path) -> int:
+def train_on_ray(params: Params, job: TrainJob, data_dir: str | Path, *, stage: Stage = "train") -> int:
     """Train ``job``'s units on a Ray session, as many jobs side by side as fit; the number of jobs. Raises the
-    first job's error. A unit that did not finish (an error, an interrupt, SIGTERM) has its run ended FAILED."""
+    first job's error. A unit that did not finish (an error, an interrupt, SIGTERM) has its run ended FAILED.
+    First the plan of ``stage`` (``pipeline.plan``: units, epochs, device-hours and wall time from a probe on
+    the workers' device) is logged, before anything is spent."""
     dataset = job.units[0].dataset.name
     # streamed data needs CPUs beside the training workers' for its decoding tasks
     extra = 2 * params.compute.cpus_per_worker if streaming(data_dir) else 0
@@ -211,6 +239,10 @@ def train_on_ray(params: Params, job: TrainJob, data_dir: str | Path) -> int:
     try:
         with ray_session(num_cpus=(os.cpu_count() or 1) + extra if extra else None) as res:
             w = resolve_workers(params.compute, res.get("CPU", 0), res.get("GPU", 0), "the Ray cluster")
+            seen = {**res, "CPU": res.get("CPU", 0) - extra}  # the decoding CPUs added above train nothing
+            stages = (stage, "searched") if stage == "train" and params.searched else (stage,)
+            for line in plan_lines(params, [dataset], data_dirs={dataset: data_dir}, resources=seen, stages=stages):
+                log.info("%s@%s: %s", stage, dataset, line)
             lanes = split_lanes(job.units, lane_count(params, res, w, len(job.units)))
             log.info(
                 "train@%s: %d job(s) side by side, %d worker(s) each%s; resuming %d unit(s) from checkpoints",
@@ -257,8 +289,9 @@ class TrainPlan:
     which to train, and where each unit's MLflow run is."""
 
     dataset: str
-    tracks: dict[str, list[RunSpec]]  # recipe (and searched): every (method, seed) of the grid
-    units: list[RunSpec]  # each unit once (tracks share the units a search did not change), in plan order
+    tracks: dict[str, list[RunSpec]]  # recipe (and searched): every (method, seed) of the grid: the rows
+    units: list[RunSpec]  # each unit once (rows of one network, recipe and start share it), in plan order
+    shared: dict[str, list[str]]  # unit key -> the methods whose rows it is
     store: UnitStore
     todo: list[RunSpec]  # the units not in the store yet
     experiment: str
@@ -279,14 +312,16 @@ def plan_stage(params: Params, dataset: str, data_dir: str | Path, tuned_file: s
     )
     git = git_commit()
     recipe_keys = {u.key() for u in tracks["recipe"]}
+    shared = sharing(tracks)
     return TrainPlan(
         dataset=dataset,
         tracks=tracks,
         units=units,
+        shared=shared,
         store=store,
         todo=[u for u in units if not store.has(u.key())],
         experiment=exp,
-        refs=unit_runs(params, exp, units, recipe_keys, git["commit"]),
+        refs=unit_runs(params, exp, units, recipe_keys, git["commit"], shared),
         git=git,
     )
 
@@ -309,12 +344,15 @@ def train_dataset(
     c = tracking.client()
     plan = plan_stage(params, dataset, data_dir, tuned_file, c)
     n, todo = len(plan.units), plan.todo
+    rows = sum(len(v) for v in plan.tracks.values())
     shares = ", ".join(f"{len(v)} {k}" for k, v in plan.tracks.items())
     log.info(
-        "train@%s: %d units (%s), %d already in the unit store, %d to train",
+        "train@%s: %d rows (%s) resolve to %d units%s; %d already in the unit store, %d to train",
         dataset,
-        n,
+        rows,
         shares,
+        n,
+        _shared_note(plan.shared),
         n - len(todo),
         len(todo),
     )
@@ -330,6 +368,8 @@ def train_dataset(
     # per-(method, seed) accuracy is the evaluate stage's metrics; here, what this stage did and its speed
     rates = [h["images_per_s"] for u in todo for h in finals[u.key()]["history"]]
     metrics = {
+        "rows": rows,
+        "units": n,
         "units_trained": len(todo),
         "units_reused": n - len(todo),
         "jobs_side_by_side": lanes,
@@ -343,17 +383,30 @@ def train_dataset(
     return metrics
 
 
+def _shared_note(shared: dict[str, list[str]]) -> str:
+    """``" (resnet = no_attention: the same network, recipe and start, trained once)"``, or "" if none."""
+    groups = list(dict.fromkeys(" = ".join(ms) for ms in shared.values() if len(ms) > 1))
+    return f" ({'; '.join(groups)}: the same network, recipe and start, trained once)" if groups else ""
+
+
+def row_record(final: UnitRecord, u: RunSpec, methods: list[str]) -> UnitRecord:
+    """What ``model.pt`` of row ``u`` holds: the unit's record with the row's own resolved settings, so
+    evaluation rebuilds the net the row names (the same network: the unit key says so), the data set where the
+    workers read it, and the methods whose rows share the unit."""
+    return {**final, "spec": {**u.model_dump(), "dataset": final["spec"]["dataset"]}, "shared_by": methods}
+
+
 def _write_outputs(
     plan: TrainPlan, finals: dict[str, UnitRecord], runs: dict[str, str], out_dir: Path, curves_dir: Path
 ) -> None:
-    """The DVC outputs: every unit of every track (model.pt, history.csv, mlflow.json) and its curve CSV."""
+    """The DVC outputs: every row of every track (model.pt, history.csv, mlflow.json) and its curve CSV."""
     with atomic_path(out_dir) as tmp, atomic_path(curves_dir) as ctmp:
         ctmp.mkdir()
         for track, track_units in plan.tracks.items():
             for u in track_units:
                 key = u.key()
                 record = {"run_id": runs[key], "experiment_id": plan.experiment, "key": key}
-                _write_unit(unit_dir(tmp, u, track), finals[key], record)
+                _write_unit(unit_dir(tmp, u, track), row_record(finals[key], u, plan.shared[key]), record)
                 _write_history(ctmp / curve_name(u, track), finals[key]["history"])
 
 
