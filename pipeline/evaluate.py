@@ -1,34 +1,48 @@
-"""Evaluation of one trained unit, rebuilt from its checkpoint alone (no params.yaml needed).
+"""Evaluation of trained units, each rebuilt from its checkpoint alone (no params.yaml needed).
 
-Writes test top-1/top-5/loss, parameter count and inference throughput as metrics, a confusion CSV (for
-``dvc plots``), and, for networks with the paper's attention, a picture of the attention maps over a few
-test images. Everything is also logged to the unit's MLflow run.
+Per unit: test top-1/top-5/loss, parameter count, forward FLOPs and inference throughput as metrics, a
+confusion CSV and, for networks with the paper's attention, a picture of the attention maps over a few test
+images. Everything is also logged to the unit's MLflow run, and its net as an MLflow model.
+
+The evaluate stage (``evaluate_dataset``) takes a data set's rows in one process: the imports and the MLflow
+store are paid once (they were most of the time when each method had a process of its own), and each unit is
+evaluated once, however many rows share it (``pipeline.spec.RunSpec.identity``) and however many times the
+stage runs: finished evaluations are kept in the run storage (``EvalStore``), keyed by unit, test data,
+settings and the evaluation code, so retraining one method evaluates only that method's units again.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
+import json
+import logging
 import math
-import shutil
 import statistics
+import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import serving, tracking
-from pipeline.config import EvaluateCfg
+from pipeline.compute import storage_path
+from pipeline.config import EvaluateCfg, Params, config_hash
 from pipeline.data.manifest import Manifest, load_manifest, load_split
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.models import SpatialSoftmax, create_model
-from pipeline.plots import attention_grid, save
-from pipeline.spec import RunSpec
+from pipeline.models.cost import flops_per_image
+from pipeline.plots import attention_grid, png_bytes
+from pipeline.spec import RunSpec, code_digest
 from pipeline.train.checkpoint import read_checkpoint
 from pipeline.train.engine import TensorData, normalize, predict
+from pipeline.train.store import KeyedStore
+
+log = logging.getLogger(__name__)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunSpec, dict[str, Any]]:
@@ -39,14 +53,6 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, RunSpec, dict[str, Any
     model = create_model(spec.model, **spec.model_args)
     model.load_state_dict(ck["model"])
     return model.eval(), spec, ck
-
-
-@torch.no_grad()
-def flops_per_image(model: nn.Module, x: torch.Tensor) -> int:
-    """Forward FLOPs for one image, counted by ``torch.utils.flop_counter`` (a multiply-add is 2 FLOPs)."""
-    with FlopCounterMode(display=False) as counter:
-        model.eval()(x[:1])
-    return int(counter.get_total_flops())
 
 
 def train_speed(ck: dict[str, Any]) -> dict[str, float]:
@@ -77,24 +83,48 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.T
     return maps
 
 
-def evaluate_unit(
-    unit_dir: Path,
+@dataclass(frozen=True)
+class UnitEval:
+    """A unit's evaluation, before it is written anywhere: what the eval cache keeps (``EvalStore``)."""
+
+    key: str  # the unit key
+    metrics: dict[str, Any]
+    num_test: int
+    pairing: dict[str, Any] | None  # which units started from the same backbone and data order
+    diverged: bool
+    pred: list[int]  # predicted class per test image, in test order (the confusion CSV)
+    attention_png: bytes | None  # the attention maps picture, for nets with the paper's attention
+
+    def dump(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["attention_png"] = base64.b64encode(self.attention_png).decode() if self.attention_png else None
+        return d
+
+    @classmethod
+    def load(cls, d: dict[str, Any]) -> UnitEval:
+        png = d.get("attention_png")
+        return cls(**{**d, "attention_png": base64.b64decode(png) if png else None})
+
+    def summary(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """``summary.json`` of one row: the row's own settings (``spec``) beside the unit's results."""
+        return {"key": self.key, "spec": spec, "metrics": self.metrics, "num_test": self.num_test,
+                "pairing": self.pairing, "diverged": self.diverged}  # fmt: skip
+
+
+def score_unit(
+    loaded: tuple[nn.Module, RunSpec, dict[str, Any]],
     man: Manifest,
     test: TensorData,
     test_hwc: np.ndarray,
     cfg: EvaluateCfg,
-    out_dir: Path,
-    confusion_file: Path,
-    *,
-    loaded: tuple[nn.Module, RunSpec, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Evaluate the unit in ``unit_dir`` (model.pt as the train stage writes it, or ``loaded``: what
-    ``load_checkpoint`` made of it); write its attention picture (if it has attention) and summary to
-    ``out_dir`` and its confusion CSV; return its metrics."""
-    model, spec, ck = loaded or load_checkpoint(unit_dir / "model.pt")
+    where: Path,
+) -> UnitEval:
+    """Evaluate a net rebuilt by ``load_checkpoint`` (from ``where``) on the test split: metrics, predictions
+    and, if it has the paper's attention, the picture of its maps."""
+    model, spec, ck = loaded
     if man.data_sha256 != spec.dataset.sha256:
         raise ValueError(
-            f"{unit_dir}/model.pt was trained on data {spec.dataset.sha256[:12]}, but the test set is "
+            f"{where}/model.pt was trained on data {spec.dataset.sha256[:12]}, but the test set is "
             f"{man.data_sha256[:12]}: re-run the train stage"
         )
     mean, std = torch.tensor(spec.dataset.mean), torch.tensor(spec.dataset.std)
@@ -113,9 +143,9 @@ def evaluate_unit(
         "infer_images_per_s": round(len(y) / seconds, 1),
         **train_speed(ck),
     }
-    out_dir.mkdir(parents=True)
     n = min(cfg.attention_images, len(test))
     maps = attention_maps(model, normalize(test.images[:n], mean, std)) if n else []
+    png = None
     if maps:
         names = [f"{name} ({m.shape[-2]}x{m.shape[-1]})" for name, m in maps]
         titles = [f"{man.classes[int(y[i])]} -> {man.classes[int(pred[i])]}" for i in range(n)]
@@ -126,21 +156,47 @@ def evaluate_unit(
             titles,
             f"{spec.method} seed {spec.seed}: attention maps (map 0 of each module)",
         )
-        save(fig, out_dir / "attention.png")
-    summary = {
-        "key": ck["key"],
-        "spec": spec.model_dump(),
-        "metrics": metrics,
-        "num_test": len(y),
-        "pairing": ck.get("pairing"),  # which units started from the same backbone and data order
-        "diverged": _diverged(ck.get("history") or [], metrics),
-    }
-    write_json(out_dir / "summary.json", summary)
+        png = png_bytes(fig)
+    return UnitEval(
+        key=ck["key"],
+        metrics=metrics,
+        num_test=len(y),
+        pairing=ck.get("pairing"),
+        diverged=_diverged(ck.get("history") or [], metrics),
+        pred=pred.tolist(),
+        attention_png=png,
+    )
+
+
+def write_eval(ev: UnitEval, spec: dict[str, Any], labels: list[int], classes: list[str], out_dir: Path,
+               confusion_file: Path) -> None:  # fmt: skip
+    """One row's outputs: ``out_dir/summary.json`` (and ``attention.png``), and its confusion CSV."""
+    out_dir.mkdir(parents=True)
+    if ev.attention_png:
+        (out_dir / "attention.png").write_bytes(ev.attention_png)
+    write_json(out_dir / "summary.json", ev.summary(spec))
+    confusion_file.parent.mkdir(parents=True, exist_ok=True)
     with open(confusion_file, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["actual", "predicted"])
-        w.writerows((man.classes[int(a)], man.classes[int(p)]) for a, p in zip(y, pred, strict=True))
-    return metrics
+        w.writerows((classes[a], classes[p]) for a, p in zip(labels, ev.pred, strict=True))
+
+
+def evaluate_unit(
+    unit_dir: Path,
+    man: Manifest,
+    test: TensorData,
+    test_hwc: np.ndarray,
+    cfg: EvaluateCfg,
+    out_dir: Path,
+    confusion_file: Path,
+) -> dict[str, Any]:
+    """Evaluate the unit in ``unit_dir`` (model.pt as the train stage writes it); write its summary (and
+    attention picture) to ``out_dir`` and its confusion CSV; return its metrics."""
+    loaded = load_checkpoint(unit_dir / "model.pt")
+    ev = score_unit(loaded, man, test, test_hwc, cfg, unit_dir)
+    write_eval(ev, loaded[1].model_dump(), test.labels.tolist(), man.classes, out_dir, confusion_file)
+    return ev.metrics
 
 
 def _diverged(history: list[dict[str, Any]], metrics: dict[str, Any]) -> bool:
@@ -149,61 +205,120 @@ def _diverged(history: list[dict[str, Any]], metrics: dict[str, Any]) -> bool:
     return not all(math.isfinite(x) for x in losses)
 
 
-def evaluate_method(
-    method_dir: str | Path,
+# ---------------------------------------------------------------------------------------------------------
+# The evaluate stage: every row of one data set, each unit once
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row the train stage wrote: ``<method>/<track>/seed<k>/`` (model.pt, mlflow.json)."""
+
+    method: str
+    track: str
+    seed: int
+    dir: Path
+    record: dict[str, str]  # mlflow.json: run_id, experiment_id, key
+
+    @property
+    def rel(self) -> Path:
+        return Path(self.method, self.track, f"seed{self.seed}")
+
+    @property
+    def key(self) -> str:
+        return self.record["key"]
+
+
+def find_rows(train_dir: Path, methods: list[str]) -> list[Row]:
+    """The rows under ``train_dir`` of ``methods``, in method, track and seed order."""
+    rows = []
+    for m in methods:
+        for d in sorted((train_dir / m).glob("*/seed*"), key=lambda p: (p.parent.name, _seed(p))):
+            if d.is_dir():
+                rows.append(Row(m, d.parent.name, _seed(d), d, read_json(d / "mlflow.json")))
+    return rows
+
+
+class EvalStore(KeyedStore):
+    """Finished evaluations in the run storage, keyed by the unit, the test data, the evaluate settings and
+    the evaluation code (``eval_key``): a unit whose evaluation exists is not evaluated again, whichever row
+    or run of the stage asks."""
+
+    def __init__(self, storage_path: str, dataset: str):
+        super().__init__(storage_path, "eval", dataset, ".json")
+
+    def get(self, key: str) -> UnitEval | None:
+        return UnitEval.load(json.loads(self.read(key))) if self.has(key) else None
+
+    def put(self, key: str, ev: UnitEval) -> None:
+        self.write(key, json.dumps(ev.dump()).encode())
+
+
+def eval_key(unit_key: str, man: Manifest, cfg: EvaluateCfg) -> str:
+    return config_hash(unit_key, man.data_sha256, cfg.model_dump(), code_digest("pipeline.evaluate"))
+
+
+def evaluate_dataset(
+    train_dir: str | Path,
     data_dir: str | Path,
-    cfg: EvaluateCfg,
+    params: Params,
     out_dir: str | Path,
     confusion_dir: str | Path,
-    metrics_file: str | Path,
+    metrics_dir: str | Path,
 ) -> dict[str, Any]:
-    """Evaluate every unit the train stage wrote under ``method_dir`` (``<track>/seed<k>/``) on the test split;
-    write ``out_dir/<track>/seed<k>/``, ``confusion_dir/<track>/seed<k>.csv`` and {track: {seed<k>: metrics}}
-    to ``metrics_file``; log the test metrics and pictures to each unit's MLflow run, each net as an MLflow
-    model, and register the lowest seed's per track (``pipeline.serving``). A unit two tracks share is
-    evaluated once."""
-    method_dir = Path(method_dir)
-    units = sorted(p.relative_to(method_dir) for p in method_dir.glob("*/seed*") if p.is_dir())  # <track>/seed<k>
-    if not units:
-        raise ValueError(f"{method_dir}: no <track>/seed<k>/ directories; run the train stage first")
-    records = {rel: read_json(method_dir / rel / "mlflow.json") for rel in units}  # run ids and unit keys
-    first: dict[str, Path] = {}  # unit key -> the place it is evaluated: tracks share unchanged units
-    places = {rel: first.setdefault(records[rel]["key"], rel) for rel in units}
-    aliases = _aliases(places)
+    """Evaluate every row the train stage wrote under ``train_dir`` (``<method>/<track>/seed<k>/``) on the test
+    split, each unit once: rows that share a unit (tracks a search left alone, methods of one network) and
+    units evaluated before (``EvalStore``) are not evaluated again. Writes ``out_dir/<method>/<track>/seed<k>/``,
+    ``confusion_dir/<method>/<track>/seed<k>.csv`` and ``metrics_dir/<method>.json`` ({track: {seed<k>:
+    metrics}}); logs each unit's test metrics and pictures to its MLflow run, its net as an MLflow model, and
+    registers each method's lowest seed per track (``pipeline.serving``). Returns {method: metrics}."""
+    train_dir, data_dir = Path(train_dir), Path(data_dir)
+    rows = find_rows(train_dir, params.grid.methods)
+    if not rows:
+        raise ValueError(f"{train_dir}: no <method>/<track>/seed<k>/ directories; run the train stage first")
     man = load_manifest(data_dir)
     te = load_split(data_dir, "test")
     test = TensorData.from_numpy(te.images, te.labels)
-    c = tracking.client()
-    metrics: dict[str, Any] = {}
-    logged: dict[Path, dict[str, Any]] = {}
-    with atomic_path(out_dir) as tmp, atomic_path(confusion_dir) as ctmp:
-        for rel, src in places.items():
-            (ctmp / rel.parent).mkdir(parents=True, exist_ok=True)
-            if src == rel:
-                loaded = load_checkpoint(method_dir / rel / "model.pt")
-                m = evaluate_unit(method_dir / rel, man, test, te.images, cfg, tmp / rel, ctmp / f"{rel}.csv",
-                                  loaded=loaded)  # fmt: skip
-                wanted = [a for r, s in places.items() if s == src for a in aliases[r]]
-                net, spec, _ = loaded
-                logged[src] = _publish(
-                    c, records[src], net, spec, images=te.images, classes=man.classes, aliases=wanted
-                )
-            else:
-                shutil.copytree(tmp / src, tmp / rel)
-                shutil.copyfile(ctmp / f"{src}.csv", ctmp / f"{rel}.csv")
-                m = metrics[src.parent.name][src.name]
-            metrics.setdefault(rel.parent.name, {})[rel.name] = m
-            write_json(tmp / rel / "mlflow_model.json", {**logged[src], "aliases": aliases[rel]})
-    write_json(metrics_file, metrics)
+    cache = EvalStore(storage_path(params.compute), man.dataset or train_dir.parent.name)  # results/<d>/train
+    first: dict[str, Row] = {}
+    for r in rows:
+        first.setdefault(r.key, r)
+    nets: dict[str, tuple[nn.Module, RunSpec, dict[str, Any]]] = {}  # loaded in this run, for MLflow
+    evals: dict[str, UnitEval] = {}
+    for key, r in first.items():
+        ekey = eval_key(key, man, params.evaluate)
+        if (ev := cache.get(ekey)) is None:
+            nets[key] = load_checkpoint(r.dir / "model.pt")
+            ev = score_unit(nets[key], man, test, te.images, params.evaluate, r.dir)
+            cache.put(ekey, ev)
+        evals[key] = ev
+    log.info("evaluate@%s: %d rows, %d units, %d evaluated now, %d from the eval store", cache.dataset, len(rows),
+             len(first), len(nets), len(first) - len(nets))  # fmt: skip
+    labels = test.labels.tolist()
+    models = _publish(tracking.client(), rows, first, evals, nets, te.images, labels, man.classes)
+    return _write_rows(rows, evals, models, labels, man.classes, out_dir, confusion_dir, metrics_dir)
 
-    for rel in first.values():
-        run_id = records[rel]["run_id"]
-        for name, v in metrics[rel.parent.name][rel.name].items():
-            c.log_metric(run_id, name, float(v))
-        c.log_artifact(run_id, str(Path(confusion_dir) / f"{rel}.csv"), "confusion")
-        picture = Path(out_dir) / rel / "attention.png"
-        if picture.is_file():
-            c.log_artifact(run_id, str(picture))
+
+def _write_rows(
+    rows: list[Row],
+    evals: dict[str, UnitEval],
+    models: dict[Path, dict[str, Any]],
+    labels: list[int],
+    classes: list[str],
+    out_dir: str | Path,
+    confusion_dir: str | Path,
+    metrics_dir: str | Path,
+) -> dict[str, Any]:
+    """The stage's outputs, every row's, each directory moved into place whole."""
+    metrics: dict[str, Any] = {}
+    with atomic_path(out_dir) as tmp, atomic_path(confusion_dir) as ctmp, atomic_path(metrics_dir) as mtmp:
+        for r in rows:
+            spec = read_checkpoint(r.dir / "model.pt")["spec"]  # the row's own settings
+            write_eval(evals[r.key], spec, labels, classes, tmp / r.rel, ctmp / f"{r.rel}.csv")
+            write_json(tmp / r.rel / "mlflow_model.json", models[r.rel])
+            metrics.setdefault(r.method, {}).setdefault(r.track, {})[f"seed{r.seed}"] = evals[r.key].metrics
+        mtmp.mkdir()
+        for m, per_track in metrics.items():
+            write_json(mtmp / f"{m}.json", per_track)
     return metrics
 
 
@@ -211,34 +326,63 @@ def _seed(place: Path) -> int:
     return int(place.name.removeprefix("seed"))
 
 
-def _aliases(places: dict[Path, Path]) -> dict[Path, list[str]]:
-    """<track>/seed<k> -> the registry aliases it holds: its track's (``pipeline.serving``) for the track's
-    lowest seed, none for the others."""
-    lowest: dict[str, Path] = {}  # track -> the place of its lowest seed
-    for rel in sorted(places, key=_seed):
-        lowest.setdefault(rel.parent.name, rel)
-    return {rel: [serving.ALIASES[rel.parent.name]] if lowest[rel.parent.name] == rel else [] for rel in places}
+def _log_eval(c, run_id: str, ev: UnitEval, labels: list[int], classes: list[str]) -> None:
+    """A unit's test metrics, confusion CSV and attention picture, into its MLflow run."""
+    for name, v in ev.metrics.items():
+        c.log_metric(run_id, name, float(v))
+    rows = "".join(f"{classes[a]},{classes[p]}\n" for a, p in zip(labels, ev.pred, strict=True))
+    c.log_text(run_id, "actual,predicted\n" + rows, "confusion/confusion.csv")
+    if ev.attention_png:
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "attention.png").write_bytes(ev.attention_png)
+            c.log_artifact(run_id, str(Path(d) / "attention.png"))
+
+
+def _aliases(rows: list[Row]) -> dict[Path, list[str]]:
+    """<method>/<track>/seed<k> -> the registry aliases it holds: its track's (``pipeline.serving``) for the
+    method's lowest seed on that track, none for the others."""
+    lowest: dict[tuple[str, str], Path] = {}
+    for r in sorted(rows, key=lambda r: r.seed):
+        lowest.setdefault((r.method, r.track), r.rel)
+    return {r.rel: [serving.ALIASES[r.track]] if lowest[(r.method, r.track)] == r.rel else [] for r in rows}
 
 
 def _publish(
     c,
-    record: dict[str, Any],
-    net: nn.Module,
-    spec: RunSpec,
-    *,
+    rows: list[Row],
+    first: dict[str, Row],
+    evals: dict[str, UnitEval],
+    nets: dict[str, tuple[nn.Module, RunSpec, dict[str, Any]]],
     images: np.ndarray,
+    labels: list[int],
     classes: list[str],
-    aliases: list[str],
-) -> dict[str, Any]:
-    """The unit's net logged as an MLflow model into its run (``record``: its mlflow.json), and registered under
-    ``aliases`` if it holds any. Returns its model (id, URI) and the registered version if any."""
-    model_id = serving.log_unit_model(c, record["run_id"], record["experiment_id"], net, spec, images[:2], classes)
-    out: dict[str, Any] = {"model_id": model_id, "model_uri": f"models:/{model_id}"}
-    if aliases:
-        name = serving.registered_name(c.get_experiment(record["experiment_id"]).name, spec.method)
-        what = f"{spec.method} on {spec.dataset.name}, lowest seed per track (pipeline.serving)"
-        out["registered"] = {
-            "name": name,
-            "version": serving.register(c, name, model_id, record["run_id"], aliases, what),
-        }
+) -> dict[Path, dict[str, Any]]:
+    """Into each unit's MLflow run, once: its test metrics and pictures (when the run lacks them: a unit
+    evaluated before keeps what it has), and its net as an MLflow model; each row's method registers it under
+    the row's aliases. Returns each row's ``mlflow_model.json``: model id, URI, registered version, aliases."""
+    aliases = _aliases(rows)
+    logged: dict[str, str] = {}  # unit key -> model id
+    for key, r in first.items():
+        run_id, exp = r.record["run_id"], r.record["experiment_id"]
+        ev = evals[key]
+        if c.get_run(run_id).data.metrics.get("test_top1") != ev.metrics["test_top1"]:
+            _log_eval(c, run_id, ev, labels, classes)
+        found = serving.logged_model(c, exp, run_id)
+        if found is None:
+            net, spec, _ = nets.get(key) or load_checkpoint(r.dir / "model.pt")
+            logged[key] = serving.log_unit_model(c, run_id, exp, net, spec, images[:2], classes)
+        else:
+            logged[key] = found.model_id
+    out: dict[Path, dict[str, Any]] = {}
+    for r in rows:
+        model_id, run_id = logged[r.key], r.record["run_id"]
+        entry: dict[str, Any] = {"model_id": model_id, "model_uri": f"models:/{model_id}", "aliases": aliases[r.rel]}
+        if aliases[r.rel]:
+            name = serving.registered_name(c.get_experiment(r.record["experiment_id"]).name, r.method)
+            what = f"{r.method} on {name}, lowest seed per track (pipeline.serving)"
+            entry["registered"] = {
+                "name": name,
+                "version": serving.register(c, name, model_id, run_id, aliases[r.rel], what),
+            }
+        out[r.rel] = entry
     return out

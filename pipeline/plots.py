@@ -5,6 +5,7 @@ Every figure uses constrained layout and is saved with a tight bounding box, so 
 
 from __future__ import annotations
 
+import io
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -67,7 +68,14 @@ def attention_grid(
     return fig
 
 
+def png_bytes(fig) -> bytes:
+    """``fig`` as a PNG, as ``save`` writes it; the figure is closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png", bbox_inches="tight", pad_inches=0.1)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def save(fig, path) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight", pad_inches=0.1)
-    plt.close(fig)
+        tmp.write_bytes(png_bytes(fig))

@@ -20,7 +20,7 @@ from pipeline.data.errors import DataError
 from pipeline.data.fetch import fetch_dataset
 from pipeline.data.manifest import load_manifest, load_split
 from pipeline.data.preprocess import preprocess_dataset
-from pipeline.evaluate import evaluate_method, evaluate_unit, load_checkpoint
+from pipeline.evaluate import evaluate_dataset, evaluate_unit, load_checkpoint
 from pipeline.provenance import provenance
 from pipeline.settings import validate_params
 from pipeline.spec import RunSpec, build_spec, data_ref
@@ -153,23 +153,27 @@ def test_the_evaluate_stage_refuses_it_in_one_line(unit, tmp_path, monkeypatch, 
     import pipeline.cli
     import stages.evaluate
 
-    method_dir = tmp_path / "train" / "attn_resnet"
-    (method_dir / "recipe" / "seed0").mkdir(parents=True)
-    (method_dir / "recipe" / "seed0" / "model.pt").write_bytes(_crafted(tmp_path / "ran"))
-    (method_dir / "recipe" / "seed0" / "mlflow.json").write_text('{"run_id": "r", "key": "k"}')
-    out = [str(tmp_path / x) for x in ("eval", "confusion", "metrics.json")]
+    train_dir = tmp_path / "train"
+    unit_dir = train_dir / "attn_resnet" / "recipe" / "seed0"
+    unit_dir.mkdir(parents=True)
+    (unit_dir / "model.pt").write_bytes(_crafted(tmp_path / "ran"))
+    (unit_dir / "mlflow.json").write_text('{"run_id": "r", "key": "k"}')
+    out = [str(tmp_path / x) for x in ("eval", "confusion", "metrics")]
+    raw_params["grid"]["methods"] = ["attn_resnet"]
+    raw_params["compute"]["storage_path"] = str(tmp_path / "storage")
+    params = validate_params(raw_params)
     with pytest.raises(CheckpointError):
-        evaluate_method(method_dir, unit["tmp"] / "proc", EvaluateCfg(), *out)
+        evaluate_dataset(train_dir, unit["tmp"] / "proc", params, *out)
     assert not any(os.path.exists(p) for p in out) and not (tmp_path / "ran").exists()
 
     assert issubclass(CheckpointError, DataError)  # run_stage: "error: <message>", exit 1, no traceback
-    monkeypatch.setattr(pipeline.cli, "load_params", lambda path: validate_params(raw_params))
-    monkeypatch.setattr("sys.argv", ["evaluate", str(method_dir), str(unit["tmp"] / "proc"), *out])
+    monkeypatch.setattr(pipeline.cli, "load_params", lambda path: params)
+    monkeypatch.setattr("sys.argv", ["evaluate", str(train_dir), str(unit["tmp"] / "proc"), *out])
     with pytest.raises(SystemExit) as exit_:
         pipeline.cli.run_stage(stages.evaluate.main)
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 1 and len(err.splitlines()) == 1
-    assert err.startswith(f"error: {method_dir}/recipe/seed0/model.pt: not a plain checkpoint")
+    assert err.startswith(f"error: {unit_dir}/model.pt: not a plain checkpoint")
 
 
 def test_what_else_is_refused(tmp_path) -> None:

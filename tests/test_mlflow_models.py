@@ -15,11 +15,11 @@ import torch
 import yaml
 
 from pipeline import serving, tracking
-from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg, EvaluateCfg
+from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg
 from pipeline.data.fetch import fetch_dataset
 from pipeline.data.manifest import load_split
 from pipeline.data.preprocess import preprocess_dataset
-from pipeline.evaluate import evaluate_method, load_checkpoint
+from pipeline.evaluate import evaluate_dataset, load_checkpoint
 from pipeline.io import read_json
 from pipeline.models import create_model
 from pipeline.settings import validate_params
@@ -48,6 +48,9 @@ def trained(tmp_path_factory):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["methods"]["attn_resnet"]["args"]["width"] = 4
     raw["train"]["epochs"] = 2
+    raw["grid"]["methods"] = ["attn_resnet"]
+    raw["compute"]["storage_path"] = str(tmp / "storage")
+    raw["evaluate"]["attention_images"] = 0
     params = validate_params(raw)
     data = data_ref("embedded", tmp / "proc")
     specs = [build_spec(params, "attn_resnet", data, s) for s in (0, 1)]
@@ -72,18 +75,21 @@ def trained(tmp_path_factory):
             store.load(s.key()),
             {"run_id": run.info.run_id, "experiment_id": exp, "key": s.key()},
         )
-    return {"tmp": tmp, "uri": uri, "c": c, "exp": exp, "specs": specs, "store": store, "method_dir": method_dir}
+    return {
+        "tmp": tmp, "uri": uri, "c": c, "exp": exp, "specs": specs, "store": store, "method_dir": method_dir,
+        "params": params,
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def evaluated(trained):
     tmp = trained["tmp"]
-    out = [tmp / "eval", tmp / "confusion", tmp / "metrics.json"]
+    out = [tmp / "eval", tmp / "confusion", tmp / "metrics"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", trained["uri"])
-        metrics = evaluate_method(trained["method_dir"], tmp / "proc", EvaluateCfg(attention_images=0), *out)
-        again = evaluate_method(trained["method_dir"], tmp / "proc", EvaluateCfg(attention_images=0), *out)
-    return {**trained, "metrics": metrics, "again": again, "eval": out[0]}
+        metrics = evaluate_dataset(tmp / "train", tmp / "proc", trained["params"], *out)["attn_resnet"]
+        again = evaluate_dataset(tmp / "train", tmp / "proc", trained["params"], *out)["attn_resnet"]
+    return {**trained, "metrics": metrics, "again": again, "eval": out[0] / "attn_resnet"}
 
 
 def test_a_units_run_spans_its_unit_and_names_data_source_and_machine(trained) -> None:
@@ -183,3 +189,41 @@ def test_a_failed_attempt_leaves_the_run_a_later_attempt_reopened(tmp_path) -> N
     c.set_tag(run_id, tracking.OWNER, tracking.owner_tags()[tracking.OWNER])
     stale.end("FAILED")
     assert c.get_run(run_id).info.status == "FAILED"
+
+
+def test_rows_sharing_a_unit_are_evaluated_once_and_registered_per_method(trained, tmp_path, caplog) -> None:
+    """Two methods' rows that are one unit (one network, recipe and start) and a stage run again: the unit is
+    evaluated once (the second run takes it from the eval store), logged once as a model, and registered under
+    each method's name; each row's summary carries its own method."""
+    import logging
+
+    s0 = trained["specs"][0]
+    record = trained["store"].load(s0.key())
+    run = tracking.find_run(trained["c"], trained["exp"], s0.key())
+    mlflow_json = {"run_id": run.info.run_id, "experiment_id": trained["exp"], "key": s0.key()}
+    raw = trained["params"].model_dump()
+    raw["methods"]["attn_twin"] = {**raw["methods"]["attn_resnet"], "label": "Twin"}
+    raw["grid"]["methods"] = ["attn_resnet", "attn_twin"]
+    raw["compute"]["storage_path"] = str(tmp_path / "storage")
+    params = validate_params(raw)
+    for m in ("attn_resnet", "attn_twin"):
+        spec = s0.model_copy(update={"method": m})
+        _write_unit(tmp_path / "train" / m / "recipe" / "seed0", {**record, "spec": spec.model_dump()}, mlflow_json)
+    out = [tmp_path / "eval", tmp_path / "confusion", tmp_path / "metrics"]
+    caplog.set_level(logging.INFO, logger="pipeline.evaluate")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", trained["uri"])
+        first = evaluate_dataset(tmp_path / "train", trained["tmp"] / "proc", params, *out)
+        second = evaluate_dataset(tmp_path / "train", trained["tmp"] / "proc", params, *out)
+    said = [r.getMessage() for r in caplog.records if r.name == "pipeline.evaluate"]
+    assert said == [
+        "evaluate@embedded: 2 rows, 1 units, 1 evaluated now, 0 from the eval store",
+        "evaluate@embedded: 2 rows, 1 units, 0 evaluated now, 1 from the eval store",
+    ]
+    assert first == second and first["attn_resnet"] == first["attn_twin"]
+    summaries = {m: read_json(out[0] / m / "recipe" / "seed0" / "summary.json") for m in ("attn_resnet", "attn_twin")}
+    assert [s["spec"]["method"] for s in summaries.values()] == ["attn_resnet", "attn_twin"]
+    models = {m: read_json(out[0] / m / "recipe" / "seed0" / "mlflow_model.json") for m in summaries}
+    assert models["attn_resnet"]["model_id"] == models["attn_twin"]["model_id"]
+    assert models["attn_twin"]["registered"]["name"] == serving.registered_name(EXPERIMENT, "attn_twin")
+    assert len(trained["c"].search_logged_models(experiment_ids=[trained["exp"]])) == 2  # none added

@@ -24,7 +24,7 @@ class KeyedStore:
         self.fs, base = filesystem(storage_path)
         self.dir = f"{base.rstrip('/')}/{name}/{dataset}"
         self.where = f"{storage_path.rstrip('/')}/{name}/{dataset}" if "://" in storage_path else self.dir
-        self.suffix = suffix
+        self.suffix, self.dataset = suffix, dataset
 
     def path(self, key: str) -> str:
         return f"{self.dir}/{key}{self.suffix}"
