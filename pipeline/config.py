@@ -172,6 +172,11 @@ class ImageNetPreprocessCfg(PreprocessCfg):
     image_size: PosInt = 224  # training crop (random-resized) size; evaluation: CenterCrop(image_size)
     quality: Annotated[Int, Field(ge=1, le=100)] = 90  # JPEG quality of the stored train images
     shard_size: PosInt = 1000  # images per Parquet shard (one Ray task each)
+    # Train shards mix classes, so that training can shuffle by shard order and a bounded buffer instead of a
+    # global shuffle each epoch (pipeline.data.manifest.ray_dataset): the train images, in source order (class by
+    # class), are cut into runs of this many (one ranged read each) and the runs dealt into shards in a seeded
+    # random order; each shard's rows are then permuted. 0: shards class by class, as the source is.
+    interleave: Annotated[Int, Field(ge=0)] = 10
     on_bad_image: Literal["skip", "error"] = "skip"  # undecodable image: skip it (counted in the manifest) or fail
     on_missing_class: Literal["error", "skip"] = "error"  # a class without train or val images
 
@@ -230,6 +235,11 @@ class TrainCfg(Frozen):
     # Not in the paper: recompute BatchNorm statistics over this many train batches before each evaluation
     # (0: off). Short runs need it; see pipeline.train.engine.recalibrate_bn.
     bn_recalibration: Annotated[Int, Field(ge=0)] = 0
+    # Streamed (JPEG: ImageNet) data only: each epoch reads the train shards in a new seeded order, and each worker
+    # draws its batches at random from a buffer of this many decoded images (Ray Data's local shuffle buffer);
+    # the shards mix classes already (preprocess.interleave). 0: the shards' own order. In-memory data is
+    # permuted whole every epoch and ignores it.
+    shuffle_buffer: Annotated[Int, Field(ge=0)] = 2000
 
     @model_validator(mode="after")
     def _milestones(self) -> TrainCfg:

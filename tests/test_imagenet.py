@@ -91,8 +91,9 @@ def test_folders_from_s3_match_the_ray_data_reader_and_subset(tmp_path, cluster)
     man = run(tmp_path, c)
     assert [c["wnid"] for c in man.class_info] == cls[:3] and man.classes == cls[:3]  # no names: wnids
     assert man.class_counts == {"train": [3, 3, 3], "test": [1, 1, 1]}
-    names = pq.read_table(tmp_path / "proc" / man.files["train"]["shards"][0]["path"]).column("name").to_pylist()
-    assert names[:3] == [f"{cls[0]}_{k}.JPEG" for k in (1, 2, 3)]  # the first N per class, in name order
+    names = [n for f in man.files["train"]["shards"] for n in pq.read_table(tmp_path / "proc" / f["path"])
+             .column("name").to_pylist()]  # fmt: skip
+    assert sorted(names) == [f"{w}_{k}.JPEG" for w in cls[:3] for k in (1, 2, 3)]  # the first N per class by name
     # the same shards, read back through Ray Data (as a cluster would, from S3), give the same inputs
     upload_tree(tmp_path / "proc", cluster, "inet", "processed")
     ray.data.DataContext.get_current().execution_options.preserve_order = True
@@ -187,6 +188,56 @@ def test_training_streams_through_ray_data(tmp_path, cluster) -> None:
     te = load_split(proc, "test")
     in_memory = evaluate(model, TensorData.from_numpy(te.images, te.labels), mean, std, 4)
     assert streamed == pytest.approx(in_memory, rel=1e-5)
+
+
+def _shard_labels(proc, man) -> list[list[int]]:
+    return [pq.read_table(proc / p, columns=["label"]).column("label").to_pylist() for p in man.shards("train")]
+
+
+def test_train_shards_mix_classes_from_contiguous_runs(tmp_path, cluster) -> None:
+    """``preprocess.interleave``: the train images, class by class in the source, are dealt into shards in runs
+    of that many (one read each), so every shard holds several classes; the same images either way, the same
+    shards every time (the data checksum is a function of the settings); 0 keeps shards class by class."""
+    # the official layout: every class's images in one tar, so runs out of file order must each be read apart
+    sums = imagenet_official(tmp_path / "src", num_classes=4, train_per_class=6, val_per_class=1)
+    mixed = run(tmp_path, cfg(str(tmp_path / "src"), shard_size=6, interleave=2, fetch={"checksums": sums}), "mixed")
+    again = run(tmp_path, cfg(str(tmp_path / "src"), shard_size=6, interleave=2, fetch={"checksums": sums}), "again")
+    flat = run(tmp_path, cfg(str(tmp_path / "src"), shard_size=6, interleave=0, fetch={"checksums": sums}), "flat")
+    assert mixed.class_counts["train"] == flat.class_counts["train"] == [6] * 4 and not mixed.skipped_images["count"]
+    assert mixed.data_sha256 == again.data_sha256 != flat.data_sha256
+    by_class = _shard_labels(tmp_path / "procflat", flat)
+    assert [len(set(s)) for s in by_class] == [1, 1, 1, 1]  # class by class: the worst case for a buffer
+    shards = _shard_labels(tmp_path / "procmixed", mixed)
+    assert all(len(set(s)) >= 2 for s in shards)
+    assert sorted(v for s in shards for v in s) == sorted(v for s in by_class for v in s)
+    names = {r: sorted(pq.read_table(tmp_path / f"proc{r}" / "train-00000.parquet").column("name").to_pylist())
+             for r in ("mixed", "again")}  # fmt: skip
+    assert names["mixed"] == names["again"]
+
+
+def test_the_stream_reorders_shards_each_epoch_within_a_bounded_buffer(tmp_path, cluster) -> None:
+    """No global shuffle: each epoch reads every train image once, the shards in a new order; with a shuffle
+    buffer the rows leave in an order of their own, every image still exactly once per epoch."""
+    import torch
+
+    from pipeline.train.engine import StreamData
+
+    imagenet_folders(tmp_path / "src", num_classes=4, train_per_class=6, val_per_class=1)
+    man = run(tmp_path, cfg(str(tmp_path / "src"), shard_size=3, interleave=1))
+    ds = ray_dataset(str(tmp_path / "proc"), "train", man, augment=True)
+    assert "Shuffle" not in str(ds)  # the logical plan: no all-to-all exchange (``RandomShuffle``)
+    (shard,) = ds.streaming_split(1)
+    data = StreamData(shard)
+
+    def epoch(buffer: int) -> list[int]:
+        return [int(v) for _, y in data.batches(4, torch.device("cpu"), drop_last=False, shuffle_buffer=buffer)
+                for v in y]  # fmt: skip
+
+    orders = [epoch(0) for _ in range(4)]
+    assert all(sorted(o) == sorted(orders[0]) for o in orders) and len(orders[0]) == 24
+    assert len({tuple(o) for o in orders}) > 1  # the shard order changes between epochs
+    buffered = epoch(12)
+    assert sorted(buffered) == sorted(orders[0])
 
 
 # ---------------------------------------------------------------------------------------------------------

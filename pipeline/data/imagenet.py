@@ -6,6 +6,10 @@ images with one ranged read per run from the source (``pipeline.data.store``), s
 resized JPEGs and test images as the exact evaluation input (``pipeline.data.jpeg``), and writes
 ``train-NNNNN.parquet``/``test-NNNNN.parquet`` shards (columns ``image`` encoded bytes, ``label`` int16,
 ``name``) with a manifest; the ILSVRC2012 val set is the ``test`` split, as in the paper's tables.
+
+Train shards mix classes (``interleave``: runs of ``preprocess.interleave`` images in a seeded random order,
+rows permuted within each shard), so that training needs no global shuffle per epoch: a new shard order and a
+bounded buffer per worker give batches as varied as a full shuffle's (``benchmarks/stream.py`` measures it).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +37,7 @@ from .store import Store
 from .subset import take_per_class
 
 log = logging.getLogger(__name__)
+INTERLEAVE_SEED = 0  # fixed: the shards, and so the data's checksum, are a function of the settings alone
 
 
 def process_shard(store: Store, rows: list[dict[str, Any]], cfg: ImageNetPreprocessCfg) -> dict[str, Any]:
@@ -45,12 +51,12 @@ def process_shard(store: Store, rows: list[dict[str, Any]], cfg: ImageNetPreproc
     hist = np.zeros((3, 256), np.int64)
     src_hash = hashlib.sha256()
     i = 0
-    while i < len(rows):  # runs of rows adjacent in one container: one read each
+    while i < len(rows):  # runs of rows adjacent in one container, in file order: one read each
         j = i + 1
         while (
             j < len(rows)
             and rows[j]["container"] == rows[i]["container"]
-            and rows[j]["offset"] - (rows[j - 1]["offset"] + rows[j - 1]["length"]) <= 1 << 16
+            and 0 <= rows[j]["offset"] - (rows[j - 1]["offset"] + rows[j - 1]["length"]) <= 1 << 16
             and rows[j]["offset"] + rows[j]["length"] - rows[i]["offset"] <= 256 << 20
         ):
             j += 1
@@ -77,6 +83,9 @@ def process_shard(store: Store, rows: list[dict[str, Any]], cfg: ImageNetPreproc
     table = pa.table(
         {"image": pa.array(images, pa.binary()), "label": pa.array(labels, pa.int16()), "name": pa.array(names)}
     )
+    if cfg.interleave and rows and rows[0]["split"] == "train":  # runs read in order, stored mixed
+        rng = np.random.default_rng([INTERLEAVE_SEED, zlib.crc32(rows[0]["name"].encode())])
+        table = table.take(rng.permutation(table.num_rows))
     return {"table": table, "hist": hist, "bad": bad, "source_sha256": src_hash.hexdigest(), "versions": _versions()}
 
 
@@ -138,6 +147,17 @@ def _plan(source: dict[str, Any], index: pa.Table, cfg: ImageNetPreprocessCfg) -
         for i, w in enumerate(chosen)
     ]
     return picked, {"classes": info, "missing_classes": missing}
+
+
+def interleave(rows: list[dict[str, Any]], run: int) -> list[dict[str, Any]]:
+    """``rows`` in source order (class by class) cut into runs of ``run`` and the runs put in a seeded random
+    order, so every shard holds many classes while each run stays one contiguous read (``process_shard``).
+    ``run`` 0: unchanged."""
+    if run <= 0:
+        return rows
+    runs = [rows[i : i + run] for i in range(0, len(rows), run)]
+    order = np.random.default_rng(INTERLEAVE_SEED).permutation(len(runs))
+    return [r for k in order for r in runs[k]]
 
 
 @contextlib.contextmanager
@@ -203,6 +223,8 @@ def preprocess_imagenet(raw_dir: Path, source: dict[str, Any], out_dir: Path, cf
     shards = []
     for split in ("train", "test"):
         rs = sorted((r for r in rows if r["split"] == split), key=lambda r: (r["container"], r["offset"], r["name"]))
+        if split == "train":
+            rs = interleave(rs, cfg.interleave)
         shards += [(split, k, rs[i : i + cfg.shard_size]) for k, i in enumerate(range(0, len(rs), cfg.shard_size))]
     with _ray(), atomic_path(out_dir) as tmp:
         tmp.mkdir()

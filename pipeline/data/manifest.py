@@ -155,13 +155,23 @@ def load_jpeg_split(data_dir: str | Path, split: str, manifest: Manifest) -> tup
     return np.concatenate(images), np.concatenate(labels)
 
 
-def ray_dataset(data_uri: str, split: str, manifest: Manifest, augment: bool = False):
+DECODE_BATCH = 32  # images per decoding call: decoded blocks of ~5 MB at 224 px, small in the object store
+
+
+def ray_dataset(data_uri: str, split: str, manifest: Manifest, augment: bool = False, *, seed: int = 0):
     """The split as a Ray Dataset of decoded inputs (``image`` (B, S, S, 3) uint8, ``label`` int64), read with
     ``ray.data.read_parquet`` from a local folder or ``s3://bucket/prefix``. Decoding (and with ``augment``,
     the random-resized-crop + flip augmentation, drawn afresh every epoch) runs in Ray Data tasks on the
     cluster's CPUs, streamed to the training workers, so the GPUs do not wait on JPEG decoding. Without
-    ``augment``, the evaluation inputs: the same values as ``load_split``."""
+    ``augment``, the evaluation inputs: the same values as ``load_split``.
+
+    With ``augment`` the shards are read in a new order each epoch (a permutation seeded by ``seed`` and the
+    epoch: ``FileShuffleConfig``), never shuffled globally: a global shuffle moves the whole split through the
+    object store every epoch (~30 GB for ImageNet), its time and memory growing with the data. Rows are mixed
+    by the shards themselves (classes interleaved at preprocess) and by each worker's bounded shuffle buffer
+    (``StreamData.batches``, ``train.shuffle_buffer``)."""
     import ray.data  # here, not at the top: Ray is heavy, and only the training of a JPEG data set streams
+    from ray.data import FileShuffleConfig  # the same reason
 
     size = manifest.image_shape[0]
     resize = manifest.eval_resize(split)
@@ -176,5 +186,6 @@ def ray_dataset(data_uri: str, split: str, manifest: Manifest, augment: bool = F
         images = decode_images(list(batch["image"]), size, resize, rng)
         return {"image": images, "label": batch["label"].astype(np.int64)}
 
-    ds = ray.data.read_parquet(paths, columns=["image", "label"])
-    return (ds.random_shuffle() if augment else ds).map_batches(decode, batch_format="numpy")
+    shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if augment else None
+    ds = ray.data.read_parquet(paths, shuffle=shuffle).select_columns(["image", "label"])
+    return ds.map_batches(decode, batch_format="numpy", batch_size=DECODE_BATCH)

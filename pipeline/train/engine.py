@@ -13,15 +13,15 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.config import FastPathCfg, TrainCfg
+if TYPE_CHECKING:  # type hints only: the engine runs with torch alone (benchmarks/fast_path.py)
+    from pipeline.config import FastPathCfg, TrainCfg
 
 CPU = torch.device("cpu")
 
@@ -89,11 +89,17 @@ class StreamData:
 
     shard: Any  # ray.data.DataIterator yielding {"image": (B, H, W, 3) uint8, "label": (B,) int64}
 
-    def batches(self, batch_size: int, device: torch.device, drop_last: bool) -> Iterator[tuple[Tensor, Tensor]]:
-        for b in self.shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=drop_last):
+    def batches(
+        self, batch_size: int, device: torch.device, drop_last: bool, shuffle_buffer: int = 0
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's batches; ``shuffle_buffer`` > 0: each drawn at random from that many rows in hand (Ray
+        Data's local shuffle buffer: memory bounded by the buffer, not the data set)."""
+        buffer = {"local_shuffle_buffer_size": shuffle_buffer} if shuffle_buffer else {}
+        for b in self.shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=drop_last, **buffer):
             # NCHW-contiguous like the in-memory path: a channels_last input into an NCHW net hung oneDNN's 1x1
             # conv weight gradient on CPU (torch 2.14); FastPath.inputs converts both when channels_last is on
-            x = torch.from_numpy(np.ascontiguousarray(b["image"].transpose(0, 3, 1, 2))).to(device, non_blocking=True)
+            # (one copy, into NCHW order; the batch Ray hands over is read-only)
+            x = torch.from_numpy(b["image"].transpose(0, 3, 1, 2).copy()).to(device, non_blocking=True)
             yield x, torch.tensor(b["label"]).to(device, non_blocking=True)
 
 
@@ -175,11 +181,12 @@ def _train_batches(
     data: Data, cfg: TrainCfg, seed: int, epoch: int, shard: Shard, device: torch.device
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """This rank's augmented training batches for one epoch: a seeded order with per-sample crop and flip for
-    in-memory data; the stream's own order and augmentation (equal-sized shards, last partial batch dropped,
-    so every rank takes the same number of DDP steps) for streamed data."""
+    in-memory data; for streamed data the stream's own order (shards in a new order each epoch, rows drawn from
+    a bounded shuffle buffer) and augmentation (equal-sized shards, last partial batch dropped, so every rank
+    takes the same number of DDP steps)."""
     per_rank_batch = cfg.batch_size // shard.world_size
     if isinstance(data, StreamData):
-        yield from data.batches(per_rank_batch, device, drop_last=True)
+        yield from data.batches(per_rank_batch, device, drop_last=True, shuffle_buffer=cfg.shuffle_buffer)
         return
     idx = epoch_order(len(data), seed, epoch, shard)
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch) * 1_000 + shard.rank)
