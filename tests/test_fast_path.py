@@ -1,10 +1,14 @@
 """The fast path changes speed, not results: a few training steps with and without each switch the CPU
 supports (channels_last, bf16 autocast, torch.compile, data kept on the device) end in the same place,
-up to numerical noise."""
+up to numerical noise. And the fast-path benchmark runs where only torch is installed."""
 
 from __future__ import annotations
 
 import copy
+import json
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +16,7 @@ import torch
 from pipeline.config import FastPathCfg, TrainCfg
 from pipeline.models import create_model
 from pipeline.train.engine import CPU, EAGER, FastPath, TensorData, build_optimizer, evaluate, train_one_epoch
+from tests.project import ROOT, env
 
 CFG = TrainCfg(epochs=1, batch_size=16, lr=0.05, weight_decay=5e-4, schedule="cosine")
 MEAN, STD = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
@@ -79,3 +84,63 @@ def test_bf16_autocast_within_bf16_noise(eager) -> None:
 def test_torch_compile_matches_eager(eager) -> None:
     fast = steps(FastPath(compile=True))
     close(eager, fast, loss_rtol=1e-3, param_atol=1e-3)
+
+
+# what a bare GPU machine lacks: everything the pipeline needs beyond torch
+ABSENT = ("ray", "mlflow", "pydantic", "dvc", "pyarrow", "yaml", "scipy", "pandas", "numpy", "torchvision", "PIL")
+# Runs before anything else in the child: every import finder is wrapped so that it finds nothing by these names,
+# as if they were not installed (``importlib.util.find_spec`` answers None, as torch's optional probes expect),
+# each attempt is recorded with the file that made it, and at exit one line says what was loaded and attempted.
+ABSENT_PRELUDE = """
+import atexit, json, sys
+ABSENT = set(%r)
+top = lambda name: name.partition('.')[0]
+early = sorted(m for m in sys.modules if top(m) in ABSENT)
+attempts = set()
+
+class Absent:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if top(name) not in ABSENT:
+            find = getattr(self.finder, 'find_spec', None)
+            return find(name, path, target) if find else None
+        f = sys._getframe(1)
+        while f and f.f_code.co_filename.startswith('<frozen'):  # the import machinery, up to the importer
+            f = f.f_back
+        attempts.add((name, f.f_code.co_filename if f else '?'))
+        return None
+
+    def __getattr__(self, attr):
+        return getattr(self.finder, attr)
+
+sys.meta_path[:] = [Absent(f) for f in sys.meta_path]
+atexit.register(lambda: print('IMPORTS ' + json.dumps({
+    'early': early, 'loaded': sorted(m for m in sys.modules if top(m) in ABSENT), 'attempts': sorted(attempts)})))
+import runpy
+runpy.run_path(%r, run_name='__main__')
+"""
+
+
+def test_benchmark_runs_with_torch_alone(tmp_path) -> None:
+    """benchmarks/fast_path.py is the one-command GPU check: it must run where only Python and torch are
+    installed, so the pipeline's other dependencies are hidden from it; importing any of them (say,
+    ``pipeline.config`` for its pydantic ``TrainCfg``) fails the run."""
+    prelude = ABSENT_PRELUDE % (ABSENT, str(ROOT / "benchmarks" / "fast_path.py"))
+    r = subprocess.run(
+        [sys.executable, "-c", prelude, "--smoke"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads(r.stdout.rpartition("IMPORTS ")[2])
+    assert report["early"] == [] and report["loaded"] == []  # hidden from the first line on, and never loaded
+    ours = [a for a in report["attempts"] if a[1].startswith((str(ROOT / "pipeline"), str(ROOT / "benchmarks")))]
+    assert ours == [], f"project code tried to import what a bare GPU machine lacks: {ours}"
+    figures = r"[^\n]*?\s[\d,]+ images/s\s+x\s*[\d.]+\s+[\d.]+ TFLOP/s\s+MFU (n/a|[\d.]+% of \d+)"
+    for label in (
+        r"eager \(fp32, NCHW, data on host\)",
+        r"\+ channels_last",
+        r"\+ bf16 autocast",
+        r"\+ data on device",
+    ):
+        assert re.search(label + figures, r.stdout), r.stdout

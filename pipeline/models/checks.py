@@ -16,7 +16,7 @@ from pipeline.config import ConfigError, Params, SearchDim, format_errors, split
 from pipeline.config_checks import search_values
 from pipeline.settings import validate_params
 
-from .registry import create_model, get_factory, is_model, list_models
+from . import create_model, get_factory, is_model, list_models  # the package's: every model registered
 
 
 def _factory_args(model: str) -> tuple[set[str], bool]:
