@@ -10,21 +10,32 @@ comments stay where they are.
 A profile is a YAML map of dotted keys to values (``train.epochs: 200``); each becomes ``++key=value`` (set,
 or add where params.yaml has no such key yet). Undo with ``git checkout params.yaml``.
 
+``--plan`` changes nothing and runs no stage: it applies the profile (or the ``--set`` overrides) to a
+temporary copy of params.yaml, validated the same way, and prints the plan of the result
+(``pipeline.plan``): per data set the units and epochs of each stage, a short measured probe of every
+network on the device training would use, and the device-hours and wall time it adds up to on this machine
+(or on the Ray cluster in ``RAY_ADDRESS``). Without a profile it plans params.yaml as it is.
+
     python -m pipeline.profiles configs/paper.yaml [params.yaml]
     python -m pipeline.profiles --set compute.storage_path=s3://bucket/runs compute.max_failures=3
+    python -m pipeline.profiles configs/paper.yaml [params.yaml] --plan
+    python -m pipeline.profiles --plan
+    python -m pipeline.profiles --set train.epochs=50 --plan
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
 
-from pipeline.config import ConfigError
+from pipeline import plan
+from pipeline.config import ConfigError, Params
 from pipeline.io import atomic_path
 from pipeline.models.checks import validate_all
 from pipeline.settings import read_yaml
@@ -72,19 +83,56 @@ def apply_profile(profile: str | Path, params: str | Path = "params.yaml") -> li
     return apply_overrides([f"++{k}={override_value(v)}" for k, v in overrides.items()], str(profile), params)
 
 
+def planned(profile: str | Path | None, overrides: list[str], params: str | Path = "params.yaml") -> Params:
+    """``params`` with ``profile`` and then ``overrides`` applied, validated exactly as applying them is, on a
+    temporary copy: ``params`` itself is not written."""
+    params = Path(params)
+    if not params.is_file():
+        raise ConfigError(f"{params}: no such params file (run from the repository root, or pass its path)")
+    with tempfile.TemporaryDirectory() as d:
+        copy = Path(d) / params.name
+        shutil.copy2(params, copy)
+        try:
+            if profile is not None:
+                apply_profile(profile, copy)
+            if overrides:
+                apply_overrides(overrides, "--set", copy)
+            return validate_all(read_yaml(copy), str(params))
+        except ConfigError as e:  # name the file the user gave, not the copy
+            raise ConfigError(str(e).replace(str(copy), str(params))) from None
+
+
+def plan_of(p: Params, params: str | Path = "params.yaml") -> list[str]:
+    """The plan's lines (``pipeline.plan``) for ``p``, its data looked for beside ``params``, on the Ray cluster
+    in ``RAY_ADDRESS`` or this machine, rows counted as the train stage keys units (``unit_identity``)."""
+    root = Path(params).parent / "data" / "processed"
+    with plan.seen_resources() as res:
+        dirs = {d: root / d for d in p.grid.datasets}
+        return plan.plan_lines(p, data_dirs=dirs, resources=res, same_unit=plan.unit_identity)
+
+
 def main(argv: list[str]) -> int:
-    if not argv or (argv[0] != "--set" and len(argv) > 2):
+    planning = "--plan" in argv
+    args = [a for a in argv if a != "--plan"]
+    setting = bool(args) and args[0] == "--set"
+    if not (args or planning) or (not setting and len(args) > 2):
         print(__doc__, file=sys.stderr)
         return 2
+    target = args[1] if not setting and len(args) > 1 else "params.yaml"
     try:
-        if argv[0] == "--set":
-            keys, source = apply_overrides(argv[1:], "--set"), "the command line"
+        if planning:
+            profile = None if setting or not args else args[0]
+            lines = plan_of(planned(profile, args[1:] if setting else [], target), target)
+        elif setting:
+            keys, source = apply_overrides(args[1:], "--set"), "the command line"
         else:
-            keys, source = apply_profile(*argv), argv[0]
+            keys, source = apply_profile(*args), args[0]
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    target = argv[1] if argv[0] != "--set" and len(argv) > 1 else "params.yaml"
+    if planning:
+        print("\n".join(lines))
+        return 0
     print(f"{target}: set {len(keys)} keys from {source}: {', '.join(keys)}")
     return 0
 

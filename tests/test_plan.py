@@ -1,0 +1,216 @@
+"""The plan before the spend (pipeline.plan): units and epochs of a settings object, a measured probe, and the
+device-hours and wall time they add up to; ``python -m pipeline.profiles ... --plan`` prints it and writes
+nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from pipeline.compute import Workers
+from pipeline.config import FastPathCfg, Params
+from pipeline.plan import (
+    Net,
+    Plan,
+    Probe,
+    Rate,
+    data_size,
+    format_plan,
+    make_plan,
+    seconds_per_call,
+    unit_seconds,
+)
+from pipeline.profiles import apply_profile
+from pipeline.profiles import main as profiles_main
+from pipeline.settings import load_params
+from tests.project import ROOT
+
+CPUS = {"CPU": 2, "GPU": 0}  # what the plan sees: this 2-core machine, whatever runs the tests
+GPUS = {"CPU": 64, "GPU": 8}
+
+
+def fixed(train: float, eval_: float) -> object:
+    """A prober that measures nothing: every net at ``train`` / ``eval_`` images/s."""
+
+    def prober(nets: Sequence[Net], w: Workers, fast: FastPathCfg) -> Probe:
+        return Probe("fake", {n: Rate(train, eval_, n.batch, n.eval_batch, False) for n in nets}, 0.0)
+
+    return prober
+
+
+def profile(tmp_path: Path, *names: str) -> Params:
+    """The shipped params.yaml with ``configs/<name>.yaml`` applied, on a temporary copy."""
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    for name in names:
+        apply_profile(ROOT / "configs" / f"{name}.yaml", params)
+    return load_params(params)
+
+
+def plan_of(p: Params, tmp_path: Path, resources=CPUS, **kwargs) -> Plan:
+    """No manifests (``tmp_path`` has none): data sizes from each data set's kind, as before a first run."""
+    dirs = {d: tmp_path / "none" / d for d in p.grid.datasets}
+    return make_plan(p, data_dirs=dirs, resources=resources, **{"prober": fixed(100.0, 400.0), **kwargs})
+
+
+def test_the_default_plan_counts_every_method_and_seed_at_the_recipes_epochs(tmp_path) -> None:
+    p = load_params(ROOT / "params.yaml")
+    plan = plan_of(p, tmp_path)
+    (train,) = [b for b in plan.blocks if b.stage == "train"]
+    seeds = len(p.grid.seeds)
+    assert train.rows == len(p.grid.methods) * seeds
+    # the ablation (placement none) is the ResNet, weight for weight: its rows share ResNet's units
+    assert len(train.units) == train.rows - seeds and train.shared_rows == 2 * seeds
+    assert {u.row for u in train.units} == set(p.grid.methods) - {"no_attention"}
+    assert [u.recipe.epochs for u in train.units] == [p.recipe(u.row, u.dataset).epochs for u in train.units]
+    assert train.unit_epochs == sum(p.recipe(u.row, "embedded").epochs for u in train.units)
+    d = p.dataset("embedded").fetch
+    assert (plan.data[0].num_train, plan.data[0].num_test, plan.data[0].image_size) == (d.num_train, d.num_test, 32)
+    lines = format_plan(plan)
+    n, m = len(train.units), len(p.grid.methods)
+    assert lines[0].startswith(f"plan: embedded: {n} units ({m} methods x {seeds} seeds; {2 * seeds} rows share")
+    assert lines[-1].startswith(f"plan: total {n} units, {train.unit_epochs} unit-epochs, about ")
+    assert "wall on 2 CPU workers of 1 core" in lines[-1]
+
+
+def test_the_paper_profile_plans_two_data_sets_of_seven_methods_by_three_seeds(tmp_path) -> None:
+    p = profile(tmp_path, "paper")
+    plan = plan_of(p, tmp_path)
+    # rows counted as the train stage keys units: the ablation (placement none) is the ResNet, trained once
+    assert [(b.dataset, b.stage, b.rows, len(b.units), b.shared_rows) for b in plan.blocks] == [
+        ("cifar10", "train", 21, 18, 6),
+        ("cifar100", "train", 21, 18, 6),
+    ]
+    assert {u.recipe.epochs for b in plan.blocks for u in b.units} == {200}
+    assert [(d.num_train, d.num_test, d.num_classes) for d in plan.data] == [
+        (50_000, 10_000, 10),
+        (50_000, 10_000, 100),
+    ]
+    assert {u.net.batch for b in plan.blocks for u in b.units} == {128}  # one worker per unit
+    assert (
+        "cifar10: 18 units (7 methods x 3 seeds; 6 rows share a unit), 200 epochs each = 3,600" in format_plan(plan)[0]
+    )
+
+
+def test_same_unit_decides_what_is_trained_once(tmp_path) -> None:
+    p = load_params(ROOT / "params.yaml")
+    (train,) = plan_of(p, tmp_path, same_unit=lambda u: u.seed).blocks
+    assert (len(train.units), train.shared_rows) == (len(p.grid.seeds), train.rows)
+
+
+def test_device_hours_are_units_by_epochs_by_images_over_the_measured_rate(tmp_path) -> None:
+    p = profile(tmp_path, "paper")  # bn_recalibration 0: train images / train rate + test images / eval rate
+    slow, fast = plan_of(p, tmp_path, prober=fixed(100.0, 400.0)), plan_of(p, tmp_path, prober=fixed(200.0, 800.0))
+    per_unit = 200 * (50_000 / 100.0 + 10_000 / 400.0)
+    assert slow.device_s == pytest.approx(2 * 18 * per_unit)  # 18 distinct units per data set
+    assert fast.device_s == pytest.approx(slow.device_s / 2)  # twice the measured rate, half the time
+    assert slow.wall_s == pytest.approx(slow.device_s / 2)  # 2 CPU workers side by side, one unit each
+    on_gpus = plan_of(p, tmp_path, resources=GPUS)
+    assert on_gpus.device_s == pytest.approx(slow.device_s) and on_gpus.wall_s == pytest.approx(slow.device_s / 8)
+    assert re.search(
+        r"about 1,050 device-hours; about 5\.5 days wall on 8 GPUs \(measured probe", format_plan(on_gpus)[-1]
+    )
+    # the default's BatchNorm recalibration: bn batches of the whole batch, on every worker, at the eval rate
+    d = load_params(ROOT / "params.yaml")
+    u = plan_of(d, tmp_path).blocks[0].units[0]
+    r, t = Rate(100.0, 400.0, 64, 500, False), u.recipe
+    expect = t.epochs * (u.train_images / 100.0 + u.eval_images / 400.0 + t.bn_recalibration * t.batch_size / 400.0)
+    assert unit_seconds(u, r) == pytest.approx(expect)
+
+
+def test_the_search_and_the_study_are_planned_when_on(tmp_path) -> None:
+    p = profile(tmp_path, "paper", "paper-search", "study-cifar10")
+    plan = plan_of(p, tmp_path)
+    got = [(b.dataset, b.stage, b.rows, len(b.units), b.upper_bound) for b in plan.blocks]
+    assert got == [
+        ("cifar10", "train", 21, 18, False),  # the ablation's rows share ResNet's units
+        ("cifar10", "search", 7 * 16, 7 * 16, True),  # trials: 16 per method, of up to 10 epochs
+        ("cifar10", "searched", 21, 18, True),  # up to every unit again at what the search adopted
+        ("cifar10", "study", 21 * 3, 21 * 3, False),  # 21 cells x 3 seeds: at depth 110 no two cells alike
+        ("cifar100", "train", 21, 18, False),
+        ("cifar100", "search", 7 * 16, 7 * 16, True),
+        ("cifar100", "searched", 21, 18, True),
+    ]
+    trial = plan.blocks[1].units[0]
+    assert (trial.recipe.epochs, trial.train_images, trial.eval_images, trial.workers) == (10, 40_000, 10_000, 1)
+    assert {u.recipe.epochs for u in plan.blocks[3].units} == {200}
+    lines = format_plan(plan)
+    assert "cifar10: search: up to 112 trials (7 methods x 16 trials) of up to 10 epochs each" in lines[1]
+    assert "cifar10: study: 63 units (21 cells x 3 seeds), 200 epochs each = 12,600 unit-epochs" in lines[3]
+    assert "(+ up to 224 search trials)" in lines[-1] and "up to about" in lines[-1]
+
+
+def test_a_stage_plans_its_own_work_only(tmp_path) -> None:
+    p = profile(tmp_path, "paper", "study-cifar10")
+    plan = plan_of(p, tmp_path, stages={"train"})
+    assert [(b.dataset, b.stage) for b in plan.blocks] == [("cifar10", "train"), ("cifar100", "train")]
+
+
+def test_the_probe_times_a_few_steps_within_its_budget_or_one_slow_step() -> None:
+    calls: list[int] = []
+
+    def step(seconds: float):
+        return lambda: calls.append(1) or time.sleep(seconds)
+
+    assert seconds_per_call(step(0.0), lambda: None, budget_s=0.5, most=5) < 0.01
+    assert len(calls) == 2 + 5  # two warm-ups where cheap, then `most` timed steps
+    calls.clear()
+    assert seconds_per_call(step(0.05), lambda: None, budget_s=0.02, most=5) >= 0.05
+    assert len(calls) == 1 + 1  # one warm-up, one timed step: a step is slower than the whole budget
+
+
+def test_data_sizes_come_from_the_manifest_else_from_the_kind(processed, tmp_path) -> None:
+    p = load_params(ROOT / "params.yaml")
+    got = data_size("embedded", p.dataset("embedded"), processed)
+    assert (got.num_train, got.num_test, got.image_size, got.source) == (60, 20, 32, "manifest")
+    cifar = profile(tmp_path, "paper").dataset("cifar100")
+    sub = type(cifar).model_validate({**cifar.model_dump(), "preprocess": {"classes": 10, "subset": {"train": 100}}})
+    got = data_size("cifar100", sub, tmp_path / "none")
+    assert (got.num_train, got.num_test, got.num_classes) == (1_000, 1_000, 10) and "approximate" in got.source
+
+
+def test_the_plan_cli_probes_the_default_nets_for_real(tmp_path, monkeypatch, capsys) -> None:
+    """``python -m pipeline.profiles --plan``: params.yaml as it is, the real probe (the default's small nets)."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert profiles_main(["--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("plan: embedded: ") and lines[-1].startswith("plan: total ")
+    probe = re.search(r"plan: probe on cpu, 1 thread per worker.* \(([\d.]+) s\); train/eval img/s", lines[-2])
+    assert probe and float(probe.group(1)) < 60  # about 3-9 s on 2 busy cores
+    assert all(float(r.replace(",", "")) > 0 for r in re.findall(r" ([\d,.]+)/[\d,.]+", lines[-2]))
+
+
+def test_a_bad_profile_is_refused_and_nothing_is_written(tmp_path, capsys) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trian.epochs: 10\n")
+    assert profiles_main([str(bad), str(params), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {params} with {bad}: invalid settings") and "trian" in err
+    assert str(tmp_path / "params.yaml") in err and "tmp" not in err.replace(str(tmp_path), "")
+    assert params.read_bytes() == (ROOT / "params.yaml").read_bytes()
+
+
+def test_plan_of_the_paper_profile_writes_nothing(tmp_path) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "pipeline.profiles", "configs/paper.yaml", str(params), "--plan"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("plan: cifar10: 18 units (7 methods x 3 seeds; 6 rows share a unit), 200 epochs each")
+    assert lines[1].startswith("plan: cifar100: 18 units") and "resnet " in lines[2]
+    assert re.match(r"plan: total 36 units, 7,200 unit-epochs, about [\d,.]+ device-hours; about .+ wall on ", lines[3])
+    assert params.read_bytes() == (ROOT / "params.yaml").read_bytes()
