@@ -213,10 +213,14 @@ def settle_unit_run(
     return run_id
 
 
-def log_epoch(c, run_id: str, record: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
+def log_epoch(
+    c, run_id: str, record: Mapping[str, float], step: int, timestamp_ms: int | None = None, *, wait: bool = True
+):
+    """An epoch's numbers as metrics at ``step``. ``wait=False``: queued to MLflow's async logger, so training
+    goes on while the store writes; returns the pending operation (``.wait()``), else None."""
     ts = timestamp_ms or int(time.time() * 1000)
     metrics = [Metric(k, float(v), ts, step) for k, v in record.items() if isinstance(v, (int, float)) and k != "epoch"]
-    c.log_batch(run_id, metrics=metrics)
+    return c.log_batch(run_id, metrics=metrics, synchronous=wait)
 
 
 class EpochLog:
@@ -232,6 +236,7 @@ class EpochLog:
     def __init__(self, c, run_id: str, probe: str = "val_top1", *, owns_run: bool = False, system_metrics_s: float = 0):
         self.c, self.run_id, self.owns_run = c, run_id, owns_run
         self.logged = {m.step for m in c.get_metric_history(run_id, probe)}
+        self.pending: list[Any] = []  # epochs queued to MLflow's async logger, waited for by ``end``
         self.monitor = None
         if system_metrics_s > 0:
             self.monitor = SystemMetricsMonitor(
@@ -243,7 +248,11 @@ class EpochLog:
         step = int(record["epoch"])
         if step in self.logged:
             return False
-        log_epoch(self.c, self.run_id, record, step, record.get("timestamp_ms"))
+        # asynchronously when this log owns the run (a training unit): the epoch's record is in the checkpoint
+        # already, and an epoch a crash kept from the store is back-filled when the unit resumes (``restore``)
+        op = log_epoch(self.c, self.run_id, record, step, record.get("timestamp_ms"), wait=not self.owns_run)
+        if op is not None:
+            self.pending.append(op)
         self.logged.add(step)
         return True
 
@@ -251,6 +260,9 @@ class EpochLog:
         """The unit is done (or failed): stop sampling the machine, and end the run if this log owns it and this
         process still carries it. A worker of a failed attempt can raise long after Ray started the next one
         (stuck in a collective with a dead peer): that attempt has reopened the run, and its status is its own."""
+        for op in self.pending:  # every epoch in the store before the run ends
+            op.wait()
+        self.pending.clear()
         if self.monitor is not None:
             self.monitor.finish()
             # the monitor publishes a sample only once a whole interval has passed: a unit shorter than that

@@ -11,17 +11,28 @@ import pytest
 
 from tests.project import ROOT, env
 
+# fast_path.py's figures after a variant's label
+SPEED = r"\s+[\d,]+ images/s\s+x\s*[\d.]+\s+[\d.]+ TFLOP/s\s+MFU (n/a|[\d.]+% of \d+)"
 # script -> the figure lines its smoke run must print (a number with its unit, where the script prints one)
 FIGURES = {
-    "fast_path.py": [r"eager \(fp32, NCHW, no compile\)\s+[\d,]+ images/s", r"\+ channels_last\s+[\d,]+ images/s"],
+    "fast_path.py": [r"eager \(fp32, NCHW, data on host\)" + SPEED, r"\+ channels_last" + SPEED],
     "grid_concurrency.py": [r"concurrent:\s+[\d.]+ s wall for 2 units, 2 job\(s\) side by side"],
     "preprocess.py": [
         r"preprocess \(decode, stats, Parquet\):\s+[\d.]+ s\s+=\s+[\d,]+ images/s",
         r"= +[\d,]+ images/s on",
     ],
+    "stream.py": [
+        r"stream\s+[\d,]+ images/s =\s+[\d,]+ per core\s+peak object store\s+[\d.]+ MiB\s+spilled\s+[\d.]+ MiB",
+        r"DataLoader\s+[\d,]+ images/s =\s+[\d,]+ per core",
+        r"ratio stream / DataLoader: \d+\.\d{3}",
+        r"memory: stream peak object store at [\d,]+ / at [\d,]+ = [\d.]+x",
+        r"stream, interleaved shards\s+[\d.]+ bits",
+        r"Pillow \(the pipeline's decode_images\)\s+[\d,]+ images/s per core",
+    ],
     "throughput.py": [
         r"bare loop, 1 process x 1 threads\s+\d+ img/s",
         r"pipeline, 1 worker x 1 threads\s+\d+ img/s\s+ratio \d+\.\d{3}",
+        r"pipeline's own cost between epochs .*: \d+ ms median per epoch",
         r"attention, final \(default\)\s+[\d,]+\s+[\d.]+\s+\d+",
     ],
 }
