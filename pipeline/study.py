@@ -127,7 +127,8 @@ def run_study(params: Params, dataset: str, data_dir: str | Path, out_file: str 
     log.info("study@%s: %d cells x %d seeds = %d units, %d already in the unit store, %d to train",
              dataset, len(specs), len(s.seeds), n, n - m, m)  # fmt: skip
     if todo:
-        train_on_ray(params, job_for(params, todo, refs, {"git": git, "study": True}), data_dir, stage="study")
+        job = job_for(params, todo, refs, {"git": git, "study": True}, log_models=False)  # study nets are not served
+        train_on_ray(params, job, data_dir, stage="study")
     records = {u.key(): store.load(u.key()) for u in units}
     runs = {
         u.key(): tracking.settle_unit_run(

@@ -256,10 +256,11 @@ class EpochLog:
         self.logged.add(step)
         return True
 
-    def end(self, status: str = "FINISHED") -> None:
-        """The unit is done (or failed): stop sampling the machine, and end the run if this log owns it and this
-        process still carries it. A worker of a failed attempt can raise long after Ray started the next one
-        (stuck in a collective with a dead peer): that attempt has reopened the run, and its status is its own."""
+    def end(self, status: str = "FINISHED", end_time_ms: int | None = None) -> None:
+        """The unit is done (or failed): stop sampling the machine, and end the run (at ``end_time_ms``, else
+        now) if this log owns it and this process still carries it. A worker of a failed attempt can raise long
+        after Ray started the next one (stuck in a collective with a dead peer): that attempt has reopened the
+        run, and its status is its own."""
         for op in self.pending:  # every epoch in the store before the run ends
             op.wait()
         self.pending.clear()
@@ -272,11 +273,11 @@ class EpochLog:
             self.monitor.mlflow_logger.flush()
             self.monitor = None
         if self.owns_run and self.c.get_run(self.run_id).data.tags.get(OWNER) == owner_tags()[OWNER]:
-            finish(self.c, self.run_id, status)
+            finish(self.c, self.run_id, status, end_time_ms)
 
 
-def finish(c, run_id: str, status: str = "FINISHED") -> None:
-    c.set_terminated(run_id, status=status)
+def finish(c, run_id: str, status: str = "FINISHED", end_time_ms: int | None = None) -> None:
+    c.set_terminated(run_id, status=status, end_time=end_time_ms)
 
 
 def tags_for(**kw: Any) -> dict[str, str]:

@@ -108,6 +108,8 @@ def test_a_units_run_spans_its_unit_and_names_data_source_and_machine(trained) -
         assert tags["mlflow.source.name"] == "dvc repro train@embedded" and tags["mlflow.source.git.commit"] == "c0ffee"
         assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
         assert [m.step for m in c.get_metric_history(run.info.run_id, "val_top1")] == [1, 2]
+        # the trained net, logged by the worker as the unit finished (the evaluate stage only registers it)
+        assert serving.logged_model(c, trained["exp"], run.info.run_id) is not None
 
 
 def test_the_image_classifier_is_the_net_on_normalised_images() -> None:

@@ -130,14 +130,27 @@ def load_split(data_dir: str | Path, split: str) -> ImageSet:
     man = load_manifest(data_dir)
     if man.format == "jpeg":
         return ImageSet(*load_jpeg_split(data_dir, split, man))
-    shape = man.image_shape
     t = read_table(data_dir, f"{split}.parquet")
+    return ImageSet(_raw_images(t, man.image_shape), t.column("label").to_numpy().astype(np.int64))
+
+
+def _raw_images(t: pa.Table, shape: list[int]) -> np.ndarray:
+    """The ``image`` column of a ``raw`` table as (N, H, W, C) uint8, without copying."""
     col = t.column("image").combine_chunks()
     buf = np.frombuffer(col.buffers()[1], np.uint8)
     n = len(col)
     width = int(np.prod(shape))
-    images = buf[col.offset * width : (col.offset + n) * width].reshape(n, *shape)
-    return ImageSet(images, t.column("label").to_numpy().astype(np.int64))
+    return buf[col.offset * width : (col.offset + n) * width].reshape(n, *shape)
+
+
+def first_images(data_dir: str | Path, split: str, n: int) -> np.ndarray:
+    """The first ``n`` images of ``split`` as ``load_split`` gives them, reading only the file they are in
+    (an example input, e.g. for a logged model's signature)."""
+    man = load_manifest(data_dir)
+    if man.format == "jpeg":
+        t = read_table(data_dir, man.shards(split)[0], columns=["image"]).slice(0, n)
+        return decode_images(t.column("image").to_pylist(), man.image_shape[0], man.eval_resize(split))
+    return _raw_images(read_table(data_dir, f"{split}.parquet", columns=["image"]).slice(0, n), man.image_shape)
 
 
 def load_jpeg_split(data_dir: str | Path, split: str, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ class TrainJob(Frozen):
     fast_path: FastPathCfg = FastPathCfg()
     stream: bool = False  # the data is streamed through Ray Data (JPEG data sets)
     system_metrics_s: Annotated[float, Field(ge=0)] = 0  # MLflow system metrics every that many seconds (0: off)
+    log_models: bool = True  # each finished unit's net logged as its run's MLflow model (the study's are not)
 
 
 def run_params(u: RunSpec) -> dict[str, Any]:

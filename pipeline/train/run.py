@@ -206,9 +206,12 @@ def _run_lanes(
     return [e for f in futures if (e := f.exception()) is not None]
 
 
-def job_for(params: Params, todo: list[RunSpec], refs: dict[str, UnitRun], origin: dict[str, Any]) -> TrainJob:
+def job_for(
+    params: Params, todo: list[RunSpec], refs: dict[str, UnitRun], origin: dict[str, Any], *, log_models: bool = True
+) -> TrainJob:
     """The job that trains ``todo``: its data where the workers read it (``compute.shared_data``), its MLflow
-    runs, and the checkpoints earlier jobs left of its units to resume from."""
+    runs (with each finished net as a logged model unless not ``log_models``), and the checkpoints earlier
+    jobs left of its units to resume from."""
     data = shared(todo[0].dataset, params.compute.shared_data)
     todo = [u.model_copy(update={"dataset": data}) for u in todo]
     storage = storage_path(params.compute)
@@ -222,6 +225,7 @@ def job_for(params: Params, todo: list[RunSpec], refs: dict[str, UnitRun], origi
         origin=origin,
         fast_path=params.compute.fast_path,
         system_metrics_s=params.mlflow.system_metrics_s,
+        log_models=log_models,
     )
 
 

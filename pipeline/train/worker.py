@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from typing import Any
 
 import ray
@@ -18,8 +19,9 @@ import ray.train.torch
 import torch
 from ray import tune
 
-from pipeline import tracking
+from pipeline import serving, tracking
 from pipeline.config import FastPathCfg
+from pipeline.data.manifest import first_images, load_manifest
 from pipeline.events import WorkerStarted
 from pipeline.progress import Emitter
 from pipeline.provenance import provenance
@@ -27,8 +29,10 @@ from pipeline.spec import RunSpec
 from pipeline.train.checkpoint import load_state, write_state
 from pipeline.train.engine import Shard, StreamData
 from pipeline.train.job import TrainJob, dataset_input, run_params
-from pipeline.train.loop import Loggers, train_units
+from pipeline.train.loop import Loggers, build_model, train_units
 from pipeline.train.store import UnitStore
+
+log = logging.getLogger(__name__)
 
 
 def _trial_log(mlflow_uri: str, run_id: str) -> Loggers:
@@ -37,18 +41,54 @@ def _trial_log(mlflow_uri: str, run_id: str) -> Loggers:
     return lambda key: tracking.EpochLog(c, run_id)
 
 
+class UnitLog(tracking.EpochLog):
+    """A training unit's run (``tracking.EpochLog``) that, as the unit finishes, also logs the trained net as
+    the run's MLflow model (``pipeline.serving``): here, in the worker that made it, beside the other lanes'
+    training, rather than one after another in the evaluate stage, which registers it (and logs it itself
+    only for a run that has none: a failure here costs a warning, not the unit)."""
+
+    def __init__(self, c, run_id: str, *, spec: RunSpec, store: UnitStore, experiment_id: str, **kw: Any):
+        super().__init__(c, run_id, owns_run=True, **kw)
+        self.spec, self.store, self.experiment_id = spec, store, experiment_id
+
+    def end(self, status: str = "FINISHED", end_time_ms: int | None = None) -> None:
+        ended = end_time_ms or int(time.time() * 1000)  # the run spans the unit's training, not the logging
+        if status == "FINISHED":
+            try:
+                self._log_model()
+            except Exception as e:  # the MLflow store or its artifact store refusing: the evaluate stage retries
+                log.warning("%s seed %d: its model was not logged to MLflow here (%s)", self.spec.method,
+                            self.spec.seed, " ".join(str(e).split())[:300])  # fmt: skip
+        super().end(status, ended)
+
+    def _log_model(self) -> None:
+        if serving.logged_model(self.c, self.experiment_id, self.run_id) is not None:
+            return
+        net = build_model(self.spec)
+        net.load_state_dict(self.store.load(self.spec.key())["model"])  # as the unit was stored, on the CPU
+        data = self.spec.dataset.path
+        example = first_images(data, "test", 2)
+        serving.log_unit_model(self.c, self.run_id, self.experiment_id, net.eval(), self.spec, example,
+                               load_manifest(data).classes)  # fmt: skip
+
+
 def _unit_runs(job: TrainJob) -> Loggers:
     """unit key -> its MLflow run, opened (found by its key, or made) as the unit starts and ended by the loop
-    as it ends; the machine sampled into it meanwhile. None for a unit without a run."""
+    as it ends, with the trained net logged as its model (``job.log_models``); the machine sampled into it
+    meanwhile. None for a unit without a run."""
     c = tracking.client(job.mlflow_uri) if job.runs else None
     specs = {u.key(): u for u in job.units}
+    store = UnitStore(job.store, job.units[0].dataset.name)
 
     def open_(key: str) -> tracking.EpochLog | None:
         if c is None or key not in job.runs:
             return None
-        spec = specs[key]
-        run_id = tracking.open_run(c, job.runs[key], run_params(spec), dataset=dataset_input(spec.dataset))
-        return tracking.EpochLog(c, run_id, owns_run=True, system_metrics_s=job.system_metrics_s)
+        spec, ref = specs[key], job.runs[key]
+        run_id = tracking.open_run(c, ref, run_params(spec), dataset=dataset_input(spec.dataset))
+        if not job.log_models:
+            return tracking.EpochLog(c, run_id, owns_run=True, system_metrics_s=job.system_metrics_s)
+        return UnitLog(c, run_id, spec=spec, store=store, experiment_id=ref.experiment_id,
+                       system_metrics_s=job.system_metrics_s)  # fmt: skip
 
     return open_
 
