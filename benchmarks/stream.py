@@ -12,16 +12,21 @@
    (b) ``torch.utils.data.DataLoader(shuffle=True, num_workers=<cores>)`` over a map-style data set of the same
        Parquet shards, decoding each image with the same function (``pipeline.data.jpeg.decode_images``);
    (c) with ``--global-shuffle``: the stream as it was before (``Dataset.random_shuffle()`` every epoch).
-   Each is timed on its second epoch (the first pays start-up). Printed: images/s and per core, the ratio
-   (a)/(b) (goal >= 0.9), the peak object-store memory and the bytes spilled to disk (polled from the raylet;
-   goals: peak at the larger size <= 1.2x the smaller, nothing spilled).
+   Each path is built and warmed up by one epoch (the first pays start-up), then one epoch of each in turns
+   for ``--rounds`` rounds (medians: this kind of machine drifts 10-20 % in speed over tens of seconds).
+   Printed: images/s and per core, the ratio (a)/(b) (goal >= 0.9), the peak object-store memory and the
+   bytes spilled to disk (polled from the raylet; goals: peak at the larger size <= 1.2x the smaller, nothing
+   spilled).
 3. Shuffle quality: the mean label entropy of a training batch (bits), for a full random permutation, the
    stream on interleaved shards (what preprocess writes) and the stream on class-sorted shards
    (``preprocess.interleave: 0``, the worst case for a bounded buffer).
-4. Decoders on the stored JPEGs: Pillow (what the pipeline uses), Pillow with reduced-size (draft) decoding
-   where the crop allows it, and ``torchvision.io.decode_jpeg`` + tensor ``resized_crop``; and whether each
-   gives the evaluation view bit-equal to torchvision's reference (Pillow decode + ``Resize(256)`` +
-   ``CenterCrop(224)``).
+4. Decoders on the stored JPEGs: ``torchvision.io.decode_jpeg`` + tensor ``resized_crop`` (what the pipeline
+   trains with), Pillow at full resolution (what it used before), Pillow with reduced-size (draft) decoding
+   where the crop allows it; and whether each gives the evaluation view bit-equal to torchvision's reference
+   (Pillow decode + ``Resize(256)`` + ``CenterCrop(224)``). Evaluation keeps Pillow, the reference itself.
+
+The stream runs under the object-store cap the train stage sets (``compute.stream_memory_mb``,
+``--stream-memory-mb``), so its memory is flat in the data set's size.
 
     python benchmarks/stream.py [--sizes 10000 40000] [--classes 100] [--batch 64] [--global-shuffle]
     python benchmarks/stream.py --smoke   # 2 tiny sizes, 64 px images: seconds, for CI
@@ -30,10 +35,11 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import io
-import math
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -48,10 +54,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import ImageNetDataCfg  # noqa: E402
+from pipeline.config import ComputeCfg, ImageNetDataCfg  # noqa: E402
 from pipeline.data.fetch import fetch_dataset  # noqa: E402
-from pipeline.data.jpeg import decode_images, eval_view  # noqa: E402
-from pipeline.data.manifest import load_manifest, ray_dataset, read_table  # noqa: E402
+from pipeline.data.jpeg import crop_box, decode_images, eval_view  # noqa: E402
+from pipeline.data.manifest import load_manifest, ray_dataset, read_table, stream_options  # noqa: E402
 from pipeline.data.preprocess import preprocess_dataset  # noqa: E402
 from pipeline.train.engine import StreamData  # noqa: E402
 from tests.archives import photo, wnids  # noqa: E402
@@ -202,10 +208,8 @@ def global_shuffle_dataset(data_dir: Path):
     )
 
 
-def epoch(batches: Callable[[], Iterator[tuple[torch.Tensor, ...]]], n: int) -> tuple[float, list[np.ndarray]]:
-    """Seconds of one epoch (the second: the first pays start-up) and the labels of each batch."""
-    for _ in batches():
-        pass
+def epoch(batches: Callable[[], Iterator[tuple[torch.Tensor, ...]]]) -> tuple[float, list[np.ndarray]]:
+    """Seconds of one epoch and the labels of each batch."""
     t0, labels = time.perf_counter(), []
     for _, y in batches():
         labels.append(np.asarray(y))
@@ -233,16 +237,19 @@ def full_shuffle_entropy(data_dir: Path, batch: int) -> float:
 # Decoders
 
 
-def _crop_box(rng: np.random.Generator, w: int, h: int) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop box (8-100 % of the area, aspect 3/4-4/3), as decode_images draws it."""
-    for _ in range(10):
-        area = w * h * rng.uniform(0.08, 1.0)
-        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
-        if 0 < cw <= w and 0 < ch <= h:
-            return int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch
-    m = min(w, h)
-    return (w - m) // 2, (h - m) // 2, m, m
+def decode_pillow(blobs: list[bytes], size: int, rng: np.random.Generator) -> np.ndarray:
+    """Pillow at full resolution, the crop resized with ``Image.resize(box=...)`` (bilinear) + flip: what
+    ``decode_images`` did before it took ``torchvision.io``; (N, size, size, 3)."""
+    from PIL import Image
+
+    out = np.empty((len(blobs), size, size, 3), np.uint8)
+    for i, b in enumerate(blobs):
+        with Image.open(io.BytesIO(b)) as im:
+            img = im.convert("RGB")
+        x0, y0, cw, ch = crop_box(rng, *img.size)
+        arr = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch)))
+        out[i] = arr[:, ::-1] if rng.random() < 0.5 else arr
+    return out
 
 
 def decode_pil_draft(blobs: list[bytes], size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -255,7 +262,7 @@ def decode_pil_draft(blobs: list[bytes], size: int, rng: np.random.Generator) ->
     for i, b in enumerate(blobs):
         with Image.open(io.BytesIO(b)) as im:
             w, h = im.size
-            x0, y0, cw, ch = _crop_box(rng, w, h)
+            x0, y0, cw, ch = crop_box(rng, w, h)
             scale = 1
             while scale < 8 and min(cw, ch) // (2 * scale) >= size:
                 scale *= 2
@@ -268,21 +275,6 @@ def decode_pil_draft(blobs: list[bytes], size: int, rng: np.random.Generator) ->
                                     box=(x0 * f, y0 * f, (x0 + cw) * f, (y0 + ch) * f)))  # fmt: skip
         out[i] = arr[:, ::-1] if rng.random() < 0.5 else arr
     return out, reduced
-
-
-def decode_torchvision(blobs: list[bytes], size: int, rng: np.random.Generator) -> np.ndarray:
-    """``torchvision.io.decode_jpeg`` and the tensor ``resized_crop`` (bilinear, antialiased) + flip; (N, size,
-    size, 3) like ``decode_images``."""
-    from torchvision.io import decode_jpeg
-    from torchvision.transforms.v2 import functional as F
-
-    out = np.empty((len(blobs), size, size, 3), np.uint8)
-    for i, b in enumerate(blobs):
-        img = decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8))  # (3, H, W)
-        x0, y0, cw, ch = _crop_box(rng, img.shape[2], img.shape[1])
-        crop = F.resized_crop(img, y0, x0, ch, cw, [size, size], antialias=True)
-        out[i] = (crop.flip(-1) if rng.random() < 0.5 else crop).permute(1, 2, 0).numpy()
-    return out
 
 
 def eval_bit_equal(blobs: list[bytes], resize: int, size: int) -> dict[str, bool]:
@@ -309,9 +301,9 @@ def bench_decoders(data_dir: Path, size: int, resize: int, n: int) -> None:
     blobs = blobs.to_pylist()[:n]
     rng = np.random.default_rng(0)
     runs = {
-        "Pillow (the pipeline's decode_images)": lambda: decode_images(blobs, size, None, rng),
+        "torchvision.io.decode_jpeg + resized_crop (the pipeline's)": lambda: decode_images(blobs, size, None, rng),
+        "Pillow, full resolution": lambda: decode_pillow(blobs, size, rng),
         "Pillow, reduced-size (draft) decoding": lambda: decode_pil_draft(blobs, size, rng),
-        "torchvision.io.decode_jpeg + resized_crop": lambda: decode_torchvision(blobs, size, rng),
     }
     torch.set_num_threads(1)  # one decoding process per core, as in both input paths
     print(f"4. JPEG decoders, decode + random-resized-crop {size} + flip, {len(blobs)} stored images, 1 thread")
@@ -324,7 +316,7 @@ def bench_decoders(data_dir: Path, size: int, resize: int, n: int) -> None:
             fn()
             times[label].append(time.perf_counter() - t0)
     for label, t in times.items():
-        print(f"   {label:44s} {len(blobs) / min(t):8,.0f} images/s per core")
+        print(f"   {label:60s} {len(blobs) / min(t):8,.0f} images/s per core")
     _, reduced = decode_pil_draft(blobs, size, np.random.default_rng(1))
     print(f"   crops that allow a reduced scale (>= 2x{size} px on each side): {reduced} of {len(blobs)}")
     same = eval_bit_equal(blobs[: min(len(blobs), 32)], resize, size)
@@ -336,22 +328,33 @@ def bench_decoders(data_dir: Path, size: int, resize: int, n: int) -> None:
 
 
 def bench_size(
-    data_dir: Path, n: int, *, size: int, batch: int, buffer: int, global_shuffle: bool
+    data_dir: Path, *, size: int, batch: int, buffer: int, global_shuffle: bool, rounds: int
 ) -> dict[str, dict[str, float]]:
-    """One epoch through each input path; {path: {rate, peak, spilled, entropy}}."""
-    import gc
-
-    out = {}
+    """Each input path made once and warmed up by one epoch (start-up), then one epoch of each in turns for
+    ``rounds`` rounds, so a drift of the machine's speed hits every path alike; {path: {rate (median), ratio
+    (median of the rounds' stream / DataLoader), peak, spilled, entropy}}."""
     paths = {"stream": lambda: stream_batches(data_dir, batch, buffer),
              "DataLoader": lambda: dataloader_batches(data_dir, size, batch)}  # fmt: skip
     if global_shuffle:
         paths["global shuffle (before)"] = lambda: stream_batches(data_dir, batch, buffer, global_shuffle=True)
-    for name, make in paths.items():
-        gc.collect()
-        with StoreWatch() as watch:
-            seconds, labels = epoch(make(), n)
-        images = sum(len(y) for y in labels)
-        out[name] = {"rate": images / seconds, "peak": watch.peak, "spilled": watch.spilled, "entropy": entropy(labels)}
+    made = {name: make() for name, make in paths.items()}
+    for batches in made.values():
+        epoch(batches)
+    rates: dict[str, list[float]] = {k: [] for k in made}
+    out = {k: {"peak": 0.0, "spilled": 0.0, "entropy": 0.0} for k in made}
+    for _ in range(rounds):
+        for name, batches in made.items():
+            gc.collect()
+            with StoreWatch() as watch:
+                seconds, labels = epoch(batches)
+            rates[name].append(sum(len(y) for y in labels) / seconds)
+            o = out[name]
+            o["peak"], o["spilled"] = max(o["peak"], watch.peak), max(o["spilled"], watch.spilled)
+            o["entropy"] = entropy(labels)
+    for name, r in rates.items():
+        out[name]["rate"] = statistics.median(r)
+        out[name]["ratio"] = statistics.median(a / b for a, b in zip(r, rates["DataLoader"], strict=True))
+        out[name]["range"] = (min(r), max(r))
     return out
 
 
@@ -361,18 +364,23 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--buffer", type=int, default=2000, help="the stream's shuffle buffer (train.shuffle_buffer)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed epochs of each path, in turns")
+    ap.add_argument("--stream-memory-mb", type=int, default=ComputeCfg().stream_memory_mb,
+                    help="the stream's object-store cap (compute.stream_memory_mb)")  # fmt: skip
     ap.add_argument("--global-shuffle", action="store_true", help="also the stream as it was: a global shuffle")
     ap.add_argument("--smoke", action="store_true", help="2 tiny sizes, 64 px images (CI)")
     a = ap.parse_args()
     src_size, resize, crop = (400, 300), 256, 224
     if a.smoke:
-        a.sizes, a.classes, a.batch, a.buffer = [64, 128], 4, 16, 64
+        a.sizes, a.classes, a.batch, a.buffer, a.rounds = [64, 128], 4, 16, 64, 1
         src_size, resize, crop = (96, 72), 64, 56
     import ray
     import ray.data
 
     ray.init(num_cpus=CORES, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options = stream_options(a.stream_memory_mb)  # as Ray Train applies it to a worker's shard
     work = Path(tempfile.mkdtemp(prefix="attncnn-stream-"))
     per_class = [n // a.classes for n in a.sizes]
     t0 = time.perf_counter()
@@ -386,12 +394,14 @@ def main() -> None:
         dirs[n] = preprocess(work / "src", work / f"p{n}", per_class=k, resize=resize, crop=crop, interleave=10)
         images = load_manifest(dirs[n]).num_train
         print(f"\n{images:,} train images: the project's preprocess in {time.perf_counter() - t0:.0f} s")
-        results[n] = r = bench_size(dirs[n], images, size=crop, batch=a.batch, buffer=a.buffer,
-                                    global_shuffle=a.global_shuffle)  # fmt: skip
+        results[n] = r = bench_size(dirs[n], size=crop, batch=a.batch, buffer=a.buffer,
+                                    global_shuffle=a.global_shuffle, rounds=a.rounds)  # fmt: skip
         for name, m in r.items():
             print(f"   {name:24s} {m['rate']:8,.0f} images/s = {m['rate'] / CORES:6,.0f} per core   peak object store "
                   f"{m['peak'] / 2**20:7.1f} MiB   spilled {m['spilled'] / 2**20:5.1f} MiB")  # fmt: skip
-        print(f"   ratio stream / DataLoader: {r['stream']['rate'] / r['DataLoader']['rate']:.3f} (goal >= 0.9)")
+        lo, hi = r["stream"]["range"]
+        print(f"   ratio stream / DataLoader: {r['stream']['ratio']:.3f} (goal >= 0.9; median of {a.rounds} rounds' "
+              f"ratios; the stream's epochs {lo:,.0f}-{hi:,.0f} images/s)")  # fmt: skip
     small, large = a.sizes
     growth = results[large]["stream"]["peak"] / max(results[small]["stream"]["peak"], 1)
     spilled = max(m["spilled"] for r in results.values() for m in r.values())
@@ -406,7 +416,7 @@ def main() -> None:
                             interleave=0)  # fmt: skip
     full = full_shuffle_entropy(dirs[small], a.batch)
     mixed = results[small]["stream"]["entropy"]
-    sorted_h = bench_size(sorted_dir, small, size=crop, batch=a.batch, buffer=a.buffer, global_shuffle=False)
+    sorted_h = bench_size(sorted_dir, size=crop, batch=a.batch, buffer=a.buffer, global_shuffle=False, rounds=1)
     print(f"3. shuffle quality at {small:,} images ({a.classes} classes), mean label entropy of a batch of {a.batch}:")
     print(f"   full random permutation            {full:5.2f} bits")
     print(f"   stream, interleaved shards         {mixed:5.2f} bits ({100 * mixed / full:.0f} % of a full shuffle's)")
@@ -414,6 +424,7 @@ def main() -> None:
     print(f"   stream, class-sorted shards        {h:5.2f} bits ({100 * h / full:.0f} %: the worst case, interleave 0)")
     bench_decoders(dirs[small], crop, resize, 64 if a.smoke else 300)
     ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

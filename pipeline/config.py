@@ -103,6 +103,27 @@ def _check_checksum(v: str | None) -> str | None:
     return v
 
 
+def _check_source(v: str, *, official: bool, what: str) -> str:
+    """A fetch source the fetcher can read, refused here (at ``check``) rather than at fetch: ``official`` (where
+    allowed), an http(s):// URL, ``s3://bucket/<what>``, or a local path (no other scheme)."""
+    allowed = ("official, " if official else "") + f"an http(s):// URL, s3://bucket/{what}, or a local path"
+    scheme, sep, rest = v.partition("://")
+    if not sep:
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+:(?!\\)", v):  # s3:/bucket, ftp:host: a scheme, malformed
+            raise ValueError(f"{v!r} looks like a URL without '://'; allowed: {allowed}")
+        return v
+    if scheme.lower() in ("http", "https"):
+        if not rest.split("/", 1)[0]:
+            raise ValueError(f"{v!r} has no host; allowed: {allowed}")
+        return v
+    if scheme.lower() == "s3":
+        bucket, _, key = rest.partition("/")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) or (what == "key" and not key.strip("/")):
+            raise ValueError(f"{v!r} is not a valid S3 URI; expected s3://bucket/{what} (bucket: 3-63 of a-z 0-9 . -)")
+        return v
+    raise ValueError(f"{v!r}: the {scheme}:// scheme is not supported; allowed: {allowed}")
+
+
 class CifarFetchCfg(Frozen):
     """Where the CIFAR binary archive comes from; it is always verified against ``checksum`` before use."""
 
@@ -125,6 +146,11 @@ class CifarFetchCfg(Frozen):
     def _sum(cls, v: str | None) -> str | None:
         return _check_checksum(v)
 
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return v if v == "official" else _check_source(v, official=True, what="key")
+
 
 class ImageNetFetchCfg(Frozen):
     """ILSVRC2012 from a local folder or ``s3://bucket/prefix`` (it has no public download)."""
@@ -144,6 +170,11 @@ class ImageNetFetchCfg(Frozen):
         for c in v.values():
             _check_checksum(c)
         return v
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return _check_source(v, official=False, what="prefix")
 
 
 class SubsetCfg(Frozen):
@@ -414,6 +445,9 @@ class ComputeCfg(Frozen):
     concurrency: PosInt | Literal["auto"] = "auto"
     max_failures: Annotated[Int, Field(ge=0)] = 0  # worker-group restarts per job, each from the last checkpoint
     keep_checkpoints: PosInt = 2
+    # Streamed (JPEG: ImageNet) training: the object-store memory the decoded stream may hold, MiB (Ray Data's
+    # resource limit): bounded whatever the data set's size. Raise it for many training workers.
+    stream_memory_mb: PosInt = 1024
     fast_path: FastPathCfg = FastPathCfg()
 
     @field_validator("shared_data")

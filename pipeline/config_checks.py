@@ -41,9 +41,8 @@ def cross_checks(p: Params) -> list[str]:
                 f"methods.{name}.imagenet.train: unknown field(s) {sorted(set(m.imagenet.train) - train_fields)}; "
                 f"allowed: {sorted(train_fields)}"
             )
-    for d in p.grid.datasets:
-        if d in p.datasets:
-            errs += _dataset_recipe_checks(p, d, errs)
+    for d in p.datasets:  # every entry, in the grid or not: one switched in later must not surprise
+        errs += _dataset_recipe_checks(p, d, errs)
     return list(dict.fromkeys(errs))
 
 

@@ -39,6 +39,34 @@ COLUMN_OF_KIND = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "I
 
 
 @dataclass(frozen=True)
+class Benchmark:
+    """Whether a data set *is* one of the paper's benchmarks, decided once from evidence: ``column`` (the paper's
+    column it is compared with) when it is, else None; ``why`` in words. Every paper-relative part of the report
+    (Δ vs paper, the published-baselines column, the claimed-size part of each verdict, summary.json, the
+    MLflow report run's tags) follows ``column``."""
+
+    column: str | None
+    why: str
+
+    @property
+    def is_benchmark(self) -> bool:
+        return self.column is not None
+
+
+def benchmark_of(kind: str, *, official: bool, subset: bool) -> Benchmark:
+    """``official``: the fetch stage matched the published checksum (for ImageNet: all three official files);
+    ``subset``: preprocess kept only part of it (``preprocess.subset``/``classes``)."""
+    column = COLUMN_OF_KIND.get(kind)
+    if column is None:
+        return Benchmark(None, f"of kind `{kind}`, none of the paper's benchmarks (CIFAR-10, CIFAR-100, ImageNet)")
+    if not official:
+        return Benchmark(None, f"not the published {column} (no published checksum matched)")
+    if subset:
+        return Benchmark(None, f"a subset of the published {column}")
+    return Benchmark(column, f"the published {column} (its published checksum matched), whole")
+
+
+@dataclass(frozen=True)
 class Published:
     """A number the original authors of a baseline published (top-1 accuracy, %), with where it comes from."""
 

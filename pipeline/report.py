@@ -26,19 +26,22 @@ import math
 import shutil
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+from mlflow.entities import Metric, RunTag
 
 from pipeline import tracking
 from pipeline.analysis import ComparisonResult, MethodResult, comparisons, method_result
 from pipeline.config import STUDY_HOW_TO_RUN, Params, config_hash, split_key
 from pipeline.data.manifest import Manifest, load_manifest
 from pipeline.io import read_json, write_json
-from pipeline.paper import CLAIMS, COLUMN_OF_KIND, COLUMNS, PUBLISHED, TABLE_NAMES
+from pipeline.paper import CLAIMS, COLUMNS, PUBLISHED, TABLE_NAMES, Benchmark, benchmark_of
 from pipeline.provenance import provenance
 from pipeline.report_figures import write_figures
-from pipeline.report_html import markdown_to_html
-from pipeline.stats import Summary, chance_level
+from pipeline.report_html import markdown_to_html, md_row
+from pipeline.stats import Summary, chance_level, verdict_definitions
 from pipeline.study_report import study_section
 
 MAIN_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours")
@@ -54,6 +57,7 @@ OUTPUTS = (
     "study.json",
     "figures",
 )
+BENCHMARK = "benchmark"  # summary.json, per data set beside its tracks: whether it is the paper's benchmark and why
 METRIC_FIELDS = ("mean", "std", "ci_low", "ci_high", "n")  # metrics.json, per method: its test top-1
 TOP5_ABOVE = 10  # test top-5 is shown only with more classes than this (of 10 it is near 100 % and says nothing)
 
@@ -75,6 +79,14 @@ def collect(results: Path, params: Params, dataset: str) -> dict[str, dict[str, 
 
 # ---------------------------------------------------------------------------------------------------------
 # Words around the tables
+
+
+def benchmark(kind: str, man: Manifest) -> Benchmark:
+    """The one decision whether this data set is the paper's benchmark (``pipeline.paper.benchmark_of``): from its
+    kind, whether the fetch stage matched the published checksum, and whether preprocess kept all of it."""
+    prep = man.preprocess
+    subset = any(v is not None for v in prep.get("subset", {}).values()) or prep.get("classes") is not None
+    return benchmark_of(kind, official=man.source_origin.get("official") is True, subset=subset)
 
 
 def data_line(dataset: str, kind: str, man: Manifest) -> str:
@@ -157,13 +169,13 @@ def settings_line(params: Params, units: dict[str, dict[int, dict[str, Any]]]) -
 STATS_LINE = (
     "Statistics: test top-1 %, mean ± sample std over n seeds, with a Student-t 95 % CI. Differences are ours "
     "minus the baseline: a paired t-test over seeds where both runs of a seed share its data order and initial "
-    "backbone weights, Welch's t-test otherwise. Verdicts: *reproduced* = the CI lies above 0; *not reproduced* "
-    "= the CI lies below the claimed gain (on the paper's benchmarks; elsewhere, at or below 0); otherwise "
-    "*inconclusive*, with the seeds per method that would resolve it at the observed spread. Runs at or near "
+    "backbone weights, Welch's t-test otherwise. Verdicts (a gain's size is tested only where the paper claims one "
+    f"on its own benchmark; elsewhere only its direction): {verdict_definitions()}. Runs at or near "
     "chance (below 1.5 x chance or within 3 binomial standard errors of it) or diverged (NaN loss) are flagged. "
     "Δ vs paper = the measured mean minus the paper's claim for that row on this data set (n/a off the paper's "
     f"benchmarks). Test top-5 is shown only for data sets of more than {TOP5_ABOVE} classes."
 )
+DIRECTION_ONLY = "Each verdict tests only the direction of a gain (ours better or not), never the paper's claimed size."
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -226,7 +238,7 @@ def method_table(
     for v in params.report.claims:
         head += [*(f"Paper {TABLE_NAMES[v]}: {c}" for c in cols), f"Δ vs {TABLE_NAMES[v]}"]
     head += ["Published by its authors"] if column is not None else []
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [md_row(head), "|" + "---|" * len(head)]
     for r in results.values():
         if r.paper_row not in rows:
             continue
@@ -238,7 +250,7 @@ def method_table(
         for v in params.report.claims:
             cells += [*(_claim(v, r.paper_row, c) for c in cols), fmt_delta(delta_vs_paper(v, r, column), r)]
         cells += [_published(r.paper_row, column)] if column is not None else []
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(md_row(cells))
     return lines
 
 
@@ -259,7 +271,7 @@ def search_lines(params: Params, tuned: dict[str, Any], num_classes: int) -> lis
     """The search's budget and outcome per method: what the recipe and the best trial reached on the held-out
     split, what was adopted and why, and the trials that never left chance."""
     head = ["Method", "budget", "recipe (held-out top-1)", "best trial", "trials at chance", "outcome"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [md_row(head), "|" + "---|" * len(head)]
     for m in params.grid.methods:
         if m not in tuned:
             lines.append(f"| {params.method(m).label} | **NOT SEARCHED** | - | - | - | trained at the recipe |")
@@ -277,7 +289,7 @@ def search_lines(params: Params, tuned: dict[str, Any], num_classes: int) -> lis
             f"{at_chance} of {len(r['trials'])}" + (" (**all at chance**)" if at_chance == len(r["trials"]) else ""),
             f"{outcome}: {r['reason']}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(md_row(cells))
     chance = chance_level(num_classes)
     return [*lines, "", f"Held-out split: {next(iter(tuned.values()))['val_images']} images; chance {chance:.1f} %."]
 
@@ -334,7 +346,8 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
     man = load_manifest(data_root / dataset)
     tuned = read_json(results / dataset / "tune.json")["methods"]
     kind = params.dataset(dataset).kind
-    column = COLUMN_OF_KIND.get(kind)
+    bench = benchmark(kind, man)
+    column = bench.column
     units = collect(results, params, dataset)
     lines = [f"## Data set `{dataset}`", "", data_line(dataset, kind, man), "", settings_line(params, units["recipe"])]
     lines += ["", STATS_LINE, ""]
@@ -356,11 +369,16 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
         summary[track] = summary_of(results_t, comps)
         metrics[track] = {m: {k: summary[track][m][k] for k in METRIC_FIELDS} for m in results_t}
     if column is None:
-        lines += ["The paper columns are its claims on CIFAR/ImageNet, for reference only: this data set is none.", ""]
+        lines += [
+            f"The paper columns are its claims on CIFAR/ImageNet, for reference only: this data set is {bench.why}, "
+            f"so no Δ vs paper and no published numbers. {DIRECTION_ONLY}",
+            "",
+        ]
     if tuned:
         lines += ["### The search: budget and outcome (Ray Tune, ASHA; held-out part of train)", ""]
         lines += [*search_lines(params, tuned, man.num_classes), ""]
     lines += registry_lines(params, results, dataset)
+    summary[BENCHMARK] = {"is_benchmark": bench.is_benchmark, "column": column, "why": bench.why}
     return {
         "text": "\n".join(lines),
         "rows": rows,
@@ -483,7 +501,12 @@ def summary_of(results: dict[str, MethodResult], comps: list[ComparisonResult]) 
             "p_value": _json(k.p_value),
             "test": k.test,
             "verdict": {v or "gain": x.word for v, x in c.verdicts.items()},
+            "claimed_gain": {v or "gain": x.claimed_gain for v, x in c.verdicts.items()},
+            "size_tested": {v or "gain": x.size_tested for v, x in c.verdicts.items()},
+            "direction": {v or "gain": x.direction for v, x in c.verdicts.items()},
             "seeds_needed": {v or "gain": x.seeds_needed for v, x in c.verdicts.items()},
+            "seeds_for_direction": {v or "gain": x.seeds_for_direction for v, x in c.verdicts.items()},
+            "seeds_for_size": {v or "gain": x.seeds_for_size for v, x in c.verdicts.items()},
         }
     return out
 
@@ -576,10 +599,29 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
         (tmp / name).replace(target)
 
 
+def _report_run_fields(per_track: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, float]]]:
+    """The summary as tags (per claims version: verdict, claimed gain, whether the size was tested, direction,
+    seeds) and metrics (the numbers), named ``<track>.<method or ours_vs_x>.<field>[.<version>]``."""
+    bench = per_track[BENCHMARK]
+    tags = [(f"{BENCHMARK}.{k}", str(v)) for k, v in bench.items()]
+    metrics: list[tuple[str, float]] = []
+    for track, entries in per_track.items():
+        if track == BENCHMARK:
+            continue
+        for name, fields in entries.items():
+            for k, v in fields.items():
+                if isinstance(v, dict):
+                    tags += [(f"{track}.{name}.{k}.{version}", str(x)) for version, x in v.items()]
+                elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                    metrics.append((f"{track}.{name}.{k}", float(v)))
+    return tags, metrics
+
+
 def _log_to_mlflow(params: Params, summary: dict[str, Any], tmp: Path, commit: str) -> None:
     """One run per data set (``report | <dataset>``, tag stage=report): the figures as metrics, the verdicts as
     tags, the files as artifacts. A rerun with the same figures finds and reuses its run."""
     c = tracking.client()
+    now = int(time.time() * 1000)
     for d, per_track in summary.items():
         exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, d))
         tags = tracking.tags_for(run_key=config_hash(per_track), stage="report", dataset=d)
@@ -587,14 +629,11 @@ def _log_to_mlflow(params: Params, summary: dict[str, Any], tmp: Path, commit: s
         run_id, existed = tracking.find_or_create_run(c, exp, f"report | {d}", tags, {}, reopen=False)
         if existed:
             continue
-        for track, entries in per_track.items():
-            for name, fields in entries.items():
-                for k, v in fields.items():
-                    if isinstance(v, dict):
-                        for version, word in v.items():
-                            c.set_tag(run_id, f"{track}.{name}.{k}.{version}", str(word))
-                    elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                        c.log_metric(run_id, f"{track}.{name}.{k}", float(v))
+        tags, metrics = _report_run_fields(per_track)
+        for i in range(0, len(tags), 100):  # MLflow takes at most 100 tags per batch
+            c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags[i : i + 100]])
+        for i in range(0, len(metrics), 1000):
+            c.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics[i : i + 1000]])
         for name in ("tables.md", "index.html", "tables.csv", "summary.json", "metrics.json", "study.json"):
             c.log_artifact(run_id, str(tmp / name))
         c.log_artifacts(run_id, str(tmp / "figures"), "figures")

@@ -31,8 +31,17 @@ def _inline(text: str) -> str:
     return "".join(out)
 
 
+def md_row(cells: list[str]) -> str:
+    """One Markdown table row; a ``|`` inside a cell (a method's label may hold one) is escaped, so it never
+    starts a column of its own."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
 def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    inner = line.strip().removeprefix("|")
+    if inner.endswith("|") and not inner.endswith("\\|"):
+        inner = inner[:-1]
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
 
 
 def _block(kind: str, lines: list[str]) -> str:

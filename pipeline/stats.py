@@ -7,11 +7,11 @@ fixes the data order and initialisation, so runs with one seed are paired); othe
 t-test with Welch-Satterthwaite degrees of freedom (Welch 1947). Intervals are two-sided at ``LEVEL``.
 Zero spread never yields NaN: a zero standard error gives the interval [diff, diff] and p = 1 (diff = 0) or 0.
 
-``verdict`` reads a comparison of the paper's method (a) against a baseline (b) claimed to be ``claimed_gain``
-points better (None: only "better", i.e. a claim of 0): reproduced when the interval lies above 0 (said to be
-smaller than claimed when it also lies below the claim), not reproduced when it lies below the claim or at or
-below 0, inconclusive otherwise, then with the number of seeds per method at which, at the observed spread,
-the interval would exclude 0 or the claim.
+``verdict`` reads a comparison of the paper's method (a) against a baseline (b) into one of the ``VERDICTS``.
+Direction and size are kept apart: where the paper claims a size (``claimed_gain`` points, on its own benchmark)
+an interval above 0 but wholly below the claim is *smaller than claimed*, not *reproduced*; with no claimed size
+(None) only the direction is tested. An inconclusive verdict carries the seeds per method at which, at the
+observed spread, the interval would exclude 0 (the direction) and the claim (the size).
 
 ``near_chance`` flags an accuracy below max(1.5 x chance, chance + 3 binomial standard errors of chance on the
 n test images); ``binomial_margin`` is the z-margin of the difference of two accuracies on n held-out images.
@@ -57,11 +57,51 @@ class Comparison:
     level: float = LEVEL
 
 
+Word = Literal["reproduced", "smaller than claimed", "not reproduced", "inconclusive"]
+Direction = Literal["gain", "no gain", "open"]
+
+# The verdicts, defined once: the report's statistics line and the README quote these words verbatim
+# (tests/test_stats.py checks both). A size is tested only where the paper claims one for the comparison on
+# its own benchmark; elsewhere only the direction (the same rules with no claimed size).
+VERDICTS: dict[Word, str] = {
+    "reproduced": "the 95 % CI of the gain lies above 0 and, where a size is claimed, contains it or lies above it",
+    "smaller than claimed": (
+        "the CI lies above 0 but wholly below the claimed gain: the direction is reproduced, the size is not"
+    ),
+    "not reproduced": "the CI lies at or below 0, or contains 0 but lies wholly below the claimed gain",
+    "inconclusive": (
+        "the CI contains 0 and, where a size is claimed, the claimed gain too; with the seeds per method that "
+        "would settle the direction and the size at the observed spread"
+    ),
+}
+
+
+def verdict_definitions() -> str:
+    """The verdicts as the report's statistics line and the README state them."""
+    return "; ".join(f"*{w}* = {d}" for w, d in VERDICTS.items())
+
+
 @dataclass(frozen=True)
 class Verdict:
-    word: Literal["reproduced", "not reproduced", "inconclusive"]
+    """``word`` (a key of ``VERDICTS``) and why; the claimed gain it was judged against (None: direction only);
+    whether the direction is settled; the seeds that would settle what is still open."""
+
+    word: Word
     reason: str
-    seeds_needed: int | None
+    claimed_gain: float | None = None
+    direction: Direction = "open"
+    seeds_for_direction: int | None = None
+    seeds_for_size: int | None = None
+
+    @property
+    def size_tested(self) -> bool:
+        return self.claimed_gain is not None
+
+    @property
+    def seeds_needed(self) -> int | None:
+        """The seeds at which the verdict would first stop being inconclusive (None: not inconclusive, or never)."""
+        needs = [n for n in (self.seeds_for_direction, self.seeds_for_size) if n is not None]
+        return min(needs) if needs and self.word == "inconclusive" else None
 
 
 # ---------------------------------------------------------------------------------------------- basic moments
@@ -192,10 +232,12 @@ def _half_widths(c: Comparison, a: Mapping[int, float], b: Mapping[int, float], 
     return _sp.t.ppf(q, df) * np.sqrt(v / ns)
 
 
-def _seeds_needed(
-    c: Comparison, g: float, a: Mapping[int, float], b: Mapping[int, float], max_seeds: int
+def _seeds_to_exclude(
+    c: Comparison, value: float, a: Mapping[int, float], b: Mapping[int, float], max_seeds: int
 ) -> int | None:
-    margin = max(c.diff, g - c.diff)
+    """Seeds per method (paired: seed pairs) at which, at the observed spread, the interval would exclude
+    ``value``: its half-width falls below the observed distance to it. None: never, or beyond ``max_seeds``."""
+    margin = abs(c.diff - value)
     if margin <= 0.0 or max_seeds < 2:
         return None
     ns = np.arange(2, max_seeds + 1)
@@ -209,6 +251,15 @@ def _check_matches(c: Comparison, a: Mapping[int, float], b: Mapping[int, float]
         raise ValueError(f"verdict: a/b have {n_a} and {n_b} seeds, the comparison {c.n_a} and {c.n_b}")
 
 
+def _open_question(c: Comparison, what: str, value: float, need: int | None, max_seeds: int) -> str:
+    unit = "seed pairs" if c.test == "paired" else "seeds per method"
+    if need is not None:
+        return f"about {need} {unit} would settle the {what} at the observed spread"
+    if abs(c.diff - value) <= 0.0:
+        return f"no number of seeds settles the {what}, as the observed difference sits exactly at {value:+.2f}"
+    return f"more than {max_seeds} {unit} would be needed to settle the {what} at the observed spread"
+
+
 def verdict(
     c: Comparison,
     claimed_gain: float | None,
@@ -217,30 +268,50 @@ def verdict(
     b: Mapping[int, float],
     max_seeds: int = 1000,
 ) -> Verdict:
-    """Reproduced / not reproduced / inconclusive for the claim "a beats b by ``claimed_gain`` points"."""
+    """The verdict (``VERDICTS``) on the claim "a beats b", and by ``claimed_gain`` points where one is given
+    (the paper's benchmarks); without one only the direction is tested."""
     _check_matches(c, a, b)
-    g = 0.0 if claimed_gain is None else float(claimed_gain)
-    claim = "a gain" if claimed_gain is None else f"the claimed {g:+.2f}"
+    if claimed_gain is not None and claimed_gain <= 0.0:
+        raise ValueError(f"verdict: a claimed gain must be positive, got {claimed_gain:+.2f}")
+    g = claimed_gain
     fd = format_diff(c)
+    scope = "direction only: no size claimed here" if g is None else f"the claimed {g:+.2f}"
+
+    def out(word: Word, reason: str, direction: Direction, dir_n: int | None = None, size_n: int | None = None):
+        return Verdict(word, reason, g, direction, dir_n, size_n)
+
     if c.ci_low is None or c.ci_high is None:
-        return Verdict("inconclusive", f"{fd}; at least 2 seeds per method are needed to estimate the spread.", None)
-    if c.ci_low > 0.0:
-        if claimed_gain is not None and c.ci_high < g:
-            return Verdict("reproduced", f"The gain is real but smaller than {claim}: {fd}.", None)
-        return Verdict("reproduced", f"The gain is real: {fd}, an interval above 0.", None)
-    if c.ci_high < g or c.ci_high <= 0.0:
-        where = "at or below 0" if c.ci_high <= 0.0 else f"below {claim}"
-        return Verdict("not reproduced", f"{fd}, an interval {where}.", None)
-    need = _seeds_needed(c, g, a, b, max_seeds)
-    unit = "seed pairs" if c.test == "paired" else "seeds per method"
-    excl = "0" if claimed_gain is None else f"0 or {claim}"
-    if need is not None:
-        tail = f"about {need} {unit} would resolve it at the observed spread"
-    elif max(c.diff, g - c.diff) <= 0.0:
-        tail = f"no number of seeds resolves it, as the observed difference sits exactly at {excl}"
-    else:
-        tail = f"more than {max_seeds} {unit} would be needed at the observed spread"
-    return Verdict("inconclusive", f"{fd}, an interval containing {excl.replace(' or ', ' and ')}; {tail}.", need)
+        return out("inconclusive", f"{fd}; at least 2 seeds per method are needed to estimate the spread.", "open")
+    lo, hi = c.ci_low, c.ci_high
+    if lo > 0.0:
+        if g is None:
+            return out("reproduced", f"{fd}: an interval above 0 ({scope}).", "gain")
+        if hi < g:
+            return out(
+                "smaller than claimed",
+                f"{fd}: above 0 but wholly below {scope} -- the direction is reproduced, the size is not.",
+                "gain",
+            )
+        where = "containing" if lo <= g else "above"
+        return out("reproduced", f"{fd}: above 0 and {where} {scope}.", "gain")
+    if hi <= 0.0:
+        return out("not reproduced", f"{fd}: an interval at or below 0, no gain ({scope}).", "no gain")
+    dir_n = _seeds_to_exclude(c, 0.0, a, b, max_seeds)
+    direction = _open_question(c, "direction", 0.0, dir_n, max_seeds)
+    if g is not None and hi < g:
+        return out(
+            "not reproduced",
+            f"{fd}: wholly below {scope}, which is excluded; whether there is any gain is open: {direction}.",
+            "open",
+            dir_n,
+        )
+    if g is None:
+        return out("inconclusive", f"{fd}: an interval containing 0 ({scope}); {direction}.", "open", dir_n)
+    size_n = _seeds_to_exclude(c, g, a, b, max_seeds)
+    size = _open_question(c, "size", g, size_n, max_seeds)
+    return out(
+        "inconclusive", f"{fd}: an interval containing 0 and {scope}; {direction}; {size}.", "open", dir_n, size_n
+    )
 
 
 # ---------------------------------------------------------------------------------------------- accuracies

@@ -100,12 +100,12 @@ def find_or_create_run(
     parent_run_id: str | None = None,
     reopen: bool = True,
     start_time_ms: int | None = None,
+    match: tuple[str, ...] = ("run_key", "seed", "trial"),
 ) -> tuple[str, bool]:
-    """The run tagged with this ``run_key`` (and seed, trial) if one exists, else a new one; (run_id, existed).
-    An existing run is set RUNNING again (and owned by this process) when ``reopen``: it is about to go on;
-    a finished unit merely reused keeps its status."""
-    keys = ("run_key", "seed", "trial")
-    filt = " and ".join(f"tags.{k} = '{tags[k]}'" for k in keys if k in tags)
+    """The run tagged with this ``run_key`` (and seed, trial: the ``match`` tags ``tags`` has) if one exists,
+    else a new one; (run_id, existed). An existing run is set RUNNING again (and owned by this process) when
+    ``reopen``: it is about to go on; a finished unit merely reused keeps its status."""
+    filt = " and ".join(f"tags.{k} = '{tags[k]}'" for k in match if k in tags)
     found = c.search_runs([experiment_id], filter_string=filt, max_results=1) if filt else []
     if found:
         run_id = found[0].info.run_id

@@ -404,6 +404,7 @@ def _open_search(params: Params, method: str, data: DataRef, key: str, exp: str,
             "recipe": recipe,
             "base": trial_spec(params, method, data, {}).model_dump(),
         },
+        match=("run_key", "stage"),  # a search run, never one of its trials (they share the search's run_key)
     )
     tracking.ensure_dataset(c, parent, dataset_input(data))
     return SearchRecord(exp, parent, key, method, data, recipe, source)

@@ -290,3 +290,34 @@ def test_names_that_would_become_paths_are_refused(edit, key: str) -> None:
     msg = errors_for(raw)
     assert f"{key} {NAME_RULE}" in msg, msg
     assert msg.count("\n  - ") == 1, msg  # one line, not one per union branch
+
+
+# 8. Sources and data sets outside the grid ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("ftp://mirror.example/cifar-10-binary.tar.gz", "the ftp:// scheme is not supported; allowed: official, "),
+        ("s3://bucket", "is not a valid S3 URI; expected s3://bucket/key"),
+        ("s3://Bad_Bucket/key.tgz", "is not a valid S3 URI"),
+        ("s3:/bucket/key.tgz", "looks like a URL without '://'"),
+        ("https:///no-host.tgz", "has no host"),
+    ],
+)
+def test_a_source_the_fetcher_cannot_read_is_refused_at_check(tmp_path: Path, source: str, expected: str) -> None:
+    raw = yaml.safe_load(SHIPPED)
+    raw["grid"]["datasets"] = ["cifar10"]
+    raw["datasets"]["cifar10"]["fetch"]["source"] = source
+    r = run_check_stage(tmp_path, yaml.safe_dump(raw, sort_keys=False))
+    assert_one_clean_error(r, tmp_path)
+    assert f"datasets.cifar10.fetch.source = {source!r}" in r.stderr and expected in r.stderr, r.stderr
+
+
+def test_a_data_set_outside_the_grid_is_validated_like_the_others() -> None:
+    raw = yaml.safe_load(SHIPPED)
+    assert "cifar10" not in raw["grid"]["datasets"]
+    raw["datasets"]["cifar10"]["train"] = {"epoch": 3}  # a typo of epochs
+    assert "datasets.cifar10.train: unknown field(s) ['epoch']" in errors_for(raw)
+    raw["datasets"]["cifar10"]["train"] = {"lr": -1.0}
+    assert "datasets.cifar10.train = {'lr': -1.0}" in errors_for(raw)

@@ -13,6 +13,7 @@ C. a rerun with A's settings resumes A from its latest checkpoint and finishes i
 from __future__ import annotations
 
 import glob
+import json
 import re
 import subprocess
 import time
@@ -116,3 +117,39 @@ def test_killed_worker_killed_stage_and_changed_params(tmp_path) -> None:
     assert not glob.glob(str(proj / "results/**/.*.tmp"), recursive=True)
     for f in ("model.pt", "history.csv", "mlflow.json"):
         assert (proj / "results/embedded/train/resnet/recipe/seed0" / f).stat().st_size > 0
+
+
+def test_an_unreadable_checkpoint_is_set_aside_and_the_unit_resumes_to_the_same_result(tmp_path) -> None:
+    """A unit interrupted after its checkpoints were written (its unit record gone), whose newest ``state.pt``
+    was then cut short (a crash mid-write): the re-run warns once naming it, resumes from the previous
+    checkpoint, and ends with the weights and history of the clean run; no traceback, nothing stuck."""
+    settings = {
+        "grid": {"datasets": ["embedded"], "methods": ["resnet"], "seeds": [0]},
+        "datasets": {"embedded": {"fetch": {"seed": 0, "num_train": 300, "num_test": 100}}},
+        "train": {"epochs": 3, "bn_recalibration": 0},
+        "tune": {"methods": []},
+        "compute": {"num_workers": 1, "keep_checkpoints": 2},
+    }
+    proj = make_project(tmp_path / "proj", settings)
+    run(["dvc", "repro", "train"], proj)
+    (unit_file,) = (proj / ".ray_results" / "units" / "embedded").glob("*.pt")
+    clean = torch.load(unit_file, weights_only=True)
+    points = []
+    for info in (proj / ".ray_results").glob("embedded-train-*/checkpoint_*/unit.json"):
+        points.append((json.loads(info.read_text())["epoch"], info.parent))
+    assert len(points) == 2, points
+    epoch, newest = max(points)
+    state = newest / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # cut short
+    unit_file.unlink()  # the unit as an interrupted run leaves it: checkpoints, no record
+
+    out = run(["dvc", "repro", "-f", "-s", "train@embedded"], proj)
+    text = out.stdout + out.stderr
+    assert text.count("set aside the unreadable checkpoint") == 1 and str(newest) in text, text[-3000:]
+    assert "Traceback" not in text and "WorkerGroupError" not in text
+    assert (newest / "state.pt.unreadable").is_file() and not state.exists()
+    again = torch.load(unit_file, weights_only=True)
+    assert again["resumed_from"] == epoch - 1
+    assert [h["epoch"] for h in again["history"]] == [1, 2, 3]
+    for k, v in clean["model"].items():
+        assert torch.equal(v, again["model"][k]), k

@@ -243,10 +243,11 @@ def test_mlflow_records(project) -> None:
     assert report.data.metrics["recipe.ours_vs_no_attention.diff"] == pytest.approx(
         summary["ours_vs_no_attention"]["diff"]
     )
-    assert (
-        report.data.tags["recipe.ours_vs_no_attention.verdict.gain"]
-        == summary["ours_vs_no_attention"]["verdict"]["gain"]
-    )
+    for field in ("verdict", "claimed_gain", "size_tested", "direction"):
+        assert report.data.tags[f"recipe.ours_vs_no_attention.{field}.gain"] == str(
+            summary["ours_vs_no_attention"][field]["gain"]
+        )
+    assert summary["ours_vs_no_attention"]["size_tested"] == {"gain": False}  # the embedded set: direction only
     assert {a.path for a in c.list_artifacts(report.info.run_id)} >= {"tables.md", "tables.csv", "summary.json"}
 
 

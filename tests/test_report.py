@@ -5,15 +5,18 @@ the real fetch path (an HTTP server on 127.0.0.1 serving a CIFAR-10-format archi
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
 from pipeline.analysis import comparisons, method_result, paired
-from pipeline.config import CifarDataCfg
+from pipeline.config import CifarDataCfg, PreprocessCfg
 from pipeline.data import cifar
 from pipeline.data.fetch import fetch_dataset
+from pipeline.data.manifest import Manifest
 from pipeline.data.preprocess import preprocess_dataset
-from pipeline.report import data_line, fmt_summary, verdict_lines
+from pipeline.report import BENCHMARK, MAIN_ROWS, data_line, dataset_report, fmt_summary, method_table, verdict_lines
+from pipeline.report_html import _cells, markdown_to_html
 from pipeline.settings import validate_params
 from tests.archives import cifar10_archive
 from tests.servers import file_server
@@ -21,7 +24,7 @@ from tests.servers import file_server
 NAME = "cifar-10-binary.tar.gz"
 
 
-def fetched(tmp_path, checksum: str | None) -> dict:
+def fetched(tmp_path, checksum: str | None, out: str = "proc", prep: PreprocessCfg | None = None) -> Manifest:
     if not (tmp_path / "srv" / NAME).exists():
         (tmp_path / "srv").mkdir()
         cifar10_archive(tmp_path / "srv" / NAME, per_class=3)
@@ -29,7 +32,17 @@ def fetched(tmp_path, checksum: str | None) -> dict:
     with file_server(tmp_path / "srv") as srv:
         c = {"source": f"{srv.url}/{NAME}", "checksum": checksum or f"sha256:{hashlib.sha256(blob).hexdigest()}"}
         fetch_dataset("c10", CifarDataCfg.model_validate({"kind": "cifar10", "fetch": c}), tmp_path / "raw")
-    return preprocess_dataset(tmp_path / "raw", tmp_path / "proc")
+    return preprocess_dataset(tmp_path / "raw", tmp_path / out, prep)
+
+
+def _pin_as_published(tmp_path, monkeypatch) -> str:
+    """Stand-in for the real archive: the test archive's md5 pinned as the published one."""
+    (tmp_path / "srv").mkdir()
+    cifar10_archive(tmp_path / "srv" / NAME, per_class=3)
+    md5 = hashlib.md5((tmp_path / "srv" / NAME).read_bytes()).hexdigest()
+    size = (tmp_path / "srv" / NAME).stat().st_size
+    monkeypatch.setitem(cifar.OFFICIAL, "cifar10", cifar.Official(cifar.OFFICIAL["cifar10"].url, f"md5:{md5}", size))
+    return f"md5:{md5}"
 
 
 def test_an_archive_with_a_user_checksum_is_never_called_official(tmp_path) -> None:
@@ -41,14 +54,7 @@ def test_an_archive_with_a_user_checksum_is_never_called_official(tmp_path) -> N
 
 
 def test_only_the_published_md5_makes_it_official(tmp_path, monkeypatch) -> None:
-    """Stand-in for the real archive: pin the test archive's md5 as the published one."""
-    (tmp_path / "srv").mkdir()
-    cifar10_archive(tmp_path / "srv" / NAME, per_class=3)
-    md5 = hashlib.md5((tmp_path / "srv" / NAME).read_bytes()).hexdigest()
-    url = cifar.OFFICIAL["cifar10"].url
-    size = (tmp_path / "srv" / NAME).stat().st_size
-    monkeypatch.setitem(cifar.OFFICIAL, "cifar10", cifar.Official(url, f"md5:{md5}", size))
-    man = fetched(tmp_path, f"md5:{md5}")
+    man = fetched(tmp_path, _pin_as_published(tmp_path, monkeypatch))
     assert "the official binary archive (its md5 matches the published" in data_line("c10", "cifar10", man)
 
 
@@ -104,8 +110,72 @@ def test_verdicts_follow_the_numbers_and_reach_the_report(params) -> None:
     assert comps["no_attention"].verdicts[""].word == "not reproduced"  # the ablation is better
     lines = verdict_lines(list(comps.values()))
     assert lines[0].startswith("- **Attention CNN (ours) vs ResNet**: **reproduced**")
-    assert "seeds per method would resolve it" in lines[1]
+    assert "seeds per method would settle the direction" in lines[1] and "direction only" in lines[1]
     # on a benchmark the claimed size is tested: CIFAR-10's claimed +2.6 over ResNet-110 (Tables 1-2 and 3-4)
     bench = {c.other.method: c for c in comparisons(params, results, column="CIFAR-10")}
     assert bench["resnet"].claimed == {"table1": 2.6, "table3": 2.6}
     assert {v.word for v in bench["resnet"].verdicts.values()} == {"reproduced"}  # +5.1, CI above 2.6
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Whether a data set is the paper's benchmark: decided once, followed by every paper-relative part
+
+
+def _evaluated(results, params, dataset: str, top1: dict[str, list[float]]) -> None:
+    """What the evaluate and tune stages leave for ``dataset`` (recipe track): one summary per method and seed."""
+    (results / dataset).mkdir(parents=True)
+    (results / dataset / "tune.json").write_text(json.dumps({"methods": {}}))
+    for m, values in top1.items():
+        for s, x in enumerate(values):
+            f = results / dataset / "eval" / m / "recipe" / f"seed{s}" / "summary.json"
+            f.parent.mkdir(parents=True)
+            u = unit(x, s) | {"key": f"{m}-{s}", "spec": {"train": params.train.model_dump(), "model_args": {}}}
+            f.write_text(json.dumps(u))
+
+
+@pytest.mark.parametrize("case", ["published", "another archive", "a subset of the published"])
+def test_only_the_whole_published_file_is_the_papers_benchmark(tmp_path, monkeypatch, raw_params, case) -> None:
+    """The same measured numbers (ours +1.0 over ResNet, a tight interval) on a CIFAR-10 fetched over HTTP: only
+    the published file, whole, gets Δ vs paper, the published-baselines column and a test of the claimed size
+    (+2.6: "smaller than claimed"); another archive of the same kind or a subset gets "n/a" and direction only."""
+    # another archive: its md5 is not the published one; verified only against its own sha256
+    checksum = None if case == "another archive" else _pin_as_published(tmp_path, monkeypatch)
+    prep = PreprocessCfg(subset={"train": 2}) if case.startswith("a subset") else None
+    fetched(tmp_path, checksum, out="cifar10", prep=prep)
+    raw_params["grid"].update(datasets=["cifar10"], methods=["resnet", "attn_resnet", "no_attention"], seeds=[0, 1, 2])
+    params = validate_params(raw_params)
+    top1 = {"resnet": [90.0, 91.0, 92.0], "attn_resnet": [91.0, 92.1, 92.9], "no_attention": [90.0, 91.0, 92.0]}
+    _evaluated(tmp_path / "results", params, "cifar10", top1)
+    section = dataset_report(params, "cifar10", tmp_path / "results", tmp_path)
+    text, summary = section["text"], section["summary"]
+    table = next(x for x in text.split("\n") if x.startswith("| Method"))
+    vs_resnet = next(x for x in text.split("\n") if x.startswith("- **Attention CNN (ours) vs ResNet**"))
+    rows = {r["method"]: r for r in section["rows"]}
+    if case == "published":
+        assert summary[BENCHMARK] == {"is_benchmark": True, "column": "CIFAR-10", "why": summary[BENCHMARK]["why"]}
+        assert "Published by its authors" in table and "Paper Tables 1-2: CIFAR-100" not in table
+        assert rows["resnet"]["test_top1_minus_paper_table1"] == pytest.approx(91.0 - 93.6)
+        assert rows["resnet"]["published"].startswith("93.39")
+        assert "vs Tables 1-2's claimed +2.6: **smaller than claimed**" in vs_resnet
+        assert summary["recipe"]["ours_vs_resnet"]["size_tested"] == {"table1": True, "table3": True}
+        assert summary["recipe"]["ours_vs_resnet"]["claimed_gain"] == {"table1": 2.6, "table3": 2.6}
+        assert "direction only" not in text
+    else:
+        why = "not the published CIFAR-10" if case == "another archive" else "a subset of the published CIFAR-10"
+        assert summary[BENCHMARK] == {"is_benchmark": False, "column": None, "why": summary[BENCHMARK]["why"]}
+        assert summary[BENCHMARK]["why"].startswith(why) and why in text
+        assert "Published by its authors" not in table and "Paper Tables 1-2: CIFAR-100" in table  # for reference
+        assert {r["test_top1_minus_paper_table1"] for r in rows.values()} == {"n/a"}
+        assert {r["published"] for r in rows.values()} == {"-"}
+        assert "'s claimed" not in vs_resnet and "**reproduced**" in vs_resnet and "direction only" in vs_resnet
+        assert summary["recipe"]["ours_vs_resnet"]["size_tested"] == {"gain": False}
+        assert summary["recipe"]["ours_vs_resnet"]["claimed_gain"] == {"gain": None}
+
+
+def test_a_bar_in_a_method_label_stays_in_its_cell(raw_params) -> None:
+    raw_params["methods"]["resnet"]["label"] = "ResNet | v2"
+    params = validate_params(raw_params)
+    results = {m: method_result(params, m, {s: unit(70.0 + s, s) for s in range(3)}, 10) for m in ("resnet",)}
+    head, rule, row = method_table(params, results, MAIN_ROWS, None, {}, 10)
+    assert len(_cells(row)) == len(_cells(head)) and _cells(row)[0] == "ResNet | v2"
+    assert "<td>ResNet | v2</td>" in markdown_to_html("\n".join([head, rule, row]))

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats as sp
 
+from pipeline.report import STATS_LINE
 from pipeline.stats import (
     LEVEL,
+    VERDICTS,
     Comparison,
+    Verdict,
     binomial_margin,
     chance_level,
     compare,
@@ -18,6 +23,7 @@ from pipeline.stats import (
     near_chance,
     summarize,
     verdict,
+    verdict_definitions,
 )
 
 A = {0: 93.12, 1: 94.25, 2: 92.81, 3: 93.97, 4: 94.53}
@@ -214,14 +220,66 @@ def test_not_reproduced_when_interval_lies_below_the_claim_or_zero() -> None:
     assert verdict(_fixed(-1.5, 0.0), None, a=a, b=b).word == "not reproduced"
 
 
-def test_reproduced_but_smaller_than_claimed() -> None:
+def test_a_real_gain_wholly_below_the_claim_is_smaller_than_claimed() -> None:
     a, b = dict.fromkeys(range(5), 0.0), dict.fromkeys(range(5), 0.0)
     v = verdict(_fixed(0.5, 1.5), 3.0, a=a, b=b)
-    assert v.word == "reproduced"
-    assert "smaller than the claimed +3.00" in v.reason
+    assert (v.word, v.direction, v.size_tested) == ("smaller than claimed", "gain", True)
+    assert "wholly below the claimed +3.00" in v.reason and "the size is not" in v.reason
     plain = verdict(_fixed(0.5, 1.5), 1.0, a=a, b=b)
-    assert plain.word == "reproduced" and "smaller" not in plain.reason
-    assert "smaller" not in verdict(_fixed(0.5, 1.5), None, a=a, b=b).reason
+    assert plain.word == "reproduced" and "containing the claimed +1.00" in plain.reason
+    off = verdict(_fixed(0.5, 1.5), None, a=a, b=b)
+    assert (off.word, off.size_tested) == ("reproduced", False) and "direction only" in off.reason
+
+
+# Per-seed numbers, paired (b's seed k and a's seed k share a start): a = b + d.
+B5 = {0: 92.40, 1: 93.02, 2: 92.95, 3: 92.11, 4: 93.60}
+NARROW = [0.4, 0.6, 0.5, 0.45, 0.55]  # mean +0.50, 95 % CI about +0.40 to +0.60
+WIDE = [-1.0, 2.0, 0.5, 1.5, 0.0]  # mean +0.60, 95 % CI about -0.88 to +2.08
+LOSS = [-0.5, -0.4, -0.6, -0.45, -0.55]  # mean -0.50, CI about -0.60 to -0.40
+
+
+@pytest.mark.parametrize(
+    ("d", "claim", "word", "direction"),
+    [
+        (NARROW, 2.6, "smaller than claimed", "gain"),  # above 0, wholly below the claim
+        (NARROW, 0.5, "reproduced", "gain"),  # containing the claim
+        (NARROW, 0.3, "reproduced", "gain"),  # above the claim
+        (NARROW, None, "reproduced", "gain"),  # off the paper's benchmarks: direction only
+        (WIDE, 1.0, "inconclusive", "open"),  # containing 0 and the claim
+        (WIDE, 2.6, "not reproduced", "open"),  # containing 0, wholly below the claim
+        (WIDE, None, "inconclusive", "open"),
+        (LOSS, 2.6, "not reproduced", "no gain"),
+        (LOSS, None, "not reproduced", "no gain"),
+    ],
+)
+def test_verdicts_on_per_seed_numbers(d: list[float], claim: float | None, word: str, direction: str) -> None:
+    a = {s: v + dk for (s, v), dk in zip(B5.items(), d, strict=True)}
+    c = compare(a, B5, paired=True)
+    v = verdict(c, claim, a=a, b=B5)
+    assert (v.word, v.direction, v.claimed_gain, v.size_tested) == (word, direction, claim, claim is not None)
+    assert format_diff(c) in v.reason
+    if word == "inconclusive":
+        # both open questions get their seeds, each the smallest n whose interval excludes 0 / the claim
+        assert (
+            v.seeds_for_direction is not None
+            and f"{v.seeds_for_direction} seed pairs would settle the direction" in v.reason
+        )
+        if claim is None:
+            assert v.seeds_for_size is None and "settle the size" not in v.reason
+        else:
+            assert v.seeds_for_size is not None and f"{v.seeds_for_size} seed pairs would settle the size" in v.reason
+        assert v.seeds_needed == min(n for n in (v.seeds_for_direction, v.seeds_for_size) if n)
+    else:
+        assert v.seeds_needed is None and v.seeds_for_size is None
+
+
+def test_the_readme_and_the_reports_statistics_line_define_the_verdicts_as_the_code() -> None:
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert verdict_definitions() in readme
+    assert verdict_definitions() in STATS_LINE
+    assert set(VERDICTS) == set(typing.get_args(typing.get_type_hints(Verdict)["word"]))
+    for word in VERDICTS:
+        assert f"*{word}* =" in STATS_LINE
 
 
 def test_format_diff() -> None:

@@ -124,6 +124,14 @@ def _excludes(project, processed, params) -> None:
     assert r["recipe_val_top1"] is not None  # the recipe's trial ran, and was compared with nothing
     c = tracking.client()
     _check_trial_runs(c, r["trials"])
-    assert c.get_run(r["mlflow_parent_run"]).info.status == "FINISHED"
+    # the re-run's parent is the search's own run (stage tune), never a trial of the failed search, though every
+    # trial run carries the search's run_key; the new trials nest under it
+    parent = c.get_run(r["mlflow_parent_run"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["stage"] == "tune"
+    exp = parent.info.experiment_id
+    assert [p.info.run_id for p in c.search_runs([exp], "tags.stage = 'tune'")] == [parent.info.run_id]
+    for tr in r["trials"]:
+        tags = c.get_run(tr["mlflow_run"]).data.tags
+        assert tags["stage"] == "tune-trial" and tags["mlflow.parentRunId"] == parent.info.run_id
     key = search_key(params, "attn_resnet", data_ref("embedded", processed))
     assert SearchCache(storage_path(params.compute), "embedded").has(key)  # a search that ended is reused

@@ -54,37 +54,53 @@ def decode_images(
     """Stored images -> (N, size, size, 3) uint8, each decoded at full resolution (no draft).
 
     - ``rng``: the ImageNet training augmentation of He et al. 2016 / torchvision -- a random crop of 8-100 %
-      of the area with aspect ratio 3/4-4/3, resized to ``size``, flipped horizontally half the time;
+      of the area with aspect ratio 3/4-4/3, resized to ``size`` (bilinear, antialiased), flipped horizontally
+      half the time. Decoded with ``torchvision.io.decode_jpeg`` and cropped as a tensor: 1.4x Pillow's images
+      per core (benchmarks/stream.py); training needs no bit-equality with any reference;
     - else ``resize``: the evaluation view (``eval_view``: Resize(resize) + CenterCrop(size)) of the stored
-      image (a JPEG-stored split, e.g. the train images a search holds out);
+      image (a JPEG-stored split, e.g. the train images a search holds out), through Pillow as the reference;
     - neither: the stored images are the evaluation input already (the PNG test split), taken as they are.
     """
+    if rng is not None:
+        return _augmented(blobs, size, rng)
     from PIL import Image
 
     out = np.empty((len(blobs), size, size, 3), np.uint8)
     for i, b in enumerate(blobs):
         with Image.open(io.BytesIO(b)) as im:
             img = im.convert("RGB")
-        if rng is None:
-            if resize is not None:
-                img = eval_view(img, resize, size)
-            elif img.size != (size, size):
-                raise DataError(f"a stored evaluation image is {img.size[0]}x{img.size[1]}, expected {size}x{size}")
-            out[i] = np.asarray(img)
-            continue
-        w, h = img.size
-        for _ in range(10):
-            area = w * h * rng.uniform(0.08, 1.0)
-            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-            cw, ch = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
-            if 0 < cw <= w and 0 < ch <= h:
-                break
-        else:  # fall back to the centre square
-            cw = ch = min(w, h)
-        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        crop = img.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
-        arr = np.asarray(crop)
-        out[i] = arr[:, ::-1] if rng.random() < 0.5 else arr
+        if resize is not None:
+            img = eval_view(img, resize, size)
+        elif img.size != (size, size):
+            raise DataError(f"a stored evaluation image is {img.size[0]}x{img.size[1]}, expected {size}x{size}")
+        out[i] = np.asarray(img)
+    return out
+
+
+def crop_box(rng: np.random.Generator, w: int, h: int) -> tuple[int, int, int, int]:
+    """torchvision's ``RandomResizedCrop`` box (x0, y0, width, height): 8-100 % of the area, aspect 3/4-4/3, ten
+    tries, else the centre square."""
+    for _ in range(10):
+        area = w * h * rng.uniform(0.08, 1.0)
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw, ch = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch
+    m = min(w, h)
+    return (w - m) // 2, (h - m) // 2, m, m
+
+
+def _augmented(blobs: list[bytes], size: int, rng: np.random.Generator) -> np.ndarray:
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2 import functional as F
+
+    out = np.empty((len(blobs), size, size, 3), np.uint8)
+    for i, b in enumerate(blobs):
+        img = decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB)  # (3, H, W)
+        x0, y0, cw, ch = crop_box(rng, img.shape[2], img.shape[1])
+        crop = F.resized_crop(img, y0, x0, ch, cw, [size, size], antialias=True)
+        out[i] = (crop.flip(-1) if rng.random() < 0.5 else crop).permute(1, 2, 0).numpy()
     return out
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import pickle
 import re
@@ -32,8 +33,11 @@ import torch
 from pipeline.data.errors import DataError
 from pipeline.io import filesystem, join
 
+log = logging.getLogger(__name__)
+
 STATE_FILE = "state.pt"
 UNIT_FILE = "unit.json"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a job's checkpoints (its restore point)
 HISTORY_FIELDS = (  # an epoch record's columns in history.csv and the curves (records hold more: diagnostics)
     "epoch",
     "train_loss",
@@ -97,11 +101,13 @@ def load_state(checkpoint_uri: str) -> TrainState:
 
 
 def resume_points(storage: str, dataset: str, keys: list[str]) -> dict[str, str]:
-    """The latest checkpoint of each unit in ``keys`` left by earlier training jobs of ``dataset`` in the run
-    storage: {key: checkpoint URI}. Read from the small ``unit.json`` beside each checkpoint, so a unit
-    resumes whichever job, lane or concurrency it was trained in before."""
+    """The latest *readable* checkpoint of each unit in ``keys`` left by earlier training jobs of ``dataset`` in
+    the run storage: {key: checkpoint URI}. Found from the small ``unit.json`` beside each checkpoint, so a unit
+    resumes whichever job, lane or concurrency it was trained in before. The one chosen is read once here: a
+    state that cannot be read (cut short by a crash mid-write, or refused) is set aside with one warning naming
+    it (``set_aside``) and the unit resumes from its previous checkpoint, or starts over if none is left."""
     fs, base = filesystem(storage)
-    want, best = set(keys), {}
+    want, found = set(keys), {}
     try:
         jobs = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     except OSError:
@@ -117,10 +123,40 @@ def resume_points(storage: str, dataset: str, keys: list[str]) -> dict[str, str]
                     info = json.loads(f.read())
             except (OSError, ValueError):  # an older or half-written checkpoint: not a resume point
                 continue
-            if info.get("key") in want and info["epoch"] > best.get(info["key"], (0, ""))[0]:
-                best[info["key"]] = (info["epoch"], ck.path)
+            if info.get("key") in want:
+                found.setdefault(info["key"], []).append((int(info["epoch"]), ck.path))
     scheme = storage.split("://", 1)[0] if "://" in storage else None
-    return {k: (f"{scheme}://{p}" if scheme else p) for k, (_, p) in best.items()}
+    out = {}
+    for key, points in found.items():
+        for epoch, path in sorted(points, reverse=True):
+            uri = f"{scheme}://{path}" if scheme else path
+            try:
+                load_state(uri)
+            except (CheckpointError, OSError) as e:
+                set_aside(fs, path, key=key, epoch=epoch, why=str(e))
+                continue
+            out[key] = uri
+            break
+    return out
+
+
+def set_aside(fs: pafs.FileSystem, path: str, *, key: str, epoch: int, why: str) -> None:
+    """Take an unreadable checkpoint out of use, keeping its files for a post-mortem: its ``state.pt`` and
+    ``unit.json`` get a ``.unreadable`` suffix (file moves, which S3 can do), and Ray Train's record of the job's
+    checkpoints beside it is set aside too, so that the job's next run starts from the resume point chosen here
+    and not from Ray's own latest checkpoint, which may be this one."""
+    log.warning(
+        "set aside the unreadable checkpoint %s (unit %s, epoch %d): %s; the unit resumes from its previous "
+        "checkpoint, or starts over",
+        path,
+        key[:12],
+        epoch,
+        why.splitlines()[0],
+    )
+    job = path.rstrip("/").rpartition("/")[0]
+    for f in (join(path, STATE_FILE), join(path, UNIT_FILE), join(job, RAY_SNAPSHOT)):
+        if fs.get_file_info(f).type == pafs.FileType.File:
+            fs.move(f, f + ".unreadable")
 
 
 # torch's message for a global the weights-only unpickler does not allow, e.g. "GLOBAL builtins.open was not"
@@ -144,7 +180,7 @@ def read_checkpoint(source: bytes | str | Path, name: str | None = None) -> dict
         ck = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(_refusal(name, str(e))) from None
-    except (RuntimeError, EOFError, struct.error) as e:  # cut short, or not torch.save's format at all
+    except (RuntimeError, EOFError, ValueError, struct.error) as e:  # cut short, or not torch.save format
         why = str(e).split(". ")[0].strip() or type(e).__name__
         raise CheckpointError(
             f"{name}: not a readable checkpoint (truncated or not a torch.save file: {why})"

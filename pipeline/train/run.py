@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipeline import tracking
 from pipeline.compute import Workers, check_workers_before_start, ray_session, resolve_workers, storage_path
 from pipeline.config import Params, config_hash
-from pipeline.data.manifest import load_manifest, ray_dataset
+from pipeline.data.manifest import load_manifest, ray_dataset, stream_options
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.plan import Stage, plan_lines
 from pipeline.plots import plt, training_curves
@@ -58,6 +58,7 @@ def fit(job: TrainJob, params: Params, name: str, w: Workers, progress: Any = No
         train_worker,
         train_loop_config={"job": job.model_copy(update={"stream": bool(datasets)}).model_dump(), "progress": progress},
         datasets=datasets,
+        dataset_config=DataConfig(execution_options=stream_options(params.compute.stream_memory_mb)),
         scaling_config=ScalingConfig(
             num_workers=w.num_workers, use_gpu=w.use_gpu, resources_per_worker={"CPU": w.cpus_per_worker}
         ),

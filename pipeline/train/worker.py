@@ -26,7 +26,7 @@ from pipeline.events import WorkerStarted
 from pipeline.progress import Emitter
 from pipeline.provenance import provenance
 from pipeline.spec import RunSpec
-from pipeline.train.checkpoint import load_state, write_state
+from pipeline.train.checkpoint import CheckpointError, load_state, write_state
 from pipeline.train.engine import Shard, StreamData
 from pipeline.train.job import TrainJob, dataset_input, run_params
 from pipeline.train.loop import Loggers, build_model, train_units
@@ -128,7 +128,10 @@ def train_worker(config: dict[str, Any]) -> None:
     own = None
     if ck is not None:
         with ck.as_directory() as d:
-            own = load_state(d)
+            try:
+                own = load_state(d)
+            except (CheckpointError, OSError) as e:  # the driver's resume points are checked; Ray's own is not
+                log.warning("Ray's latest checkpoint of this job is unreadable (%s); resuming without it", e)
 
     def resume(key: str) -> dict[str, Any] | None:
         if own is not None and own["key"] == key:
