@@ -27,7 +27,8 @@ FIGURES = {
         r"ratio stream / DataLoader: \d+\.\d{3}",
         r"memory: stream peak object store at [\d,]+ / at [\d,]+ = [\d.]+x",
         r"stream, interleaved shards\s+[\d.]+ bits",
-        r"Pillow \(the pipeline's decode_images\)\s+[\d,]+ images/s per core",
+        r"torchvision\.io\.decode_jpeg \+ resized_crop \(the pipeline's\)\s+[\d,]+ images/s per core",
+        r"Pillow, full resolution\s+[\d,]+ images/s per core",
     ],
     "throughput.py": [
         r"bare loop, 1 process x 1 threads\s+\d+ img/s",
