@@ -115,6 +115,9 @@ def main(argv: list[str]) -> int:
     planning = "--plan" in argv
     args = [a for a in argv if a != "--plan"]
     setting = bool(args) and args[0] == "--set"
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
     if not (args or planning) or (not setting and len(args) > 2):
         print(__doc__, file=sys.stderr)
         return 2

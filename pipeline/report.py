@@ -33,7 +33,7 @@ from typing import Any
 from mlflow.entities import Metric, RunTag
 
 from pipeline import tracking
-from pipeline.analysis import ComparisonResult, MethodResult, comparisons, method_result
+from pipeline.analysis import ComparisonResult, MethodResult, comparisons, method_result, paired
 from pipeline.config import STUDY_HOW_TO_RUN, Params, config_hash, split_key
 from pipeline.data.manifest import Manifest, load_manifest
 from pipeline.io import read_json, write_json
@@ -41,7 +41,7 @@ from pipeline.paper import CLAIMS, COLUMNS, PUBLISHED, TABLE_NAMES, Benchmark, b
 from pipeline.provenance import provenance
 from pipeline.report_figures import write_figures
 from pipeline.report_html import markdown_to_html, md_row
-from pipeline.stats import Summary, chance_level, verdict_definitions
+from pipeline.stats import Summary, chance_level, compare, format_diff, verdict_definitions
 from pipeline.study_report import study_section
 
 MAIN_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours")
@@ -163,7 +163,21 @@ def settings_line(params: Params, units: dict[str, dict[int, dict[str, Any]]]) -
     return (
         f"Recipe (every method): {t['epochs']} epochs, batch {t['batch_size']}, SGD lr {t['lr']:g} momentum "
         f"{t['momentum']} weight decay {t['weight_decay']:g}, {sched}; {warm}; {sc}. Seeds {params.grid.seeds}."
+        + gate_rules(params, units)
     )
+
+
+def gate_rules(params: Params, units: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """Which rule set each gated baseline's channel-gate width (``models.attention.gate_width``)."""
+    rules = []
+    for m, by_seed in units.items():
+        args = next(iter(by_seed.values()))["spec"]["model_args"]
+        if "reduction" not in args:
+            continue
+        r, d = args["reduction"], args.get("rd_divisor", 1)
+        rule = f"C/{r} rounded to a multiple of {d}, at least {d} (timm's rule)" if d > 1 else f"C // {r} (its paper's)"
+        rules.append(f"{params.method(m).label} {rule}")
+    return f" Channel-gate widths: {'; '.join(rules)}." if rules else ""
 
 
 STATS_LINE = (
@@ -317,10 +331,28 @@ def track_section(
     lines = [f"### Every method {title} (paper Tables 1 and 3)", ""]
     lines += [*method_table(params, results, MAIN_ROWS, column, marks, num_classes), ""]
     lines += ["Attention CNN against each baseline:", "", *verdict_lines(main), ""]
+    lines += backbone_lines(results)
     lines += [f"### Ablation {title}: the same network without attention (paper Tables 2 and 4)", ""]
     lines += [*method_table(params, results, ABLATION_ROWS, column, marks, num_classes), ""]
     lines += [*verdict_lines(ablation), *_twins(results), ""]
     return lines, comps
+
+
+GATED_ROWS = ("se_resnet", "cbam_resnet")  # the attention-family baselines: their backbone's row is "resnet"
+
+
+def backbone_lines(results: dict[str, MethodResult]) -> list[str]:
+    """Each attention-family baseline minus its own backbone (same recipe, seeds paired where they started
+    alike): a baseline many points below the net it adds a gate to is crippled, and gains over it say nothing."""
+    base = next((r for r in results.values() if r.paper_row == "resnet"), None)
+    gated = [r for r in results.values() if r.paper_row in GATED_ROWS]
+    if base is None or not gated:
+        return []
+    out = [f"Each attention-family baseline against its own backbone ({base.label}), a sanity check:", ""]
+    for r in gated:
+        c = compare(r.top1, base.top1, paired=paired(r, base))
+        out.append(f"- {r.label} minus {base.label}: {format_diff(c)}")
+    return [*out, ""]
 
 
 def _twins(results: dict[str, MethodResult]) -> list[str]:

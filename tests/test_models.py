@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
+from pipeline.config import ConfigError
 from pipeline.evaluate import attention_maps
 from pipeline.models import create_attn, create_model, list_models, register_model
-from pipeline.models.attention import SCALINGS, SoftmaxAttention
+from pipeline.models.attention import SCALINGS, CbamModule, SEModule, SoftmaxAttention, gate_width
+from pipeline.models.checks import validate_all
 from pipeline.models.resnet import PLACEMENTS
 
 # small configurations so the loop over the registry stays fast; depth is a parameter of every model
@@ -181,6 +185,32 @@ def test_attention_is_cheap_and_se_cbam_use_paper_reductions() -> None:
     assert n_params(create_model("se_resnet", depth=110)) - base == se_extra
     cbam_extra = se_extra + 54 * (2 * 7 * 7 + 1)  # + a 7x7 conv from 2 maps to 1 in each of 54 blocks
     assert n_params(create_model("cbam_resnet", depth=110)) - base == cbam_extra
+
+
+def test_one_gate_width_rule_timms_at_small_sizes_the_papers_literal_at_theirs() -> None:
+    # timm's make_divisible(C / 16, 8): nearest multiple of 8, never below 8; rd_divisor 1: the literal C // 16
+    assert [gate_width(c, 16, 8) for c in (8, 16, 32, 64, 256, 2048)] == [8, 8, 8, 8, 16, 128]
+    assert [gate_width(c, 16, 1) for c in (8, 16, 32, 64, 256, 2048)] == [1, 1, 2, 4, 16, 128]
+    assert gate_width(200, 16, 8) == 16 and gate_width(8, 4, 8) == 8  # 12.5 -> 16; 2 -> at least 8
+    for model in ("se_resnet", "cbam_resnet", "se_resnet50", "cbam_resnet50"):
+        small = {} if model.endswith("50") else {"depth": 8, "width": 8}
+        for d in (1, 8):
+            net = create_model(model, rd_divisor=d, **small)
+            gates = [m for m in net.modules() if isinstance(m, (SEModule, CbamModule))]
+            assert gates, model
+            for g in gates:  # every gate, SE's and CBAM's channel MLP alike, follows the one rule
+                fc = g.fc1 if isinstance(g, SEModule) else g.mlp[0]
+                assert fc.out_channels == gate_width(fc.in_channels, 16, d), (model, d)
+
+
+def test_a_crippled_gate_is_refused_at_check_and_the_shipped_settings_pass(raw_params) -> None:
+    validate_all(copy.deepcopy(raw_params))  # the small default: timm's rule
+    raw_params["methods"]["se_resnet"]["args"]["rd_divisor"] = 1
+    with pytest.raises(ConfigError) as e:
+        validate_all(raw_params)
+    msg = str(e.value)
+    assert "methods.se_resnet.args.rd_divisor = 1: 'se_resnet' at width 8 has channel gates 1 of 8 channels" in msg
+    assert "Allowed: rd_divisor: 8" in msg and "cbam_resnet" not in msg
 
 
 def test_registry_rejects_duplicates_and_unknown_names() -> None:

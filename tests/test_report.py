@@ -15,7 +15,17 @@ from pipeline.data import cifar
 from pipeline.data.fetch import fetch_dataset
 from pipeline.data.manifest import Manifest
 from pipeline.data.preprocess import preprocess_dataset
-from pipeline.report import BENCHMARK, MAIN_ROWS, data_line, dataset_report, fmt_summary, method_table, verdict_lines
+from pipeline.report import (
+    BENCHMARK,
+    MAIN_ROWS,
+    backbone_lines,
+    data_line,
+    dataset_report,
+    fmt_summary,
+    gate_rules,
+    method_table,
+    verdict_lines,
+)
 from pipeline.report_html import _cells, markdown_to_html
 from pipeline.settings import validate_params
 from tests.archives import cifar10_archive
@@ -179,3 +189,19 @@ def test_a_bar_in_a_method_label_stays_in_its_cell(raw_params) -> None:
     head, rule, row = method_table(params, results, MAIN_ROWS, None, {}, 10)
     assert len(_cells(row)) == len(_cells(head)) and _cells(row)[0] == "ResNet | v2"
     assert "<td>ResNet | v2</td>" in markdown_to_html("\n".join([head, rule, row]))
+
+
+def test_each_gated_baseline_is_shown_against_its_own_backbone(raw_params) -> None:
+    raw_params["grid"]["methods"] = ["resnet", "se_resnet", "cbam_resnet", "attn_resnet"]
+    params = validate_params(raw_params)
+    top1 = {"resnet": [90.0, 91.0, 92.0], "se_resnet": [67.0, 68.5, 66.0], "cbam_resnet": [90.5, 91.2, 92.4]}
+    top1["attn_resnet"] = [91.0, 92.0, 93.0]
+    results = {m: method_result(params, m, {s: unit(x, s) for s, x in enumerate(v)}, 10) for m, v in top1.items()}
+    lines = backbone_lines(results)
+    se = next(x for x in lines if x.startswith("- SE-ResNet minus ResNet"))
+    assert se.startswith("- SE-ResNet minus ResNet: -23.83 points (95 % CI") and "paired over 3 seeds" in se
+    assert any(x.startswith("- CBAM-ResNet minus ResNet: +0.37 points") for x in lines)
+    units = {m: {0: {"spec": {"model_args": params.method(m).args}}} for m in ("resnet", "se_resnet", "cbam_resnet")}
+    rules = gate_rules(params, units)
+    assert "SE-ResNet C/16 rounded to a multiple of 8, at least 8 (timm's rule)" in rules and "; ResNet" not in rules
+    assert rules.startswith(" Channel-gate widths: SE-ResNet ")

@@ -129,17 +129,27 @@ class SoftmaxAttention(nn.Module):
         return (x.view(b, self.num_maps, c // self.num_maps, h, w) * a.unsqueeze(2)).view(b, c, h, w)
 
 
+def gate_width(channels: int, reduction: int, rd_divisor: int = 1) -> int:
+    """The hidden width of a channel gate (SE, CBAM's channel MLP), one rule for every gate.
+
+    ``rd_divisor`` 1: the literal ``channels // reduction`` (at least 1) of the SE and CBAM papers (Hu et al.
+    2018; Woo et al. 2018). Otherwise timm's rule (``layers/helpers.py:make_divisible(channels / reduction,
+    rd_divisor)``, as ``layers/squeeze_excite.py`` and ``layers/cbam.py`` call it): rounded to the nearest
+    multiple of ``rd_divisor``, never below it -- with 8, a gate never has fewer than 8 channels, where the
+    literal rule leaves a width-8 net's gates 1 channel wide."""
+    if rd_divisor == 1:
+        return max(1, channels // reduction)
+    return max(rd_divisor, int(channels / reduction + rd_divisor / 2) // rd_divisor * rd_divisor)
+
+
 class SEModule(nn.Module):
     """Squeeze-and-Excitation (Hu et al., CVPR 2018, Fig. 3): global average pool -> FC(C/r) -> ReLU ->
-    FC(C) -> sigmoid -> channel-wise scale.
+    FC(C) -> sigmoid -> channel-wise scale. The hidden width follows ``gate_width`` (``rd_divisor`` 1: the
+    paper's literal C // r; 8: timm's rule)."""
 
-    The hidden width is ``channels // reduction`` (at least 1), as in the paper; unlike timm's default it is
-    not rounded up to a multiple of 8, which would inflate the small CIFAR widths (16 channels -> 8, not 1).
-    """
-
-    def __init__(self, channels: int, reduction: int = 16):
+    def __init__(self, channels: int, reduction: int = 16, rd_divisor: int = 1):
         super().__init__()
-        hidden = max(1, channels // reduction)
+        hidden = gate_width(channels, reduction, rd_divisor)
         self.fc1 = nn.Conv2d(channels, hidden, 1)
         self.fc2 = nn.Conv2d(hidden, channels, 1)
 
@@ -154,15 +164,16 @@ class SEModule(nn.Module):
 
 class CbamModule(nn.Module):
     """CBAM (Woo et al., ECCV 2018): channel attention (shared MLP over avg- and max-pooled descriptors,
-    reduction r) followed by spatial attention (7x7 conv over channel-wise avg and max, sigmoid).
+    reduction r, width by ``gate_width``) followed by spatial attention (7x7 conv over channel-wise avg and max,
+    sigmoid).
 
     Deviation: the official code puts a BatchNorm after the spatial 7x7 conv; the paper's Eq. 3 has none,
     and neither does this module.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, spatial_kernel: int = 7):
+    def __init__(self, channels: int, reduction: int = 16, spatial_kernel: int = 7, rd_divisor: int = 1):
         super().__init__()
-        hidden = max(1, channels // reduction)
+        hidden = gate_width(channels, reduction, rd_divisor)  # the channel MLP's width: one rule with SE
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
         self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2)
 

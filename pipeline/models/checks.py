@@ -9,14 +9,19 @@ model argument stops the pipeline before any data is fetched; the stages that bu
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
+
+import torch
 
 from pipeline.config import ConfigError, Params, SearchDim, format_errors, split_key
 from pipeline.config_checks import search_values
 from pipeline.settings import validate_params
 
 from . import create_model, get_factory, is_model, list_models  # the package's: every model registered
+from .attention import CbamModule, SEModule, gate_width
+from .resnet import ResNet
 
 
 def _factory_args(model: str) -> tuple[set[str], bool]:
@@ -93,7 +98,76 @@ def check_models(p: Params) -> list[str]:
         if not any(e.startswith(f"methods.{name}.") for e in errs):
             errs += _arch_value_checks(p, name, {k: d for k, d in dims.items() if k not in unknown})
     errs += _study_checks(p, errs)
+    for name in p.grid.methods:
+        if name in p.methods and not any(e.startswith(f"methods.{name}.") for e in errs):
+            errs += _gate_checks(name, p.methods[name].model, p.methods[name].args)
     return list(dict.fromkeys(errs))
+
+
+# The size at which the SE and CBAM papers' literal gate width C // r is their own setting: ResNet-110 on CIFAR
+# (Hu et al. 2018; Woo et al. 2018), 16 channels in its first stage.
+PAPER_SIZE = {"depth": 110, "width": 16}
+REFERENCE_DIVISOR = 8  # timm's rd_divisor (layers/squeeze_excite.py, layers/cbam.py)
+
+
+def _gates(net: torch.nn.Module) -> list[tuple[int, int]]:
+    """(channels, hidden width) of every channel gate in ``net``."""
+    out = []
+    for m in net.modules():
+        if isinstance(m, SEModule):
+            out.append((m.fc1.in_channels, m.fc1.out_channels))
+        elif isinstance(m, CbamModule):
+            out.append((m.mlp[0].in_channels, m.mlp[0].out_channels))
+    return out
+
+
+def _params(net: torch.nn.Module) -> int:
+    return sum(t.numel() for t in net.parameters())
+
+
+def _gate_checks(name: str, model: str, args: dict[str, Any]) -> list[str]:
+    """A baseline with channel gates (SE, CBAM) at full strength at the configured size: below the papers' own
+    size (ResNet-110, width 16) no gate narrower than the reference rule (timm's, ``rd_divisor`` 8) gives; and its
+    parameters over its backbone's at least half the share they are at the papers' size (a gate relatively
+    thinner than in its paper is a crippled baseline, whatever the rule)."""
+    net = create_model(model, **args)
+    gates = _gates(net)
+    if not gates or not isinstance(net, ResNet) or "rd_divisor" not in _factory_args(model)[0]:
+        return []
+    reduction = args.get("reduction", 16)
+    errs = []
+    if args.get("width", PAPER_SIZE["width"]) < PAPER_SIZE["width"]:
+        narrow = sorted({(c, h) for c, h in gates if h < gate_width(c, reduction, REFERENCE_DIVISOR)})
+        if narrow:
+            widths = ", ".join(f"{h} of {c} channels" for c, h in narrow)
+            errs.append(
+                f"methods.{name}.args.rd_divisor = {args.get('rd_divisor', 1)}: {model!r} at width {args['width']} "
+                f"has channel gates {widths} wide, narrower than the reference rule allows (timm: C/{reduction} "
+                f"rounded to a multiple of {REFERENCE_DIVISOR}, at least {REFERENCE_DIVISOR}); the literal C // r is "
+                f"the baselines' papers' rule only at their own size (depth 110, width 16). Allowed: rd_divisor: "
+                f"{REFERENCE_DIVISOR}"
+            )
+    share = _share(net, args)
+    paper_share = _paper_share(model, tuple(sorted(args.items())))
+    if share < 0.5 * paper_share:
+        errs.append(
+            f"methods.{name}.args.reduction = {reduction}: {model!r} adds {100 * share:.2f} % parameters to its "
+            f"backbone, under half the {100 * paper_share:.2f} % it adds at its papers' size (ResNet-110, C // r "
+            "gates): its gates are too thin to be the baseline. Allowed: a reduction keeping at least half that"
+        )
+    return errs
+
+
+def _share(net: torch.nn.Module, args: dict[str, Any]) -> float:
+    """The parameters ``net`` adds to its plain ResNet backbone, as a share of the backbone's."""
+    keep = {k: v for k, v in args.items() if k in ("depth", "width", "shortcut", "num_classes")}
+    return _params(net) / _params(create_model("resnet", **keep)) - 1.0
+
+
+@functools.cache  # two ResNet-110 builds: once per model and arguments per process
+def _paper_share(model: str, args: tuple[tuple[str, Any], ...]) -> float:
+    paper = {**dict(args), **PAPER_SIZE, "rd_divisor": 1}
+    return _share(create_model(model, **paper), paper)
 
 
 def _study_checks(p: Params, errs: list[str]) -> list[str]:

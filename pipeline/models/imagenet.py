@@ -104,15 +104,18 @@ def resnet50(num_classes: int = 1000) -> ImageNetResNet:
 
 
 @register_model
-def se_resnet50(num_classes: int = 1000, reduction: int = 16) -> ImageNetResNet:
+def se_resnet50(num_classes: int = 1000, reduction: int = 16, rd_divisor: int = 1) -> ImageNetResNet:
     """SE-ResNet-50 (Hu et al. 2018): an SE module in every bottleneck; 28.1 M parameters."""
-    return ImageNetResNet(RESNET50_LAYERS, num_classes, get_attn("se", reduction=reduction), "block")
+    layer = get_attn("se", reduction=reduction, rd_divisor=rd_divisor)
+    return ImageNetResNet(RESNET50_LAYERS, num_classes, layer, "block")
 
 
 @register_model
-def cbam_resnet50(num_classes: int = 1000, reduction: int = 16, spatial_kernel: int = 7) -> ImageNetResNet:
+def cbam_resnet50(
+    num_classes: int = 1000, reduction: int = 16, spatial_kernel: int = 7, rd_divisor: int = 1
+) -> ImageNetResNet:
     """CBAM-ResNet-50 (Woo et al. 2018): channel + spatial attention in every bottleneck; 28.1 M parameters."""
-    layer = get_attn("cbam", reduction=reduction, spatial_kernel=spatial_kernel)
+    layer = get_attn("cbam", reduction=reduction, spatial_kernel=spatial_kernel, rd_divisor=rd_divisor)
     return ImageNetResNet(RESNET50_LAYERS, num_classes, layer, "block")
 
 

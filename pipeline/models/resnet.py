@@ -168,10 +168,16 @@ def resnet(depth: int = 110, num_classes: int = 10, width: int = 16, shortcut: S
 
 @register_model
 def se_resnet(
-    depth: int = 110, num_classes: int = 10, width: int = 16, reduction: int = 16, shortcut: Shortcut = "B"
+    depth: int = 110,
+    num_classes: int = 10,
+    width: int = 16,
+    reduction: int = 16,
+    shortcut: Shortcut = "B",
+    rd_divisor: int = 1,
 ) -> ResNet:
-    """SE-ResNet (Hu et al. 2018): an SE module in every block."""
-    return ResNet(depth, num_classes, width, get_attn("se", reduction=reduction), "block", shortcut)
+    """SE-ResNet (Hu et al. 2018): an SE module in every block; gate width by ``attention.gate_width``."""
+    layer = get_attn("se", reduction=reduction, rd_divisor=rd_divisor)
+    return ResNet(depth, num_classes, width, layer, "block", shortcut)
 
 
 @register_model
@@ -182,9 +188,11 @@ def cbam_resnet(
     reduction: int = 16,
     spatial_kernel: int = 7,
     shortcut: Shortcut = "B",
+    rd_divisor: int = 1,
 ) -> ResNet:
-    """CBAM-ResNet (Woo et al. 2018): channel + spatial attention in every block."""
-    layer = get_attn("cbam", reduction=reduction, spatial_kernel=spatial_kernel)
+    """CBAM-ResNet (Woo et al. 2018): channel + spatial attention in every block; gate width by
+    ``attention.gate_width``."""
+    layer = get_attn("cbam", reduction=reduction, spatial_kernel=spatial_kernel, rd_divisor=rd_divisor)
     return ResNet(depth, num_classes, width, layer, "block", shortcut)
 
 
