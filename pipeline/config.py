@@ -9,9 +9,11 @@ value and what is allowed, before Ray or training starts.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -565,6 +567,12 @@ class Params(Frozen):
 
 def fmt_loc(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)
+
+
+def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean `<prefix><choice>`?)`` for the choice closest to a mistyped ``word``, or ""."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.7)
+    return f" (did you mean `{prefix}{close[0]}`?)" if close else ""
 
 
 def format_errors(source: str, errors: list[str]) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline.config import Params, SearchDim, TrainCfg, fmt_loc, split_key
+from pipeline.config import Params, SearchDim, TrainCfg, did_you_mean, fmt_loc, split_key
 
 
 def cross_checks(p: Params) -> list[str]:
@@ -17,16 +17,24 @@ def cross_checks(p: Params) -> list[str]:
     errs: list[str] = []
     for d in p.grid.datasets:
         if d not in p.datasets:
-            errs.append(f"grid.datasets: {d!r} has no entry under 'datasets'; defined: {sorted(p.datasets)}")
+            errs.append(
+                f"grid.datasets: {d!r} has no entry under 'datasets'{did_you_mean(d, p.datasets)}; defined: "
+                f"{sorted(p.datasets)}"
+            )
     for m in p.grid.methods:
         if m not in p.methods:
-            errs.append(f"grid.methods: unknown method {m!r}; defined under 'methods': {sorted(p.methods)}")
+            errs.append(
+                f"grid.methods: unknown method {m!r}{did_you_mean(m, p.methods)}; defined under 'methods': "
+                f"{sorted(p.methods)}"
+            )
+    if "report" in p.datasets:  # experiment names: <prefix>-<dataset> for training, <prefix>-report for reports
+        errs.append("datasets.report: the name is the report runs' experiment's (<prefix>-report); allowed: any other")
     errs += _search_checks(p) + _study_checks(p)
     train_fields = set(TrainCfg.model_fields)
     for name, m in p.methods.items():
         bad_t = sorted(set(m.train) - train_fields)
         if bad_t:
-            errs.append(f"methods.{name}.train: unknown field(s) {bad_t}; allowed: {sorted(train_fields)}")
+            errs.append(_unknown_fields(f"methods.{name}.train", bad_t, train_fields))
         else:
             try:
                 p.recipe(name)
@@ -37,13 +45,16 @@ def cross_checks(p: Params) -> list[str]:
                     for x in e.errors()
                 ]
         if m.imagenet is not None and set(m.imagenet.train) - train_fields:
-            errs.append(
-                f"methods.{name}.imagenet.train: unknown field(s) {sorted(set(m.imagenet.train) - train_fields)}; "
-                f"allowed: {sorted(train_fields)}"
-            )
+            bad = sorted(set(m.imagenet.train) - train_fields)
+            errs.append(_unknown_fields(f"methods.{name}.imagenet.train", bad, train_fields))
     for d in p.datasets:  # every entry, in the grid or not: one switched in later must not surprise
         errs += _dataset_recipe_checks(p, d, errs)
     return list(dict.fromkeys(errs))
+
+
+def _unknown_fields(where: str, bad: list[str], allowed: set[str]) -> str:
+    hints = "".join(did_you_mean(b, allowed, f"{where}.") for b in bad)
+    return f"{where}: unknown field(s) {bad}{hints}; allowed: {sorted(allowed)}"
 
 
 def _dataset_recipe_checks(p: Params, d: str, errs: list[str]) -> list[str]:
@@ -51,7 +62,7 @@ def _dataset_recipe_checks(p: Params, d: str, errs: list[str]) -> list[str]:
     train_fields = set(TrainCfg.model_fields)
     bad_t = sorted(set(p.datasets[d].train) - train_fields)
     if bad_t:
-        return [f"datasets.{d}.train: unknown field(s) {bad_t}; allowed: {sorted(train_fields)}"]
+        return [_unknown_fields(f"datasets.{d}.train", bad_t, train_fields)]
     out: list[str] = []
     recipe_errs: dict[str, list[str]] = {}
     for name in p.grid.methods:
@@ -93,7 +104,10 @@ def _study_checks(p: Params) -> list[str]:
             "preprocessed); allowed: one of them"
         )
     if s.method not in p.methods:
-        errs.append(f"study.method: unknown method {s.method!r}; defined under 'methods': {sorted(p.methods)}")
+        errs.append(
+            f"study.method: unknown method {s.method!r}{did_you_mean(s.method, p.methods)}; defined under "
+            f"'methods': {sorted(p.methods)}"
+        )
     return errs
 
 
@@ -103,7 +117,10 @@ def _search_checks(p: Params) -> list[str]:
     searched = p.searched
     for m in searched:
         if m not in p.methods:
-            errs.append(f"tune.methods: unknown method {m!r}; defined under 'methods': {sorted(p.methods)}")
+            errs.append(
+                f"tune.methods: unknown method {m!r}{did_you_mean(m, p.methods)}; defined under 'methods': "
+                f"{sorted(p.methods)}"
+            )
     for key in t.space:
         if split_key(key)[1] not in TrainCfg.model_fields:
             errs.append(

@@ -294,7 +294,7 @@ def evaluate_dataset(
     log.info("evaluate@%s: %d rows, %d units, %d evaluated now, %d from the eval store", cache.dataset, len(rows),
              len(first), len(nets), len(first) - len(nets))  # fmt: skip
     labels = test.labels.tolist()
-    models = _publish(tracking.client(), rows, first, evals, nets, te.images, labels, man.classes)
+    models = _publish(tracking.client(), rows, first, evals, nets, te.images, labels, man)
     return _write_rows(rows, evals, models, labels, man.classes, out_dir, confusion_dir, metrics_dir)
 
 
@@ -326,11 +326,12 @@ def _seed(place: Path) -> int:
     return int(place.name.removeprefix("seed"))
 
 
-def _log_eval(c, run_id: str, ev: UnitEval, labels: list[int], classes: list[str]) -> None:
-    """A unit's test metrics, confusion CSV and attention picture, into its MLflow run."""
-    for name, v in ev.metrics.items():
-        c.log_metric(run_id, name, float(v))
-    rows = "".join(f"{classes[a]},{classes[p]}\n" for a, p in zip(labels, ev.pred, strict=True))
+def _log_eval(c, run_id: str, model_id: str, ev: UnitEval, labels: list[int], man: Manifest) -> None:
+    """A unit's test metrics (attached to its logged model and the test data), confusion CSV and attention
+    picture, into its MLflow run."""
+    serving.log_test_metrics(c, run_id, model_id, ev.metrics, dataset=man.dataset or "test",
+                             digest=man.data_sha256[: tracking.DIGEST_CHARS])  # fmt: skip
+    rows = "".join(f"{man.classes[a]},{man.classes[p]}\n" for a, p in zip(labels, ev.pred, strict=True))
     c.log_text(run_id, "actual,predicted\n" + rows, "confusion/confusion.csv")
     if ev.attention_png:
         with tempfile.TemporaryDirectory() as d:
@@ -355,24 +356,24 @@ def _publish(
     nets: dict[str, tuple[nn.Module, RunSpec, dict[str, Any]]],
     images: np.ndarray,
     labels: list[int],
-    classes: list[str],
+    man: Manifest,
 ) -> dict[Path, dict[str, Any]]:
-    """Into each unit's MLflow run, once: its test metrics and pictures (when the run lacks them: a unit
-    evaluated before keeps what it has), and its net as an MLflow model; each row's method registers it under
-    the row's aliases. Returns each row's ``mlflow_model.json``: model id, URI, registered version, aliases."""
+    """Into each unit's MLflow run, once: its net as an MLflow model (unless the worker logged it), and its
+    test metrics, attached to that model, and pictures (when the model lacks them: a unit evaluated before
+    keeps what it has); each row's method registers it under the row's aliases. Returns each row's
+    ``mlflow_model.json``: model id, URI, registered version, aliases."""
     aliases = _aliases(rows)
     logged: dict[str, str] = {}  # unit key -> model id
     for key, r in first.items():
         run_id, exp = r.record["run_id"], r.record["experiment_id"]
-        ev = evals[key]
-        if c.get_run(run_id).data.metrics.get("test_top1") != ev.metrics["test_top1"]:
-            _log_eval(c, run_id, ev, labels, classes)
         found = serving.logged_model(c, exp, run_id)
         if found is None:
             net, spec, _ = nets.get(key) or load_checkpoint(r.dir / "model.pt")
-            logged[key] = serving.log_unit_model(c, run_id, exp, net, spec, images[:2], classes)
+            logged[key] = serving.log_unit_model(c, run_id, exp, net, spec, images[:2], man.classes)
         else:
             logged[key] = found.model_id
+        if not serving.has_test_metrics(c, logged[key], evals[key].metrics):
+            _log_eval(c, run_id, logged[key], evals[key], labels, man)
     out: dict[Path, dict[str, Any]] = {}
     for r in rows:
         model_id, run_id = logged[r.key], r.record["run_id"]

@@ -8,7 +8,11 @@ keys, block lists, ``null`` as an empty value), so an edit changes exactly the l
 comments stay where they are.
 
 A profile is a YAML map of dotted keys to values (``train.epochs: 200``); each becomes ``++key=value`` (set,
-or add where params.yaml has no such key yet). Undo with ``git checkout params.yaml``.
+or add where params.yaml has no such key yet). Undo with ``git checkout params.yaml``. Two things go beyond
+``-S``, so that the file still reads right after a profile: a comment on a key in the profile replaces that
+key's comment in params.yaml (a comment about the old value would be stale), and each section's comment stays
+above its section (DVC's writer puts keys added to the last entry of a section below the next section's
+comment).
 
 ``--plan`` changes nothing and runs no stage: it applies the profile (or the ``--set`` overrides) to a
 temporary copy of params.yaml, validated the same way, and prints the plan of the result
@@ -25,6 +29,7 @@ network on the device training would use, and the device-hours and wall time it 
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import tempfile
@@ -33,6 +38,8 @@ from typing import Any
 
 import yaml
 from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
 
 from pipeline import plan
 from pipeline.config import ConfigError, Params
@@ -73,14 +80,81 @@ def apply_overrides(overrides: list[str], source: str, params: str | Path = "par
 
 
 def apply_profile(profile: str | Path, params: str | Path = "params.yaml") -> list[str]:
-    """Apply the profile file ``profile`` to ``params``; return the keys set."""
+    """Apply the profile file ``profile`` to ``params``; return the keys set. The profile's comments on its
+    keys become those keys' comments, and section comments stay with their sections."""
     try:
         overrides = yaml.safe_load(Path(profile).read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{profile}: not readable as YAML: {e}") from None
     if not isinstance(overrides, dict):
         raise ConfigError(f"{profile}: expected a map of dotted keys to values")
-    return apply_overrides([f"++{k}={override_value(v)}" for k, v in overrides.items()], str(profile), params)
+    params = Path(params)
+    before = params.read_text()
+    keys = apply_overrides([f"++{k}={override_value(v)}" for k, v in overrides.items()], str(profile), params)
+    text = keep_section_comments(before, params.read_text())
+    text = set_comments(text, profile_comments(Path(profile).read_text()))
+    with atomic_path(params) as tmp:
+        tmp.write_text(text)
+    return keys
+
+
+def profile_comments(text: str) -> dict[str, str]:
+    """dotted key -> the comment written after it on its line in a profile (``train.epochs: 200  # why``)."""
+    doc = YAML().load(text)
+    out = {}
+    for k in doc if isinstance(doc, CommentedMap) else ():
+        tok = doc.ca.items.get(k, [None, None, None])[2]
+        first = tok.value.lstrip(" ").split("\n", 1)[0].strip() if tok is not None else ""
+        if first.startswith("#"):
+            out[str(k)] = first
+    return out
+
+
+def set_comments(text: str, comments: dict[str, str]) -> str:
+    """``text`` (params.yaml) with each dotted key's end-of-line comment set to ``comments[key]``, at the
+    column of the comment it replaces (else two spaces after the value). Keys not on a line of their own (in a
+    flow mapping) are left as they are."""
+    lines = text.split("\n")
+    doc = YAML().load(text)
+    for key, comment in comments.items():
+        *path, last = key.split(".")
+        node = doc
+        for part in path:
+            node = node.get(part) if isinstance(node, CommentedMap) else None
+        if not isinstance(node, CommentedMap) or last not in node or node.fa.flow_style():
+            continue
+        row = node.lc.key(last)[0]
+        line = lines[row]
+        head, _, rest = line.partition(":")
+        old = re.search(r"(?<=\s)#", rest)  # the value never holds " #" in this file's style
+        lines[row] = f"{head}:{rest[: old.start()]}{comment}" if old else f"{line.rstrip()}  {comment}"
+    return "\n".join(lines)
+
+
+def keep_section_comments(before: str, after: str) -> str:
+    """``after`` (``before`` rewritten by DVC) with each top-level key's comment block back directly above
+    that key, where ``before`` had it: DVC's writer keeps a comment after the node it follows, so keys added to
+    the last entry of a section land below the next section's comment."""
+    old, new = before.split("\n"), after.split("\n")
+    for i, line in enumerate(old):
+        if not line[:1].isalpha():
+            continue
+        j = i
+        while j > 0 and old[j - 1].startswith("#"):
+            j -= 1
+        block = old[j:i]
+        k = new.index(line) if line in new else -1
+        if not block or k < 0 or new[k - len(block) : k] == block:
+            continue
+        at = next((s for s in range(len(new) - len(block) + 1) if new[s : s + len(block)] == block), -1)
+        if at < 0:
+            continue
+        del new[at : at + len(block)]
+        if at > 0 and new[at - 1] == "" and at < len(new) and new[at][:1] == " ":
+            del new[at - 1]  # the blank line that led into the section comment, now inside a section
+        k = new.index(line)
+        new[k:k] = ([""] if new[k - 1] != "" else []) + block
+    return "\n".join(new)
 
 
 def planned(profile: str | Path | None, overrides: list[str], params: str | Path = "params.yaml") -> Params:

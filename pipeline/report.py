@@ -22,6 +22,7 @@ the test split), and its last point is the evaluated test top-1.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import shutil
 import statistics
@@ -44,6 +45,7 @@ from pipeline.report_html import markdown_to_html, md_row
 from pipeline.stats import Summary, chance_level, compare, format_diff, verdict_definitions
 from pipeline.study_report import study_section
 
+log = logging.getLogger(__name__)
 MAIN_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours")
 ABLATION_ROWS = ("ablation", "ours")
 TRACK_TITLES = {"recipe": "at the shared recipe", "searched": "at its searched recipe"}
@@ -58,7 +60,7 @@ OUTPUTS = (
     "figures",
 )
 BENCHMARK = "benchmark"  # summary.json, per data set beside its tracks: whether it is the paper's benchmark and why
-METRIC_FIELDS = ("mean", "std", "ci_low", "ci_high", "n")  # metrics.json, per method: its test top-1
+HEADLINE = "headline"  # summary.json, per data set: ours vs its ablation and vs the best baseline, shared recipe
 TOP5_ABOVE = 10  # test top-5 is shown only with more classes than this (of 10 it is near 100 % and says nothing)
 
 
@@ -383,7 +385,7 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
     units = collect(results, params, dataset)
     lines = [f"## Data set `{dataset}`", "", data_line(dataset, kind, man), "", settings_line(params, units["recipe"])]
     lines += ["", STATS_LINE, ""]
-    rows, summary, metrics = [], {}, {}
+    rows, summary = [], {}
     for track, by_method in units.items():
         results_t = {m: method_result(params, m, u, man.num_classes) for m, u in by_method.items()}
         marks = {m: "NOT SEARCHED" for m in params.grid.methods if track == "searched" and m not in tuned}
@@ -399,7 +401,8 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
         lines += text
         rows += csv_rows(dataset, track, results_t, comps, column, marks, man.num_classes)
         summary[track] = summary_of(results_t, comps)
-        metrics[track] = {m: {k: summary[track][m][k] for k in METRIC_FIELDS} for m in results_t}
+        if track == "recipe":
+            summary[HEADLINE] = headline(comps)
     if column is None:
         lines += [
             f"The paper columns are its claims on CIFAR/ImageNet, for reference only: this data set is {bench.why}, "
@@ -415,10 +418,59 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
         "text": "\n".join(lines),
         "rows": rows,
         "summary": summary,
-        "metrics": metrics,
+        "metrics": headline_metrics(summary[HEADLINE]),
         "manifest": man,
         "units": units,
     }
+
+
+def headline(comps: list[ComparisonResult]) -> dict[str, Any]:
+    """The data set's headline at the shared recipe: ours, ours minus its ablation and ours minus the best
+    baseline (the highest mean), each difference with its 95 % CI and verdict per claims version."""
+    if not comps:
+        return {}
+    ours = comps[0].ours
+    out: dict[str, Any] = {
+        "ours": {"method": ours.method, "label": ours.label, "mean": round(ours.summary.mean, 3), "n": ours.summary.n}
+    }
+    ablation = [c for c in comps if c.other.paper_row == "ablation"]
+    baselines = [c for c in comps if c.other.paper_row != "ablation"]
+    best = max(baselines, key=lambda c: c.other.summary.mean) if baselines else None
+    for key, c in (("vs_ablation", ablation[0] if ablation else None), ("vs_best", best)):
+        if c is not None:
+            out[key] = {
+                "method": c.other.method,
+                "label": c.other.label,
+                "mean": round(c.other.summary.mean, 3),
+                "diff": round(c.comparison.diff, 3),
+                "ci_low": _json(c.comparison.ci_low),
+                "ci_high": _json(c.comparison.ci_high),
+                "verdict": {v or "gain": x.word for v, x in c.verdicts.items()},
+            }
+    return out
+
+
+def headline_metrics(h: dict[str, Any]) -> dict[str, float]:
+    """What ``dvc metrics show`` shows per data set (``reports/metrics.json``): ours' mean test top-1, its
+    seeds, and ours minus its ablation and minus the best baseline, in points. The rest is in summary.json."""
+    out = {"ours": h["ours"]["mean"], "n": h["ours"]["n"]} if "ours" in h else {}
+    return out | {k: h[k]["diff"] for k in ("vs_ablation", "vs_best") if k in h}
+
+
+def headline_lines(dataset: str, h: dict[str, Any], bench: dict[str, Any]) -> list[str]:
+    """The headline as the report stage ends ``dvc repro`` with it."""
+    if "ours" not in h:
+        return [f"{dataset}: no attention CNN in grid.methods, no headline"]
+    what = "the paper's benchmark" if bench["is_benchmark"] else "not a paper benchmark: direction only"
+    o = h["ours"]
+    out = [f"{dataset} ({what}): {o['label']} {o['mean']:.2f} % test top-1, mean of {o['n']} seeds"]
+    for key, title in (("vs_ablation", "vs its ablation"), ("vs_best", "vs the best baseline")):
+        if key in h:
+            c = h[key]
+            ci = f"95 % CI {c['ci_low']:+.2f} to {c['ci_high']:+.2f}" if c["ci_low"] is not None else "no CI"
+            words = "; ".join(w if v == "gain" else f"{w} ({TABLE_NAMES.get(v, v)})" for v, w in c["verdict"].items())
+            out.append(f"  {title}, {c['label']} ({c['mean']:.2f} %): {c['diff']:+.2f} points ({ci}): {words}")
+    return out
 
 
 def registry_lines(params: Params, results: Path, dataset: str) -> list[str]:
@@ -589,8 +641,14 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
         write_json(tmp / "metrics.json", {d: s["metrics"] for d, s in sections.items()})
         write_json(tmp / "provenance.json", prov)
         write_json(tmp / "study.json", study_summary)
-        _log_to_mlflow(params, summary, tmp, git["commit"])
+        runs = _log_to_mlflow(params, summary, tmp, git["commit"])
         _move_into_place(tmp, out_dir)
+    for d, s in summary.items():
+        for line in headline_lines(d, s[HEADLINE], s[BENCHMARK]):
+            log.info("report: %s", line)
+    log.info("report: tables, verdicts and figures: %s", out_dir / "index.html")
+    for d, path in runs.items():
+        log.info("report: MLflow, report run of %s: %s", d, tracking.ui_url(path))
     return {"rows": rows, "summary": summary}
 
 
@@ -638,7 +696,7 @@ def _report_run_fields(per_track: dict[str, Any]) -> tuple[list[tuple[str, str]]
     tags = [(f"{BENCHMARK}.{k}", str(v)) for k, v in bench.items()]
     metrics: list[tuple[str, float]] = []
     for track, entries in per_track.items():
-        if track == BENCHMARK:
+        if track in (BENCHMARK, HEADLINE):  # the headline repeats the recipe track's figures
             continue
         for name, fields in entries.items():
             for k, v in fields.items():
@@ -649,16 +707,24 @@ def _report_run_fields(per_track: dict[str, Any]) -> tuple[list[tuple[str, str]]
     return tags, metrics
 
 
-def _log_to_mlflow(params: Params, summary: dict[str, Any], tmp: Path, commit: str) -> None:
-    """One run per data set (``report | <dataset>``, tag stage=report): the figures as metrics, the verdicts as
-    tags, the files as artifacts. A rerun with the same figures finds and reuses its run."""
+def _log_to_mlflow(params: Params, summary: dict[str, Any], tmp: Path, commit: str) -> dict[str, str]:
+    """One run per data set (``report | <dataset>``, tag stage=report) in the report experiment
+    (``<prefix>-report``, apart from the training runs): the figures as metrics, the verdicts as tags, the
+    files as artifacts. Linked both ways: the run names its training experiment (tags, description) and the
+    training experiment its latest report run. A rerun with the same figures finds and reuses its run.
+    Returns {dataset: the report run's URL path}."""
     c = tracking.client()
     now = int(time.time() * 1000)
+    prefix = params.mlflow.experiment_prefix
+    rexp = tracking.get_experiment(c, tracking.report_experiment_name(prefix))
+    out = {}
     for d, per_track in summary.items():
-        exp = tracking.get_experiment(c, tracking.experiment_name(params.mlflow.experiment_prefix, d))
+        exp = tracking.get_experiment(c, tracking.experiment_name(prefix, d))
         tags = tracking.tags_for(run_key=config_hash(per_track), stage="report", dataset=d)
         tags |= tracking.source_tags("report", commit)
-        run_id, existed = tracking.find_or_create_run(c, exp, f"report | {d}", tags, {}, reopen=False)
+        run_id, existed = tracking.find_or_create_run(c, rexp, f"report | {d}", tags, {}, reopen=False)
+        tracking.link_report(c, run_id, report_experiment=rexp, training_experiment=exp, dataset=d)
+        out[d] = tracking.run_path(rexp, run_id)
         if existed:
             continue
         tags, metrics = _report_run_fields(per_track)
@@ -670,3 +736,4 @@ def _log_to_mlflow(params: Params, summary: dict[str, Any], tmp: Path, commit: s
             c.log_artifact(run_id, str(tmp / name))
         c.log_artifacts(run_id, str(tmp / "figures"), "figures")
         tracking.finish(c, run_id)
+    return out

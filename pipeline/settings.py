@@ -8,16 +8,19 @@ setting: the key, the value and what is allowed) and applies the cross-section r
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import re
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from pipeline.config import DATASET_KINDS, ConfigError, Params, fmt_loc, format_errors
+from pipeline.config import DATASET_KINDS, ConfigError, Params, did_you_mean, fmt_loc, format_errors
 from pipeline.config_checks import cross_checks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +55,8 @@ def _lookup(raw: dict, loc: tuple) -> Any:
 
 
 def validate_params(raw: dict, source: str = "params.yaml") -> Params:
-    """Validate a raw params mapping; raise one ``ConfigError`` listing every problem."""
+    """Validate a raw params mapping; raise one ``ConfigError`` listing every problem: those of the schema and,
+    where the rest of the file still validates without the settings at fault, the cross-section rules too."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     non_finite = _non_finite(raw)
@@ -64,36 +68,123 @@ def validate_params(raw: dict, source: str = "params.yaml") -> Params:
     try:
         p = Params.model_validate(raw)
     except ValidationError as e:
-        grouped: dict[tuple, list[str]] = {}
-        locs = [_key_loc(raw, tuple(x["loc"])) for x in e.errors()]
-        deeper = {loc[:i] for loc in locs for i in range(len(loc))}
-        said = {loc for loc, _ in non_finite}
-        for x, loc in zip(e.errors(), locs, strict=True):
-            if x["type"] == "literal_error" and loc in deeper:
-                continue  # a union's other branch (e.g. a list) got further: its error is the one that matters
-            if loc in said:
-                continue  # a non-finite number: said once above, wherever it is
-            msg = x["msg"].removeprefix("Value error, ")
-            if x["loc"] and x["loc"][-1] == "[key]":  # a bad key of a mapping (a data set or method name)
-                grouped.setdefault((loc[:-1], ""), []).append(f"key {msg}")
-                continue
-            if x["type"] in ("union_tag_invalid", "union_tag_not_found"):
-                loc, msg = (*loc, "kind"), f"unknown data set kind; allowed: {', '.join(DATASET_KINDS)}"
-            field = re.match(r"(\w+)=", msg)  # a model-level rule names its field first: point at it
-            if x["type"] == "value_error" and field and isinstance(_lookup(raw, loc), dict):
-                loc = (*loc, field.group(1))
-                msg = msg.split(": ", 1)[-1] if ": " in msg else msg
-            shown = "" if x["type"] == "missing" else f" = {_lookup(raw, loc)!r}"
-            grouped.setdefault((loc, shown), []).append(msg)
-        # a union gives one message per alternative: join them into one line
-        errs = [f"{fmt_loc(loc)}{shown}: {' or '.join(dict.fromkeys(msgs))}" for (loc, shown), msgs in grouped.items()]
-        raise ConfigError(format_errors(source, nf_errs + errs)) from None
+        errs = _schema_errors(raw, e, {loc for loc, _ in non_finite})
+        rest = _rest_checked(raw, [_key_loc(raw, tuple(x["loc"])) for x in e.errors()])
+        raise ConfigError(format_errors(source, nf_errs + errs + rest)) from None
     if nf_errs:  # in a free-form section (model arguments, recipe overrides): the models took them
         raise ConfigError(format_errors(source, nf_errs))
     errs = cross_checks(p) + _keys_dvc_reads(raw, p)
     if errs:
         raise ConfigError(format_errors(source, errs))
     return p
+
+
+def _schema_errors(raw: dict, e: ValidationError, said: set[tuple]) -> list[str]:
+    """pydantic's errors as one line per setting: the key, the value and what is allowed."""
+    grouped: dict[tuple, list[str]] = {}
+    locs = [_key_loc(raw, tuple(x["loc"])) for x in e.errors()]
+    deeper = {loc[:i] for loc in locs for i in range(len(loc))}
+    for x, loc in zip(e.errors(), locs, strict=True):
+        if x["type"] == "literal_error" and loc in deeper:
+            continue  # a union's other branch (e.g. a list) got further: its error is the one that matters
+        if loc in said:
+            continue  # a non-finite number: said once, wherever it is
+        msg = x["msg"].removeprefix("Value error, ")
+        if x["loc"] and x["loc"][-1] == "[key]":  # a bad key of a mapping (a data set or method name)
+            grouped.setdefault((loc[:-1], ""), []).append(f"key {msg}")
+            continue
+        if x["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc, msg = (*loc, "kind"), f"unknown data set kind; allowed: {', '.join(DATASET_KINDS)}"
+        if x["type"] == "extra_forbidden":
+            known = fields_at(loc[:-1])
+            hint = did_you_mean(loc[-1], known, fmt_loc(loc[:-1]) + "." if loc[:-1] else "")
+            msg = f"not a setting{hint}; allowed here: {', '.join(sorted(known))}"
+        field = re.match(r"(\w+)=", msg)  # a model-level rule names its field first: point at it
+        if x["type"] == "value_error" and field and isinstance(_lookup(raw, loc), dict):
+            loc = (*loc, field.group(1))
+            msg = msg.split(": ", 1)[-1] if ": " in msg else msg
+        shown = "" if x["type"] == "missing" else f" = {_lookup(raw, loc)!r}"
+        grouped.setdefault((loc, shown), []).append(msg)
+    # a union gives one message per alternative: join them into one line
+    return [f"{fmt_loc(loc)}{shown}: {' or '.join(dict.fromkeys(msgs))}" for (loc, shown), msgs in grouped.items()]
+
+
+# stand-ins for a required setting taken out: the first the schema takes is used (cross-section rules need a
+# whole ``Params``; what they then say about the stand-in is dropped with the rest about that setting)
+_STAND_INS: tuple[Any, ...] = (1, 0.1, [0], {}, "x")
+
+
+def _rest_checked(raw: dict, bad: list[tuple], tries: int = 4) -> list[str]:
+    """The cross-section rules' problems with the rest of the file: the settings at fault (``bad``) taken out
+    (defaults, or for a required one a stand-in, in their place), so one run of the check says everything.
+    None where the rest still does not validate; a rule's problem naming a setting taken out is dropped (its
+    own problem is said already)."""
+    fixed, gone = copy.deepcopy(raw), set()
+    for _ in range(tries):
+        for loc in bad:
+            while loc and not isinstance(loc[-1], str):  # a list item: take the list out
+                loc = loc[:-1]
+            parent = _lookup(fixed, loc[:-1]) if loc else None
+            if isinstance(parent, dict) and loc[-1] in parent:
+                del parent[loc[-1]]
+                gone.add(fmt_loc(loc))
+        try:
+            p = Params.model_validate(fixed)
+        except ValidationError as e:
+            missing = [tuple(x["loc"]) for x in e.errors() if x["type"] == "missing"]
+            if not missing or not all(_stand_in(fixed, loc) for loc in missing):
+                bad = [_key_loc(fixed, tuple(x["loc"])) for x in e.errors() if x["type"] != "missing"]
+            else:
+                bad = []
+            gone |= {fmt_loc(loc) for loc in missing}
+            continue
+        errs = cross_checks(p) + _keys_dvc_reads(fixed, p)
+        return [m for m in errs if not any(re.search(rf"(^|\W){re.escape(g)}(\W|$)", m) for g in gone)]
+    return []
+
+
+def _stand_in(raw: dict, loc: tuple) -> bool:
+    """Put the first of ``_STAND_INS`` the schema takes at ``loc`` (a required setting); whether one was."""
+    parent = _lookup(raw, loc[:-1])
+    if not isinstance(parent, dict) or not loc or not isinstance(loc[-1], str):
+        return False
+    for v in _STAND_INS:
+        parent[loc[-1]] = v
+        try:
+            Params.model_validate(raw)
+            return True
+        except ValidationError as e:
+            if not any(_key_loc(raw, tuple(x["loc"]))[: len(loc)] == loc for x in e.errors()):
+                return True  # this one is taken; what is still wrong is elsewhere
+    del parent[loc[-1]]
+    return False
+
+
+def _members(kind: Any) -> list[Any]:
+    """The types a field's annotation admits: unions and ``Annotated`` unwrapped."""
+    origin = get_origin(kind)
+    if origin is typing.Annotated:
+        return _members(get_args(kind)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [m for a in get_args(kind) for m in _members(a)]
+    return [kind]
+
+
+def fields_at(loc: tuple) -> set[str]:
+    """The setting names the schema allows in the mapping at ``loc`` (``("train",)`` -> epochs, lr, ...)."""
+    kinds: list[Any] = [Params]
+    for part in loc:
+        nxt = []
+        for a in (m for k in kinds for m in _members(k)):
+            if isinstance(a, type) and issubclass(a, BaseModel) and part in a.model_fields:
+                nxt.append(a.model_fields[part].annotation)
+            elif get_origin(a) is dict:
+                nxt.append(get_args(a)[1])
+            elif get_origin(a) is list and isinstance(part, int):
+                nxt.append(get_args(a)[0])
+        kinds = nxt
+    return {f for k in kinds for a in _members(k) if isinstance(a, type) and issubclass(a, BaseModel)
+            for f in a.model_fields}  # fmt: skip
 
 
 @functools.cache

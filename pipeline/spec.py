@@ -27,6 +27,7 @@ class DataRef(Frozen):
 
     name: str
     path: str  # absolute directory (or URI) holding the Parquet files and the manifest
+    source: str = ""  # where it is as the records show it: relative to the repository when inside it
     sha256: str  # of the preprocessed data (manifest data_sha256): a different subset is different data
     num_classes: int
     mean: list[float]
@@ -55,7 +56,7 @@ class RunSpec(Frozen):
         or tracks that resolve to the same network, recipe and start are one unit, trained once."""
         return {
             "network": network_key(self.model, self.model_args, self.seed),
-            "dataset": self.dataset.model_dump(exclude={"path"}),
+            "dataset": self.dataset.model_dump(exclude={"path", "source"}),
             **self.model_dump(include={"train", "seed", "val_fraction", "train_subset", "diagnostics"}),
         }
 
@@ -115,12 +116,22 @@ def compressed(recipe: TrainCfg, epochs: int) -> dict[str, Any]:
     return {"train.epochs": epochs, "train.milestones": milestones, "train.warmup_epochs": warmup}
 
 
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository when inside it (``data/processed/embedded``), else as it is: what a
+    record shows, meaningful on another machine."""
+    try:
+        return str(path.relative_to(codebase.ROOT))
+    except ValueError:
+        return str(path)
+
+
 def data_ref(name: str, data_dir: str | Path) -> DataRef:
     data_dir = Path(data_dir).resolve()
     man = load_manifest(data_dir)
     return DataRef(
         name=name,
         path=str(data_dir),
+        source=repo_relative(data_dir),
         sha256=man.data_sha256,
         num_classes=man.num_classes,
         mean=man.mean,

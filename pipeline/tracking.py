@@ -61,6 +61,46 @@ def experiment_name(prefix: str, dataset: str) -> str:
     return f"{prefix}-{dataset}"
 
 
+def report_experiment_name(prefix: str) -> str:
+    """The report runs' experiment: apart from the training runs, whose charts they would crowd."""
+    return f"{prefix}-report"
+
+
+def run_path(experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI, relative to the UI's address."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ui_url(path: str) -> str:
+    """Where the MLflow UI shows ``path`` (``run_path``): on the tracking server, or -- for a local store -- on
+    the UI that ``mlflow ui`` serves for it (port 5000 by default)."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"{redact_url(uri).rstrip('/')}/{path}"
+    return f"http://127.0.0.1:5000/{path} (start the UI: mlflow ui --backend-store-uri {redact_url(uri)})"
+
+
+NOTE = "mlflow.note.content"  # the description the UI shows on a run's or an experiment's page (Markdown)
+
+
+def link_report(c, run_id: str, *, report_experiment: str, training_experiment: str, dataset: str) -> None:
+    """Link a report run and the training experiment it reports on, both ways: the run's tags and description
+    name the training experiment; the training experiment's tags and description name the report run."""
+    train_name = c.get_experiment(training_experiment).name
+    c.set_tag(run_id, "training_experiment", train_name)
+    c.set_tag(run_id, "training_experiment_id", training_experiment)
+    c.set_tag(run_id, NOTE, f"The report on {dataset}: the training runs are in [{train_name}]"
+              f"(#/experiments/{training_experiment}) (one run per method and seed).")  # fmt: skip
+    for k, v in {
+        "report_experiment_id": report_experiment,
+        "report_run_id": run_id,
+        NOTE: f"Model training runs on {dataset}: one run per (method, seed), with its per-epoch metrics, "
+        f"logged model and test metrics. The report (tables, verdicts, figures): [report | {dataset}]"
+        f"({run_path(report_experiment, run_id)}) in the experiment of reports.",
+    }.items():
+        c.set_experiment_tag(training_experiment, k, v)
+
+
 # MLflow 3's UI opens an experiment on its GenAI overview unless told it holds model training runs
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 
@@ -213,13 +253,17 @@ def settle_unit_run(
     return run_id
 
 
+NOT_METRICS = ("epoch", "timestamp_ms")  # an epoch record's step and time: the metric's own step and timestamp
+
+
 def log_epoch(
     c, run_id: str, record: Mapping[str, float], step: int, timestamp_ms: int | None = None, *, wait: bool = True
 ):
     """An epoch's numbers as metrics at ``step``. ``wait=False``: queued to MLflow's async logger, so training
     goes on while the store writes; returns the pending operation (``.wait()``), else None."""
     ts = timestamp_ms or int(time.time() * 1000)
-    metrics = [Metric(k, float(v), ts, step) for k, v in record.items() if isinstance(v, (int, float)) and k != "epoch"]
+    numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in NOT_METRICS}
+    metrics = [Metric(k, float(v), ts, step) for k, v in numbers.items()]
     return c.log_batch(run_id, metrics=metrics, synchronous=wait)
 
 

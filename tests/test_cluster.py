@@ -197,13 +197,21 @@ def test_mlflow_server_has_the_runs_and_its_ui_shows_them(cluster) -> None:
     # the searched method's 2 trials, the recipe's own first
     assert len(trials) == 2 and all(t.info.status in ("FINISHED", "KILLED") for t in trials)
 
+    # the report's run in an experiment of its own, linked to the training experiment both ways
+    rexp = c.get_experiment_by_name("attncnn-report")
+    (report,) = c.search_runs([rexp.experiment_id], "tags.dataset = 'embedded'")
+    assert not c.search_runs([exp.experiment_id], "tags.stage = 'report'")
+    assert report.data.tags["training_experiment_id"] == exp.experiment_id
+    assert c.get_experiment(exp.experiment_id).tags["report_run_id"] == report.info.run_id
+
     run = next(r for r in runs if r.info.run_name.startswith("attn_resnet"))
-    _browse(uri, exp.experiment_id, run, f"{run.data.metrics['test_top1']:g}")
+    _browse(uri, exp.experiment_id, run, f"{run.data.metrics['test_top1']:g}", rexp.experiment_id)
 
 
-def _browse(uri: str, exp_id: str, run, test_top1: str) -> None:
+def _browse(uri: str, exp_id: str, run, test_top1: str, report_exp_id: str) -> None:
     """The runs table shows each training run's Dataset (name and digest), Source (the DVC stage) and Models (a
-    link to its logged model); the run page its metrics, logged model, data set and commit."""
+    link to its logged model), and no report run; the run page its metrics, logged model, data set and commit;
+    the logged model's page its registered version and test metrics; the report experiment its report run."""
     from playwright.sync_api import sync_playwright
 
     run_id, run_name, commit = run.info.run_id, run.info.run_name, run.data.tags["mlflow.source.git.commit"]
@@ -237,7 +245,19 @@ def _browse(uri: str, exp_id: str, run, test_top1: str) -> None:
         assert "Logged models (1)" in body
         page.get_by_text("test_top1").first.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "mlflow-run.png"), full_page=True)
+        # the logged model's page: named for its unit, linked to its registry version, with its test metrics
+        page.goto(f"{uri}/#/experiments/{exp_id}/models/{model_id(uri, run_id)}")
+        page.get_by_text(f"embedded-{run.data.tags['method']}-seed0").first.wait_for(timeout=90_000)
+        page.get_by_text(registered).first.wait_for(timeout=30_000)
+        body = page.inner_text("body")
+        assert "Not registered" not in body and "test_top1" in body, body[:3000]
+        page.screenshot(path=str(ARTIFACTS / "mlflow-logged-model.png"), full_page=True)
+        page.goto(f"{uri}/#/experiments/{report_exp_id}/runs")
+        page.get_by_text("report | embedded").first.wait_for(timeout=90_000)
+        page.screenshot(path=str(ARTIFACTS / "mlflow-report-experiment.png"), full_page=True)
         browser.close()
+    # the experiment's description links its report run; no report run is among its runs
+    assert table.count("report | embedded") == 1 and "in the experiment of reports" in table
     assert (ARTIFACTS / "mlflow-run.png").stat().st_size > 10_000
 
 

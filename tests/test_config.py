@@ -59,7 +59,7 @@ def test_shipped_params_are_valid() -> None:
             r"on_bad_image = 'ignore'.*'skip' or 'error'",
         ),
         (("grid", "seeds"), [0, 0], r"grid\.seeds = \[0, 0\]: .*unique"),
-        (("surprise",), 1, r"surprise = 1: Extra inputs are not permitted"),
+        (("surprise",), 1, r"surprise = 1: not a setting; allowed here: compute, datasets, evaluate, grid, "),
     ],
 )
 def test_field_errors(raw_params: dict, path: tuple, value: object, expected: str) -> None:
@@ -225,3 +225,37 @@ def test_an_unsplittable_batch_names_the_layer_that_set_it(raw_params: dict) -> 
     assert "methods.resnet.train.batch_size = 100: must be divisible by compute.num_workers = 3" in errs
     assert "datasets.embedded.train.batch_size (method attn_resnet) = 64: must be divisible" in errs
     assert "train.batch_size = 96" not in errs
+
+
+def test_every_problem_in_one_message_with_the_key_meant(raw_params: dict) -> None:
+    """A schema error (a bad value, a mistyped key) does not hide the cross-section rules: a mistyped method
+    in the grid is said in the same message, and each mistyped name gets the known one it is closest to."""
+    raw_params["train"]["lr"] = -1  # a required setting with a bad value
+    raw_params["train"]["epohcs"] = 3
+    raw_params["mlflow"]["experiment_prefx"] = "x"
+    raw_params["grid"]["methods"].append("se_resnett")
+    raw_params["methods"]["resnet"]["train"] = {"weight_decy": 0.1}
+    lines = errors_for(raw_params).splitlines()[1:]
+    assert lines[0] == "  - train.lr = -1: Input should be greater than 0"
+    assert "train.epohcs = 3: not a setting (did you mean `train.epochs`?); allowed here: batch_size," in lines[1]
+    assert "mlflow.experiment_prefx = 'x': not a setting (did you mean `mlflow.experiment_prefix`?)" in lines[2]
+    rest = "\n".join(lines[3:])
+    assert "grid.methods: unknown method 'se_resnett' (did you mean `se_resnet`?); defined under" in rest
+    assert (
+        "methods.resnet.train: unknown field(s) ['weight_decy'] (did you mean `methods.resnet.train.weight_decay`?)"
+        in rest
+    )
+    assert "train.lr" not in rest  # what a rule says about the stand-in for the bad value is not said
+    assert len(lines) == 5, lines
+
+
+def test_a_name_far_from_every_known_one_gets_no_guess(raw_params: dict) -> None:
+    raw_params["grid"]["methods"].append("vit")
+    raw_params["zzz"] = 1
+    msg = errors_for(raw_params)
+    assert "did you mean" not in msg and "zzz = 1: not a setting; allowed here:" in msg
+
+
+def test_a_data_set_cannot_take_the_report_experiments_name(raw_params: dict) -> None:
+    raw_params["datasets"]["report"] = raw_params["datasets"]["embedded"]
+    assert "datasets.report: the name is the report runs' experiment's (<prefix>-report)" in errors_for(raw_params)

@@ -5,6 +5,7 @@ alias; a registered model loads by alias and predicts from uint8 images what the
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -23,9 +24,9 @@ from pipeline.evaluate import evaluate_dataset, load_checkpoint
 from pipeline.io import read_json
 from pipeline.models import create_model
 from pipeline.settings import validate_params
-from pipeline.spec import build_spec, data_ref
+from pipeline.spec import DataRef, build_spec, data_ref, repo_relative
 from pipeline.train.engine import Shard, TensorData, normalize, predict
-from pipeline.train.job import TrainJob
+from pipeline.train.job import TrainJob, dataset_input, run_params
 from pipeline.train.loop import train_units
 from pipeline.train.run import _write_unit
 from pipeline.train.store import UnitStore
@@ -133,6 +134,17 @@ def test_every_net_is_a_logged_model_and_the_lowest_seed_is_registered(evaluated
     assert version.run_id == runs[0] and version.source == f"models:/{models[0].model_id}"
     for alias in ("recipe", "searched"):  # seed 0 is both tracks' unit: both aliases, one version
         assert c.get_model_version_by_alias(name, alias).version == version.version
+    # registered through the API that links them: the logged model lists its version (its UI page shows it)
+    assert json.loads(c.get_logged_model(models[0].model_id).tags["mlflow.modelVersions"]) == [
+        {"name": name, "version": version.version}
+    ]
+    assert "mlflow.modelVersions" not in c.get_logged_model(models[1].model_id).tags  # seed 1: not registered
+    for seed, m in models.items():  # named for the unit, with its test metrics on the test data attached
+        assert m.name == f"embedded-attn_resnet-seed{seed}"
+        logged = {x.key: x for x in c.get_logged_model(m.model_id).metrics}
+        measured = evaluated["metrics"]["recipe"][f"seed{seed}"]
+        assert logged["test_top1"].value == measured["test_top1"] and logged["test_top1"].dataset_name == "embedded"
+        assert "timestamp_ms" not in c.get_run(runs[seed]).data.metrics  # an epoch's time is its metrics' timestamp
     record = read_json(evaluated["eval"] / "searched" / "seed0" / "mlflow_model.json")
     assert record["registered"] == {"name": name, "version": int(version.version)} and record["aliases"] == ["searched"]
     assert read_json(evaluated["eval"] / "recipe" / "seed1" / "mlflow_model.json")["aliases"] == []
@@ -229,3 +241,21 @@ def test_rows_sharing_a_unit_are_evaluated_once_and_registered_per_method(traine
     assert models["attn_resnet"]["model_id"] == models["attn_twin"]["model_id"]
     assert models["attn_twin"]["registered"]["name"] == serving.registered_name(EXPERIMENT, "attn_twin")
     assert len(trained["c"].search_logged_models(experiment_ids=[trained["exp"]])) == 2  # none added
+
+
+def test_runs_record_the_data_path_as_the_repository_names_it(trained) -> None:
+    """A data set inside the repository is recorded by its path there (meaningful on every node), one outside
+    it by its own path; neither changes the unit's key."""
+    inside = ROOT / "data" / "processed" / "embedded"
+    assert repo_relative(inside) == "data/processed/embedded" and repo_relative(Path("/mnt/x")) == "/mnt/x"
+    spec = trained["specs"][0]
+    moved = spec.model_copy(
+        update={"dataset": DataRef(**{**spec.dataset.model_dump(), "source": "data/processed/embedded"})}
+    )
+    assert (
+        run_params(moved)["dataset"]["path"] == "data/processed/embedded"
+        and "source" not in run_params(moved)["dataset"]
+    )
+    assert dataset_input(moved.dataset)["source"] == "data/processed/embedded"
+    assert moved.key() == spec.key()
+    assert run_params(spec)["dataset"]["path"] == str(trained["tmp"] / "proc")  # outside the repository: as it is

@@ -123,11 +123,14 @@ def test_dvc_metrics_plots_and_experiments(project) -> None:
         for s in SEEDS:
             metrics = per_seed["recipe"][f"seed{s}"]
             assert 0 <= metrics["test_top1"] <= 100 and metrics["params"] > 0
-    summary = files["reports/metrics.json"]["data"]["embedded"]["recipe"]
-    ours = summary["attn_resnet"]
-    assert ours["n"] == len(SEEDS) and ours["ci_low"] <= ours["mean"] <= ours["ci_high"]
-    assert "ours_vs_no_attention" in json.loads((proj / "reports/summary.json").read_text())["embedded"]["recipe"]
-    train = files["results/embedded/train_metrics.json"]["data"]
+    # DVC shows the headline per data set, in a 120-column terminal; the train stage's counts are plain outputs
+    assert set(files) == {"reports/metrics.json"}
+    headline = files["reports/metrics.json"]["data"]["embedded"]
+    summary = json.loads((proj / "reports/summary.json").read_text())["embedded"]["recipe"]
+    assert headline["n"] == len(SEEDS) and headline["ours"] == summary["attn_resnet"]["mean"]
+    assert headline["vs_ablation"] == summary["ours_vs_no_attention"]["diff"]
+    assert max(len(ln) for ln in run(["dvc", "metrics", "show"], proj).stdout.splitlines()) <= 120
+    train = json.loads((proj / "results/embedded/train_metrics.json").read_text())
     assert train["units_reused"] == 0 and train["rows"] >= len(METHODS) * len(SEEDS)
     # resnet and no_attention are one network from one start: their rows share a unit, trained once
     assert train["units_trained"] == train["units"] < train["rows"]
@@ -159,10 +162,9 @@ def test_dvc_metrics_plots_and_experiments(project) -> None:
     readme = (ROOT / "README.md").read_text().split("<!-- exp-show:begin -->")[1].split("<!-- exp-show:end -->")[0]
     (cmd,) = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
     table = list(csv.reader(run([*shlex.split(cmd), "--csv"], proj).stdout.splitlines()))
-    means = [f"embedded.recipe.{m}.mean" for m in sorted(METHODS)]
-    assert table[0] == ["Experiment", *means, "train.epochs", "train.lr"], table[0]
-    shown = json.loads((proj / "reports/metrics.json").read_text())["embedded"]["recipe"]
-    assert [float(v) for v in table[1][1 : 1 + len(METHODS)]] == [shown[m]["mean"] for m in sorted(METHODS)]
+    cols = [f"embedded.{k}" for k in ("n", "ours", "vs_ablation", "vs_best")]
+    assert table[0] == ["Experiment", *cols, "train.epochs", "train.lr"], table[0]
+    assert [float(v) for v in table[1][1:5]] == [headline[k] for k in ("n", "ours", "vs_ablation", "vs_best")]
 
 
 def test_mlflow_records(project) -> None:
@@ -200,6 +202,8 @@ def test_mlflow_records(project) -> None:
             assert [m.step for m in c.get_metric_history(r.info.run_id, key)] == list(range(1, EPOCHS + 1)), key
         assert "test_top1" in r.data.metrics  # logged by the evaluate stage into the same run
         assert r.data.params["train.epochs"] == str(EPOCHS)
+        # where the data is, as the repository names it (not this machine's path); epoch times are timestamps
+        assert r.data.params["dataset.path"] == "data/processed/embedded" and "timestamp_ms" not in r.data.metrics
         arts = {a.path for a in c.list_artifacts(r.info.run_id)} | {
             a.path for a in c.list_artifacts(r.info.run_id, "checkpoint")
         }
@@ -238,7 +242,11 @@ def test_mlflow_records(project) -> None:
             assert reached and t.info.status == ("FINISHED" if reached == epochs else "KILLED"), (reached, t.info)
             if t.info.status == "KILLED":
                 assert t.data.tags["stopped_by"] == "ASHA" and t.data.tags["stopped_at_epoch"] == str(reached)
-    (report,) = c.search_runs([exp.experiment_id], "tags.stage = 'report'")
+    # the report's run is in the report experiment, linked to the training experiment both ways
+    assert not c.search_runs([exp.experiment_id], "tags.stage = 'report'")
+    (report,) = c.search_runs([c.get_experiment_by_name("attncnn-report").experiment_id], "tags.stage = 'report'")
+    assert report.data.tags["training_experiment_id"] == exp.experiment_id
+    assert c.get_experiment(exp.experiment_id).tags["report_run_id"] == report.info.run_id
     summary = json.loads((proj / "reports" / "summary.json").read_text())["embedded"]["recipe"]
     assert report.data.metrics["recipe.ours_vs_no_attention.diff"] == pytest.approx(
         summary["ours_vs_no_attention"]["diff"]
@@ -298,3 +306,31 @@ def test_the_terminal_shows_the_pipelines_own_lines_once(project) -> None:
     train_part = out[out.index("Running stage 'train@embedded'") :]
     train_part = train_part[: train_part.find("Running stage", 10)]
     assert len(re.findall(r"\] starting epoch 1/", train_part)) == trained
+
+
+def test_dvc_repro_ends_with_the_headline(project) -> None:
+    """The report stage ends `dvc repro` with the headline of each data set (ours, vs its ablation, vs the best
+    baseline, each with its verdict), where the report page is and the MLflow address of the report run; after
+    it only DVC's own lines (the lock file is staged by `core.autostage`, so no `git add` hint)."""
+    proj, first = project
+    lines = [ln for ln in first.stdout.splitlines() if ln.strip()]
+    start = max(i for i, ln in enumerate(lines) if ln.startswith("Running stage 'report'"))
+    own = [ln for ln in lines[start + 2 :] if ln.startswith("report: ")]
+    h = json.loads((proj / "reports/summary.json").read_text())["embedded"]["headline"]
+    assert own[0].startswith(
+        f"report: embedded (not a paper benchmark: direction only): Attention CNN (ours) {h['ours']['mean']:.2f} %"
+    )
+    assert own[1].startswith(f"report:   vs its ablation, {h['vs_ablation']['label']}") and own[1].endswith(
+        h["vs_ablation"]["verdict"]["gain"]
+    )
+    assert own[2].startswith(f"report:   vs the best baseline, {h['vs_best']['label']}")
+    assert own[3] == "report: tables, verdicts and figures: reports/index.html"
+    c = mlflow_client(proj)
+    rexp = c.get_experiment_by_name("attncnn-report").experiment_id
+    (report,) = c.search_runs([rexp], "tags.dataset = 'embedded'")
+    assert own[4].startswith(
+        f"report: MLflow, report run of embedded: http://127.0.0.1:5000/#/experiments/{rexp}/runs/{report.info.run_id}"
+    )
+    after = lines[lines.index(own[-1]) + 1 :]
+    assert all(ln.startswith(("Updating lock file", "Use `dvc push`")) for ln in after), after
+    assert "To track the changes with git" not in first.stdout + first.stderr

@@ -44,7 +44,7 @@ def test_bad_profile_changes_nothing(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"train\.milestones = \[5, 20\]: \[20\] at or past the last epoch"):
         apply_profile(bad, params)
     bad.write_text("trian.epochs: 10\n")
-    with pytest.raises(ConfigError, match=r"trian = \{'epochs': 10\}: Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match=r"trian = \{'epochs': 10\}: not a setting \(did you mean `train`\?\)"):
         apply_profile(bad, params)
     assert params.read_text() == before
 
@@ -87,3 +87,39 @@ def test_profiles_set_edits_params_in_place_and_validates(tmp_path, monkeypatch)
     assert profiles_main(["--set", "compute.shared_data=relative/dir"]) == 2  # not every node can read that
     assert profiles_main(["--set", "compute.nope=1"]) == 2
     assert (tmp_path / "params.yaml").read_text() == text  # a rejected edit writes nothing
+
+
+def _section_comments(text: str) -> dict[str, list[str]]:
+    """top-level key -> the comment lines directly above it."""
+    lines, out = text.split("\n"), {}
+    for i, line in enumerate(lines):
+        if line[:1].isalpha():
+            j = i
+            while j > 0 and lines[j - 1].startswith("#"):
+                j -= 1
+            out[line] = lines[j:i]
+    return out
+
+
+def test_a_profile_keeps_section_comments_and_replaces_stale_ones(tmp_path) -> None:
+    """Keys the profile adds to the last entry of a section (datasets.imagenet.train) stay in that entry, with
+    the next section's comment still above the next section; a key's comment in the profile replaces the one
+    params.yaml had (which described the old value); no flow mapping is wrapped across lines."""
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    before = params.read_text()
+    apply_profile(ROOT / "configs" / "paper.yaml", params)
+    after = params.read_text()
+    assert _section_comments(after) == _section_comments(before)
+    assert any(c for c in _section_comments(before).values())
+    lines = after.splitlines()
+    inet = next(i for i, ln in enumerate(lines) if ln.startswith("  imagenet:"))
+    block = [ln for ln in lines[inet : lines.index("train:")] if ln and not ln.startswith("#")]
+    assert block[-5:] == ["      epochs: 90", "      batch_size: 256", "      milestones:", "      - 30", "      - 60"]
+    assert lines[lines.index(block[-1]) + 1] == ""  # then the blank line and the next section's comment
+    (bn,) = [ln for ln in lines if ln.startswith("  bn_recalibration:")]
+    profile_comment = next(ln for ln in (ROOT / "configs/paper.yaml").read_text().splitlines()
+                           if ln.startswith("train.bn_recalibration:")).split("#", 1)[1]  # fmt: skip
+    assert bn.startswith("  bn_recalibration: 0 ") and bn.endswith("#" + profile_comment)
+    assert all(ln.count("{") == ln.count("}") for ln in lines)  # nothing wrapped
+    assert load_params(params).train.bn_recalibration == 0

@@ -123,9 +123,11 @@ def made(tmp_path_factory):
         out = report.make_report(params, root / "results", root / "data", root / "reports")
     c = tracking.client(uri)
     exp = c.get_experiment_by_name(tracking.experiment_name(params.mlflow.experiment_prefix, "embedded"))
-    (run,) = c.search_runs([exp.experiment_id], "tags.stage = 'report'")
+    rexp = c.get_experiment_by_name(tracking.report_experiment_name(params.mlflow.experiment_prefix))
+    (run,) = c.search_runs([rexp.experiment_id], "tags.dataset = 'embedded'")
     logged = sorted(_artifacts(c, run.info.run_id))
-    return {"root": root, "reports": root / "reports", "out": out, "logged": logged, "run": run, "params": params}
+    return {"root": root, "reports": root / "reports", "out": out, "logged": logged, "run": run, "params": params,
+            "c": c, "exp": exp, "rexp": rexp}  # fmt: skip
 
 
 def _artifacts(c, run_id: str, path: str | None = None) -> list[str]:
@@ -248,19 +250,54 @@ def test_one_name_per_metric(made) -> None:
 # Metrics for DVC and the HTML page
 
 
-def test_metrics_file_is_per_method_summary(made) -> None:
+def test_metrics_file_is_the_headline_per_data_set(made) -> None:
+    """What `dvc metrics show` shows: per data set ours' mean and seeds, and ours minus its ablation and minus
+    the best baseline (the baseline with the highest mean), as summary.json has them."""
     metrics = json.loads((made["reports"] / "metrics.json").read_text())
     summary = json.loads((made["reports"] / "summary.json").read_text())
     assert set(metrics) == set(DATASETS)
-    for d, tracks in metrics.items():
-        assert set(tracks) == {"recipe"}
-        for track, methods in tracks.items():
-            assert set(methods) == set(METHODS)  # no comparisons, no per-seed values
-            for m, fields in methods.items():
-                assert set(fields) == {"mean", "std", "ci_low", "ci_high", "n"}
-                assert fields == {k: summary[d][track][m][k] for k in fields} and fields["n"] == len(SEEDS)
-    assert metrics["embedded"]["recipe"]["attn_resnet"]["mean"] == pytest.approx(81.0)
+    for d, h in metrics.items():
+        s = summary[d]["recipe"]
+        best = max((m for m in METHODS if m not in ("attn_resnet", "no_attention")), key=lambda m: s[m]["mean"])
+        assert h == {
+            "ours": s["attn_resnet"]["mean"],
+            "n": len(SEEDS),
+            "vs_ablation": s["ours_vs_no_attention"]["diff"],
+            "vs_best": s[f"ours_vs_{best}"]["diff"],
+        }
+        assert summary[d]["headline"]["vs_best"]["method"] == best
+    assert metrics["embedded"]["ours"] == pytest.approx(81.0)
     assert {"index.html", "metrics.json", "tables.md", "figures/curves-embedded.png"} <= set(made["logged"])
+
+
+def test_report_runs_have_their_own_experiment_linked_both_ways(made) -> None:
+    """The report runs are not in the training experiment (whose charts they would crowd); each names its
+    training experiment, and the training experiment names its latest report run."""
+    c, exp, rexp, run = made["c"], made["exp"], made["rexp"], made["run"]
+    assert not c.search_runs([exp.experiment_id], "tags.stage = 'report'")
+    assert rexp.name == "attncnn-report" and rexp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.data.tags["training_experiment_id"] == exp.experiment_id
+    assert f"(#/experiments/{exp.experiment_id})" in run.data.tags["mlflow.note.content"]
+    tags = c.get_experiment(exp.experiment_id).tags
+    assert tags["report_run_id"] == run.info.run_id and tags["report_experiment_id"] == rexp.experiment_id
+    assert tracking.run_path(rexp.experiment_id, run.info.run_id) in tags["mlflow.note.content"]
+
+
+def test_the_report_ends_with_its_headline(made, caplog) -> None:
+    """The report stage's last lines (the end of `dvc repro`): each data set's headline verdicts, where the page
+    is and the MLflow address of the report run."""
+    summary = json.loads((made["reports"] / "summary.json").read_text())["embedded"]
+    h = summary["headline"]
+    lines = report.headline_lines("embedded", h, summary["benchmark"])
+    assert lines[0].startswith(
+        f"embedded (not a paper benchmark: direction only): Attention CNN (ours) {h['ours']['mean']:.2f} %"
+    )
+    ab = h["vs_ablation"]
+    assert lines[1] == (
+        f"  vs its ablation, {ab['label']} ({ab['mean']:.2f} %): {ab['diff']:+.2f} points (95 % CI "
+        f"{ab['ci_low']:+.2f} to {ab['ci_high']:+.2f}): {ab['verdict']['gain']}"
+    )
+    assert lines[2].startswith(f"  vs the best baseline, {h['vs_best']['label']}")
 
 
 def test_the_report_run_names_its_source(made) -> None:
@@ -270,6 +307,7 @@ def test_the_report_run_names_its_source(made) -> None:
     assert run.data.tags["mlflow.source.git.commit"] == "0" * 40
     assert run.data.tags["mlflow.source.name"] == "dvc repro report"
     assert run.data.metrics["recipe.attn_resnet.mean"] == pytest.approx(81.0)
+    assert not any(k.startswith("headline.") for k in run.data.metrics)  # the recipe track's figures, once
 
 
 class _Page(html.parser.HTMLParser):
@@ -344,8 +382,12 @@ def test_dvc_shows_one_metrics_file_and_image_plots_offline(made, tmp_path) -> N
 
     shown = json.loads(_dvc(["metrics", "show", "--json"], repo))
     files = shown[""]["data"]
-    assert set(files) == {"reports/metrics.json", "results/embedded/train_metrics.json"}
-    assert files["reports/metrics.json"]["data"]["embedded"]["recipe"]["attn_resnet"]["n"] == len(SEEDS)
+    assert set(files) == {"reports/metrics.json"}  # the train stage's counts are a plain output
+    assert files["reports/metrics.json"]["data"]["embedded"]["n"] == len(SEEDS)
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    _write_json(repo / "reports/metrics.json", {"embedded": metrics["embedded"]})  # the default: one data set
+    table = _dvc(["metrics", "show"], repo)
+    assert max(len(ln) for ln in table.splitlines()) <= 120, table
 
     _dvc(["plots", "show", "-o", "plots"], repo)
     page = (repo / "plots" / "index.html").read_text()

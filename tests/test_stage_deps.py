@@ -281,3 +281,36 @@ def test_code_digest_follows_the_closure(tmp_path: Path) -> None:
 def test_real_dvc_yaml_deps_match_the_imports() -> None:
     problems = check_deps(ROOT / "dvc.yaml")
     assert not problems, "\n".join(["dvc.yaml deps (run `python -m pipeline.codebase dvc.yaml`):", *problems])
+
+
+def test_the_committed_dvc_lock_is_current() -> None:
+    """dvc.lock is committed and matches the tree: no stage's code or params dependency differs from what the
+    lock records (``dvc status``). Outputs absent, as in a fresh clone, and data a local run rewrote are fine:
+    what must not happen is a commit that changes pipeline code or settings without the lock of its run."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    tracked = subprocess.run(["git", "ls-files", "dvc.lock"], cwd=codebase.ROOT, capture_output=True, text=True)
+    assert tracked.stdout.strip() == "dvc.lock", "dvc.lock is not committed"
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    r = subprocess.run(
+        ["dvc", "status", "--json"], cwd=codebase.ROOT, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    stale = {}
+    for stage, changes in json.loads(r.stdout or "{}").items():
+        for change in changes if isinstance(changes, list) else []:
+            if not isinstance(change, dict):
+                stale.setdefault(stage, []).append(change)  # e.g. "changed command", "always changed"
+                continue
+            code = [p for p in change.get("changed deps", {}) if p.startswith(("pipeline/", "stages/"))]
+            params = change.get("changed params", {})
+            if code or params:
+                stale[stage] = {"code": code, "params": params}
+    assert not stale, f"dvc.lock is stale (run `dvc repro` and commit dvc.lock): {stale}"

@@ -30,10 +30,13 @@ class TrainJob(Frozen):
 
 
 def run_params(u: RunSpec) -> dict[str, Any]:
-    """A unit's MLflow params: its resolved settings and content key."""
-    return {**u.model_dump(), "run_key": u.key()}
+    """A unit's MLflow params: its resolved settings and content key; the data set's path as the repository
+    names it (``DataRef.source``), not this machine's absolute path."""
+    d = u.model_dump()
+    d["dataset"]["path"] = d["dataset"].pop("source") or u.dataset.path
+    return {**d, "run_key": u.key()}
 
 
 def dataset_input(d: DataRef) -> dict[str, str]:
     """A data set as the MLflow runs that use it record it (``tracking.log_dataset``): units, trials, searches."""
-    return {"name": d.name, "sha256": d.sha256, "source": d.path}
+    return {"name": d.name, "sha256": d.sha256, "source": d.source or d.path}
