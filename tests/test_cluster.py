@@ -249,6 +249,7 @@ def _browse(uri: str, exp_id: str, run, test_top1: str, report_exp_id: str) -> N
         page.goto(f"{uri}/#/experiments/{exp_id}/models/{model_id(uri, run_id)}")
         page.get_by_text(f"embedded-{run.data.tags['method']}-seed0").first.wait_for(timeout=90_000)
         page.get_by_text(registered).first.wait_for(timeout=30_000)
+        page.get_by_text("test_top1").first.wait_for(timeout=30_000)  # its metrics load after the model
         body = page.inner_text("body")
         assert "Not registered" not in body and "test_top1" in body, body[:3000]
         page.screenshot(path=str(ARTIFACTS / "mlflow-logged-model.png"), full_page=True)
