@@ -23,10 +23,7 @@ def cross_checks(p: Params) -> list[str]:
             )
     for m in p.grid.methods:
         if m not in p.methods:
-            errs.append(
-                f"grid.methods: unknown method {m!r}{did_you_mean(m, p.methods)}; defined under 'methods': "
-                f"{sorted(p.methods)}"
-            )
+            errs.append(_unknown_method("grid.methods", m, p))
     if "report" in p.datasets:  # experiment names: <prefix>-<dataset> for training, <prefix>-report for reports
         errs.append("datasets.report: the name is the report runs' experiment's (<prefix>-report); allowed: any other")
     errs += _search_checks(p) + _study_checks(p)
@@ -50,6 +47,11 @@ def cross_checks(p: Params) -> list[str]:
     for d in p.datasets:  # every entry, in the grid or not: one switched in later must not surprise
         errs += _dataset_recipe_checks(p, d, errs)
     return list(dict.fromkeys(errs))
+
+
+def _unknown_method(where: str, name: str, p: Params) -> str:
+    hint = did_you_mean(name, p.methods)
+    return f"{where}: unknown method {name!r}{hint}; defined under 'methods': {sorted(p.methods)}"
 
 
 def _unknown_fields(where: str, bad: list[str], allowed: set[str]) -> str:
@@ -104,10 +106,7 @@ def _study_checks(p: Params) -> list[str]:
             "preprocessed); allowed: one of them"
         )
     if s.method not in p.methods:
-        errs.append(
-            f"study.method: unknown method {s.method!r}{did_you_mean(s.method, p.methods)}; defined under "
-            f"'methods': {sorted(p.methods)}"
-        )
+        errs.append(_unknown_method("study.method", s.method, p))
     return errs
 
 
@@ -117,10 +116,7 @@ def _search_checks(p: Params) -> list[str]:
     searched = p.searched
     for m in searched:
         if m not in p.methods:
-            errs.append(
-                f"tune.methods: unknown method {m!r}{did_you_mean(m, p.methods)}; defined under 'methods': "
-                f"{sorted(p.methods)}"
-            )
+            errs.append(_unknown_method("tune.methods", m, p))
     for key in t.space:
         if split_key(key)[1] not in TrainCfg.model_fields:
             errs.append(

@@ -33,6 +33,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,12 @@ def override_value(v: Any) -> str:
     return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"  # quoted: a string stays a string
 
 
-def apply_overrides(overrides: list[str], source: str, params: str | Path = "params.yaml") -> list[str]:
+def apply_overrides(
+    overrides: list[str], source: str, params: str | Path = "params.yaml", *, tidy: Callable[[str], str] | None = None
+) -> list[str]:
     """Apply Hydra overrides (``key=value``, ``+key=value``, ``++key=value``: DVC's ``-S`` grammar) to
-    ``params`` with DVC's own function; return the keys. Nothing is written if the result is invalid."""
+    ``params`` with DVC's own function, then ``tidy`` to the text it wrote; return the keys. Nothing is
+    written if the result is invalid."""
     params = Path(params)
     keys = [o.partition("=")[0].lstrip("+~") for o in overrides]
     with atomic_path(params) as tmp:
@@ -75,6 +79,8 @@ def apply_overrides(overrides: list[str], source: str, params: str | Path = "par
         except Exception as e:  # DVC's InvalidArgumentError hides Hydra's reason in its cause
             why = " ".join(str(e.__cause__ or e).split())
             raise ConfigError(f"{source}: {why}") from None
+        if tidy is not None:
+            tmp.write_text(tidy(tmp.read_text()))
         validate_all(read_yaml(tmp), f"{params} with {source}")
     return keys
 
@@ -83,19 +89,19 @@ def apply_profile(profile: str | Path, params: str | Path = "params.yaml") -> li
     """Apply the profile file ``profile`` to ``params``; return the keys set. The profile's comments on its
     keys become those keys' comments, and section comments stay with their sections."""
     try:
-        overrides = yaml.safe_load(Path(profile).read_text()) or {}
+        text = Path(profile).read_text()
+        overrides = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{profile}: not readable as YAML: {e}") from None
     if not isinstance(overrides, dict):
         raise ConfigError(f"{profile}: expected a map of dotted keys to values")
-    params = Path(params)
-    before = params.read_text()
-    keys = apply_overrides([f"++{k}={override_value(v)}" for k, v in overrides.items()], str(profile), params)
-    text = keep_section_comments(before, params.read_text())
-    text = set_comments(text, profile_comments(Path(profile).read_text()))
-    with atomic_path(params) as tmp:
-        tmp.write_text(text)
-    return keys
+    before, comments = Path(params).read_text(), profile_comments(text)
+    return apply_overrides(
+        [f"++{k}={override_value(v)}" for k, v in overrides.items()],
+        str(profile),
+        params,
+        tidy=lambda after: set_comments(keep_section_comments(before, after), comments),
+    )
 
 
 def profile_comments(text: str) -> dict[str, str]:

@@ -402,7 +402,7 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
         rows += csv_rows(dataset, track, results_t, comps, column, marks, man.num_classes)
         summary[track] = summary_of(results_t, comps)
         if track == "recipe":
-            summary[HEADLINE] = headline(comps)
+            summary[HEADLINE] = headline(summary[track], comps)
     if column is None:
         lines += [
             f"The paper columns are its claims on CIFAR/ImageNet, for reference only: this data set is {bench.why}, "
@@ -424,30 +424,26 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path)
     }
 
 
-def headline(comps: list[ComparisonResult]) -> dict[str, Any]:
-    """The data set's headline at the shared recipe: ours, ours minus its ablation and ours minus the best
-    baseline (the highest mean), each difference with its 95 % CI and verdict per claims version."""
+def headline(track: dict[str, Any], comps: list[ComparisonResult]) -> dict[str, Any]:
+    """The data set's headline at the shared recipe, taken from that track's summary (``summary_of``): ours,
+    ours minus its ablation and ours minus the best baseline (the highest mean), each difference with its 95 %
+    CI and verdict per claims version."""
     if not comps:
         return {}
-    ours = comps[0].ours
-    out: dict[str, Any] = {
-        "ours": {"method": ours.method, "label": ours.label, "mean": round(ours.summary.mean, 3), "n": ours.summary.n}
-    }
-    ablation = [c for c in comps if c.other.paper_row == "ablation"]
-    baselines = [c for c in comps if c.other.paper_row != "ablation"]
-    best = max(baselines, key=lambda c: c.other.summary.mean) if baselines else None
-    for key, c in (("vs_ablation", ablation[0] if ablation else None), ("vs_best", best)):
-        if c is not None:
-            out[key] = {
-                "method": c.other.method,
-                "label": c.other.label,
-                "mean": round(c.other.summary.mean, 3),
-                "diff": round(c.comparison.diff, 3),
-                "ci_low": _json(c.comparison.ci_low),
-                "ci_high": _json(c.comparison.ci_high),
-                "verdict": {v or "gain": x.word for v, x in c.verdicts.items()},
-            }
+    ours = comps[0].ours.method
+    out: dict[str, Any] = {"ours": {"method": ours, "label": comps[0].ours.label, **_pick(track[ours], "mean", "n")}}
+    ablation = [c.other for c in comps if c.other.paper_row == "ablation"]
+    baselines = [c.other for c in comps if c.other.paper_row != "ablation"]
+    best = max(baselines, key=lambda r: r.summary.mean) if baselines else None
+    for key, other in (("vs_ablation", ablation[0] if ablation else None), ("vs_best", best)):
+        if other is not None:
+            vs = _pick(track[f"ours_vs_{other.method}"], "diff", "ci_low", "ci_high", "verdict")
+            out[key] = {"method": other.method, "label": other.label, **_pick(track[other.method], "mean"), **vs}
     return out
+
+
+def _pick(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: d[k] for k in keys}
 
 
 def headline_metrics(h: dict[str, Any]) -> dict[str, float]:
@@ -719,11 +715,14 @@ def _log_to_mlflow(params: Params, summary: dict[str, Any], tmp: Path, commit: s
     rexp = tracking.get_experiment(c, tracking.report_experiment_name(prefix))
     out = {}
     for d, per_track in summary.items():
-        exp = tracking.get_experiment(c, tracking.experiment_name(prefix, d))
+        train_name = tracking.experiment_name(prefix, d)
+        exp = tracking.get_experiment(c, train_name)
         tags = tracking.tags_for(run_key=config_hash(per_track), stage="report", dataset=d)
         tags |= tracking.source_tags("report", commit)
         run_id, existed = tracking.find_or_create_run(c, rexp, f"report | {d}", tags, {}, reopen=False)
-        tracking.link_report(c, run_id, report_experiment=rexp, training_experiment=exp, dataset=d)
+        tracking.link_report(
+            c, run_id, report_experiment=rexp, training_experiment=exp, train_name=train_name, dataset=d
+        )
         out[d] = tracking.run_path(rexp, run_id)
         if existed:
             continue

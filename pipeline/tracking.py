@@ -83,10 +83,12 @@ def ui_url(path: str) -> str:
 NOTE = "mlflow.note.content"  # the description the UI shows on a run's or an experiment's page (Markdown)
 
 
-def link_report(c, run_id: str, *, report_experiment: str, training_experiment: str, dataset: str) -> None:
-    """Link a report run and the training experiment it reports on, both ways: the run's tags and description
-    name the training experiment; the training experiment's tags and description name the report run."""
-    train_name = c.get_experiment(training_experiment).name
+def link_report(
+    c, run_id: str, *, report_experiment: str, training_experiment: str, train_name: str, dataset: str
+) -> None:
+    """Link a report run and the training experiment (``training_experiment``, named ``train_name``) it reports
+    on, both ways: the run's tags and description name the training experiment; the training experiment's tags
+    and description name the report run."""
     c.set_tag(run_id, "training_experiment", train_name)
     c.set_tag(run_id, "training_experiment_id", training_experiment)
     c.set_tag(run_id, NOTE, f"The report on {dataset}: the training runs are in [{train_name}]"
