@@ -1,8 +1,8 @@
 """Training speed of one model, eager vs each fast-path switch vs all of them, side by side in one run.
 
 Needs only Python and torch (no Ray, MLflow, pydantic or numpy), so it runs on a bare GPU machine: copy this
-file with pipeline/models/ and pipeline/train/engine.py (or the whole repo) there and run it. Prints training
-images/s and model FLOP utilisation: achieved training FLOP/s (3x the forward FLOPs counted by
+file with pipeline/models/, pipeline/device.py and pipeline/train/engine.py (or the whole repo) there and run
+it. Prints training images/s and model FLOP utilisation: achieved training FLOP/s (3x the forward FLOPs counted by
 torch.utils.flop_counter: forward + backward) over the GPU's dense bf16 peak ("MFU n/a" where there is no
 known peak, as on a CPU). Uses the pipeline's own ``train_one_epoch`` on a synthetic CIFAR-sized set held as
 uint8, on the host or, with data on device, on the GPU (the same as eager on a CPU). The first epoch of each
@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # torch-only modules: this script must run where only torch is installed (tests/test_fast_path.py checks it)
+from pipeline.device import FastPath  # noqa: E402
 from pipeline.models import create_model, registry  # noqa: E402
 from pipeline.models.cost import flops_per_image  # noqa: E402
-from pipeline.train.engine import FastPath, TensorData, build_optimizer, train_one_epoch  # noqa: E402
+from pipeline.train.engine import TensorData, build_optimizer, train_one_epoch  # noqa: E402
 
 # dense bf16 tensor-core peaks, TFLOP/s (vendor data sheets, no sparsity); the first key in the name wins
 PEAK_BF16 = {"H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0,

@@ -64,9 +64,7 @@ def main() -> None:
         compute = base.compute.model_copy(update={**SETTINGS[name], "storage_path": str(tmp / f"ray-{name}")})
         params = base.model_copy(update={"grid": grid, "train": train, "compute": compute})
         t0 = time.perf_counter()
-        m = train_dataset(
-            params, "embedded", tmp / "proc", tmp / "tune.json", tmp / name, tmp / f"{name}.json", tmp / f"{name}-c"
-        )
+        m = train_dataset(params, "embedded", tmp / "proc", tmp / "tune.json", tmp / name, tmp / f"{name}.json")
         walls[name] = time.perf_counter() - t0
         print(
             f"{name:>10}: {walls[name]:6.1f} s wall for {m['units_trained']} units, "

@@ -141,6 +141,90 @@ def code_digest(roots: Iterable[str], root_dir: Path = ROOT) -> str:
     return h.hexdigest()[:12]
 
 
+# The floors of the project's code, lowest first. A module imports only modules on its own floor or below, and
+# the packages and top-level modules (``unit``) form no import circle: ``upward_imports`` and ``circles`` say
+# where that fails (tests/test_layers.py). A new module is placed here, on the lowest floor its imports allow.
+# fmt: off
+FLOORS: tuple[tuple[str, ...], ...] = (
+    # leaves: nothing of the project below them (but one another)
+    ("pipeline", "pipeline.errors", "pipeline.checksum", "pipeline.io", "pipeline.events", "pipeline.redact",
+     "pipeline.codebase", "pipeline.provenance", "pipeline.plots", "pipeline.paper", "pipeline.stats"),
+    ("pipeline.config", "pipeline.config_checks", "pipeline.settings", "pipeline.device"),  # the settings; torch
+    ("pipeline.compute", "pipeline.tracking", "pipeline.progress", "pipeline.records"),  # Ray, MLflow, records
+    ("pipeline.data",),  # fetch and preprocess
+    ("pipeline.models",),  # the nets (``models.checks`` checks them against the settings)
+    ("pipeline.spec", "pipeline.units"),  # a unit, and the work of a data set
+    ("pipeline.serving", "pipeline.plan"),  # a trained net as a model; the estimate before the spend
+    ("pipeline.train",),  # the training loop, its Ray workers and the train stage
+    ("pipeline.trials", "pipeline.tune", "pipeline.study", "pipeline.evaluate"),  # stages training through it
+    ("pipeline.report",),  # the report stage
+    ("pipeline.cli", "pipeline.profiles"),  # entry points
+)
+# fmt: on
+
+
+def unit(module: str) -> str:
+    """The package or top-level module ``module`` belongs to (``pipeline.train.loop`` -> ``pipeline.train``)."""
+    return ".".join(module.split(".")[:2])
+
+
+def import_graph(package: str = "pipeline", root_dir: Path = ROOT) -> dict[str, set[str]]:
+    """Every module under ``package`` -> the project modules it imports (anywhere in its body)."""
+    base = root_dir / package
+    mods = {}
+    for f in _py_files(base, root_dir):
+        name = ".".join(f.with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = root_dir / f
+    return {m: {i for i in _imports(f, m, root_dir) if i in mods and i != m} for m, f in mods.items()}
+
+
+def upward_imports(floors: tuple[tuple[str, ...], ...] = FLOORS, root_dir: Path = ROOT) -> list[str]:
+    """One line per module on no floor, and per import from a floor to one above it."""
+    floor = {u: i for i, names in enumerate(floors) for u in names}
+    graph = import_graph(root_dir=root_dir)
+    out = [f"{m} is on no floor (pipeline.codebase.FLOORS)" for m in sorted(graph) if unit(m) not in floor]
+    for m, imported in sorted(graph.items()):
+        for i in sorted(imported):
+            if unit(m) in floor and unit(i) in floor and floor[unit(i)] > floor[unit(m)]:
+                out.append(f"{m} (floor {floor[unit(m)]}) imports {i} (floor {floor[unit(i)]})")
+    return out
+
+
+def circles(root_dir: Path = ROOT) -> list[list[str]]:
+    """The import circles between packages and top-level modules (``unit``), each sorted (Tarjan's algorithm)."""
+    edges: dict[str, set[str]] = {}
+    for m, imported in import_graph(root_dir=root_dir).items():
+        edges.setdefault(unit(m), set()).update(unit(i) for i in imported if unit(i) != unit(m))
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
 def _load(dvc_yaml: Path | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(dvc_yaml, Mapping):
         return dict(dvc_yaml.get("stages") or {})

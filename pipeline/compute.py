@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,3 +166,33 @@ def ray_session(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> bool:
+    """Whether ``host:port`` (``ray://host:port``) takes a TCP connection: Ray itself retries an unreachable
+    address for minutes. Other forms (``auto``) are left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return True
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def seen_resources() -> Iterator[dict[str, float] | None]:
+    """With ``RAY_ADDRESS`` set, the cluster's resources, connected for the duration (so ``probe`` can run on
+    its GPUs); None (this machine) without it, or when the cluster cannot be reached."""
+    address = os.environ.get("RAY_ADDRESS")
+    with contextlib.ExitStack() as stack:
+        res, why = None, "" if not address or _reachable(address) else "no connection"
+        if address and not why:
+            try:
+                res = dict(stack.enter_context(ray_session()))
+            except Exception as e:  # ray missing, the cluster refusing: plan for this machine
+                why = str(e)
+        if why:
+            log.warning("plan: the Ray cluster at %s is not reachable (%s): planning for this machine", address, why)
+        yield res

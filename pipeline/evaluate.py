@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import json
 import logging
 import math
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +35,17 @@ from pipeline import serving, tracking
 from pipeline.compute import storage_path
 from pipeline.config import EvaluateCfg, Params, config_hash
 from pipeline.data.manifest import Manifest, load_manifest, load_split
-from pipeline.io import atomic_path, read_json, write_json
+from pipeline.device import normalize
+from pipeline.io import atomic_path, write_json
 from pipeline.models import SpatialSoftmax, create_model
 from pipeline.models.cost import flops_per_image
 from pipeline.plots import attention_grid, png_bytes
+from pipeline.records import CHECKPOINT_FILE, ROWS_FILE, RowEval, TrainedRow, read_trained, unit_dir
 from pipeline.spec import RunSpec, code_digest
 from pipeline.train.checkpoint import read_checkpoint
-from pipeline.train.engine import TensorData, normalize, predict
+from pipeline.train.engine import TensorData, predict
 from pipeline.train.store import KeyedStore
+from pipeline.units import group
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +110,10 @@ class UnitEval:
         png = d.get("attention_png")
         return cls(**{**d, "attention_png": base64.b64decode(png) if png else None})
 
-    def summary(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def summary(self, spec: dict[str, Any]) -> RowEval:
         """``summary.json`` of one row: the row's own settings (``spec``) beside the unit's results."""
-        return {"key": self.key, "spec": spec, "metrics": self.metrics, "num_test": self.num_test,
-                "pairing": self.pairing, "diverged": self.diverged}  # fmt: skip
+        return RowEval(key=self.key, spec=spec, metrics=self.metrics, num_test=self.num_test, pairing=self.pairing,
+                       diverged=self.diverged)  # fmt: skip
 
 
 def score_unit(
@@ -174,7 +179,7 @@ def write_eval(ev: UnitEval, spec: dict[str, Any], labels: list[int], classes: l
     out_dir.mkdir(parents=True)
     if ev.attention_png:
         (out_dir / "attention.png").write_bytes(ev.attention_png)
-    write_json(out_dir / "summary.json", ev.summary(spec))
+    write_json(out_dir / "summary.json", ev.summary(spec).model_dump())
     confusion_file.parent.mkdir(parents=True, exist_ok=True)
     with open(confusion_file, "w", newline="") as f:
         w = csv.writer(f)
@@ -209,35 +214,6 @@ def _diverged(history: list[dict[str, Any]], metrics: dict[str, Any]) -> bool:
 # The evaluate stage: every row of one data set, each unit once
 
 
-@dataclass(frozen=True)
-class Row:
-    """One row the train stage wrote: ``<method>/<track>/seed<k>/`` (model.pt, mlflow.json)."""
-
-    method: str
-    track: str
-    seed: int
-    dir: Path
-    record: dict[str, str]  # mlflow.json: run_id, experiment_id, key
-
-    @property
-    def rel(self) -> Path:
-        return Path(self.method, self.track, f"seed{self.seed}")
-
-    @property
-    def key(self) -> str:
-        return self.record["key"]
-
-
-def find_rows(train_dir: Path, methods: list[str]) -> list[Row]:
-    """The rows under ``train_dir`` of ``methods``, in method, track and seed order."""
-    rows = []
-    for m in methods:
-        for d in sorted((train_dir / m).glob("*/seed*"), key=lambda p: (p.parent.name, _seed(p))):
-            if d.is_dir():
-                rows.append(Row(m, d.parent.name, _seed(d), d, read_json(d / "mlflow.json")))
-    return rows
-
-
 class EvalStore(KeyedStore):
     """Finished evaluations in the run storage, keyed by the unit, the test data, the evaluate settings and
     the evaluation code (``eval_key``): a unit whose evaluation exists is not evaluated again, whichever row
@@ -265,41 +241,40 @@ def evaluate_dataset(
     confusion_dir: str | Path,
     metrics_dir: str | Path,
 ) -> dict[str, Any]:
-    """Evaluate every row the train stage wrote under ``train_dir`` (``<method>/<track>/seed<k>/``) on the test
-    split, each unit once: rows that share a unit (tracks a search left alone, methods of one network) and
-    units evaluated before (``EvalStore``) are not evaluated again. Writes ``out_dir/<method>/<track>/seed<k>/``,
-    ``confusion_dir/<method>/<track>/seed<k>.csv`` and ``metrics_dir/<method>.json`` ({track: {seed<k>:
-    metrics}}); logs each unit's test metrics and pictures to its MLflow run, its net as an MLflow model, and
-    registers each method's lowest seed per track (``pipeline.serving``). Returns {method: metrics}."""
+    """Evaluate every row the train stage recorded under ``train_dir`` (``rows.json``, ``units/<key>/``) on the
+    test split, each unit once: rows that share a unit (tracks a search left alone, methods of one network)
+    and units evaluated before (``EvalStore``) are not evaluated again, and each unit's checkpoint is read at
+    most once. Writes ``out_dir/<method>/<track>/seed<k>/``, ``confusion_dir/<method>/<track>/seed<k>.csv`` and
+    ``metrics_dir/<method>.json`` ({track: {seed<k>: metrics}}); logs each unit's test metrics and pictures to
+    its MLflow run, its net as an MLflow model, and registers each method's lowest seed per track
+    (``pipeline.serving``). Returns {method: metrics}."""
     train_dir, data_dir = Path(train_dir), Path(data_dir)
-    rows = find_rows(train_dir, params.grid.methods)
+    trained = read_trained(train_dir)
+    rows = trained.of(params.grid.methods)
     if not rows:
-        raise ValueError(f"{train_dir}: no <method>/<track>/seed<k>/ directories; run the train stage first")
+        raise ValueError(f"{train_dir}: no row of {params.grid.methods} in {ROWS_FILE}; run the train stage")
     man = load_manifest(data_dir)
     te = load_split(data_dir, "test")
     test = TensorData.from_numpy(te.images, te.labels)
-    cache = EvalStore(storage_path(params.compute), man.dataset or train_dir.parent.name)  # results/<d>/train
-    first: dict[str, Row] = {}
-    for r in rows:
-        first.setdefault(r.key, r)
-    nets: dict[str, tuple[nn.Module, RunSpec, dict[str, Any]]] = {}  # loaded in this run, for MLflow
+    cache = EvalStore(storage_path(params.compute), man.dataset or trained.dataset)
+    checkpoint = functools.cache(lambda key: load_checkpoint(unit_dir(train_dir, key) / CHECKPOINT_FILE))
     evals: dict[str, UnitEval] = {}
-    for key, r in first.items():
+    for key in group(rows):
         ekey = eval_key(key, man, params.evaluate)
         if (ev := cache.get(ekey)) is None:
-            nets[key] = load_checkpoint(r.dir / "model.pt")
-            ev = score_unit(nets[key], man, test, te.images, params.evaluate, r.dir)
+            ev = score_unit(checkpoint(key), man, test, te.images, params.evaluate, unit_dir(train_dir, key))
             cache.put(ekey, ev)
         evals[key] = ev
+    now = checkpoint.cache_info().currsize
     log.info("evaluate@%s: %d rows, %d units, %d evaluated now, %d from the eval store", cache.dataset, len(rows),
-             len(first), len(nets), len(first) - len(nets))  # fmt: skip
+             len(evals), now, len(evals) - now)  # fmt: skip
     labels = test.labels.tolist()
-    models = _publish(tracking.client(), rows, first, evals, nets, te.images, labels, man)
+    models = _publish(tracking.client(), rows, trained.experiment_id, evals, checkpoint, te.images, labels, man)
     return _write_rows(rows, evals, models, labels, man.classes, out_dir, confusion_dir, metrics_dir)
 
 
 def _write_rows(
-    rows: list[Row],
+    rows: list[TrainedRow],
     evals: dict[str, UnitEval],
     models: dict[Path, dict[str, Any]],
     labels: list[int],
@@ -308,22 +283,18 @@ def _write_rows(
     confusion_dir: str | Path,
     metrics_dir: str | Path,
 ) -> dict[str, Any]:
-    """The stage's outputs, every row's, each directory moved into place whole."""
+    """The stage's outputs, every row's (its own settings beside its unit's results), each directory moved into
+    place whole."""
     metrics: dict[str, Any] = {}
     with atomic_path(out_dir) as tmp, atomic_path(confusion_dir) as ctmp, atomic_path(metrics_dir) as mtmp:
         for r in rows:
-            spec = read_checkpoint(r.dir / "model.pt")["spec"]  # the row's own settings
-            write_eval(evals[r.key], spec, labels, classes, tmp / r.rel, ctmp / f"{r.rel}.csv")
+            write_eval(evals[r.key], r.spec, labels, classes, tmp / r.rel, ctmp / f"{r.rel}.csv")
             write_json(tmp / r.rel / "mlflow_model.json", models[r.rel])
             metrics.setdefault(r.method, {}).setdefault(r.track, {})[f"seed{r.seed}"] = evals[r.key].metrics
         mtmp.mkdir()
         for m, per_track in metrics.items():
             write_json(mtmp / f"{m}.json", per_track)
     return metrics
-
-
-def _seed(place: Path) -> int:
-    return int(place.name.removeprefix("seed"))
 
 
 def _log_eval(c, run_id: str, model_id: str, ev: UnitEval, labels: list[int], man: Manifest) -> None:
@@ -339,7 +310,7 @@ def _log_eval(c, run_id: str, model_id: str, ev: UnitEval, labels: list[int], ma
             c.log_artifact(run_id, str(Path(d) / "attention.png"))
 
 
-def _aliases(rows: list[Row]) -> dict[Path, list[str]]:
+def _aliases(rows: list[TrainedRow]) -> dict[Path, list[str]]:
     """<method>/<track>/seed<k> -> the registry aliases it holds: its track's (``pipeline.serving``) for the
     method's lowest seed on that track, none for the others."""
     lowest: dict[tuple[str, str], Path] = {}
@@ -350,40 +321,39 @@ def _aliases(rows: list[Row]) -> dict[Path, list[str]]:
 
 def _publish(
     c,
-    rows: list[Row],
-    first: dict[str, Row],
+    rows: list[TrainedRow],
+    exp: str,
     evals: dict[str, UnitEval],
-    nets: dict[str, tuple[nn.Module, RunSpec, dict[str, Any]]],
+    checkpoint: Callable[[str], tuple[nn.Module, RunSpec, dict[str, Any]]],
     images: np.ndarray,
     labels: list[int],
     man: Manifest,
 ) -> dict[Path, dict[str, Any]]:
-    """Into each unit's MLflow run, once: its net as an MLflow model (unless the worker logged it), and its
-    test metrics, attached to that model, and pictures (when the model lacks them: a unit evaluated before
-    keeps what it has); each row's method registers it under the row's aliases. Returns each row's
-    ``mlflow_model.json``: model id, URI, registered version, aliases."""
+    """Into each unit's MLflow run, once: its net as an MLflow model (unless the worker logged it; the net from
+    ``checkpoint``, read once), and its test metrics, attached to that model, and pictures (when the model lacks
+    them: a unit evaluated before keeps what it has); each row's method registers it under the row's aliases.
+    Returns each row's ``mlflow_model.json``: model id, URI, registered version, aliases."""
     aliases = _aliases(rows)
     logged: dict[str, str] = {}  # unit key -> model id
-    for key, r in first.items():
-        run_id, exp = r.record["run_id"], r.record["experiment_id"]
-        found = serving.logged_model(c, exp, run_id)
+    for key, (r, *_) in group(rows).items():  # each unit once, by its first row
+        found = serving.logged_model(c, exp, r.run_id)
         if found is None:
-            net, spec, _ = nets.get(key) or load_checkpoint(r.dir / "model.pt")
-            logged[key] = serving.log_unit_model(c, run_id, exp, net, spec, images[:2], man.classes)
+            net, spec, _ = checkpoint(key)
+            logged[key] = serving.log_unit_model(c, r.run_id, exp, net, spec, images[:2], man.classes)
         else:
             logged[key] = found.model_id
         if not serving.has_test_metrics(c, logged[key], evals[key].metrics):
-            _log_eval(c, run_id, logged[key], evals[key], labels, man)
+            _log_eval(c, r.run_id, logged[key], evals[key], labels, man)
     out: dict[Path, dict[str, Any]] = {}
     for r in rows:
-        model_id, run_id = logged[r.key], r.record["run_id"]
+        model_id = logged[r.key]
         entry: dict[str, Any] = {"model_id": model_id, "model_uri": f"models:/{model_id}", "aliases": aliases[r.rel]}
         if aliases[r.rel]:
-            name = serving.registered_name(c.get_experiment(r.record["experiment_id"]).name, r.method)
+            name = serving.registered_name(c.get_experiment(exp).name, r.method)
             what = f"{r.method} on {name}, lowest seed per track (pipeline.serving)"
             entry["registered"] = {
                 "name": name,
-                "version": serving.register(c, name, model_id, run_id, aliases[r.rel], what),
+                "version": serving.register(c, name, model_id, r.run_id, aliases[r.rel], what),
             }
         out[r.rel] = entry
     return out

@@ -16,6 +16,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from pipeline.checksum import file_digests
+
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
 _TMP = re.compile(r"^(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
 
@@ -94,12 +96,8 @@ def join(base: str | Path, *parts: str) -> str:
     return "/".join([str(base).rstrip("/"), *parts])
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    return file_digests(path, ("sha256",))["sha256"]
 
 
 def sha256_tree(root: str | Path) -> str:

@@ -43,10 +43,12 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from pipeline import plan
+from pipeline.compute import seen_resources
 from pipeline.config import ConfigError, Params
 from pipeline.io import atomic_path
 from pipeline.models.checks import validate_all
 from pipeline.settings import read_yaml
+from pipeline.train.probe import probe
 
 
 def override_value(v: Any) -> str:
@@ -184,11 +186,11 @@ def planned(profile: str | Path | None, overrides: list[str], params: str | Path
 
 def plan_of(p: Params, params: str | Path = "params.yaml") -> list[str]:
     """The plan's lines (``pipeline.plan``) for ``p``, its data looked for beside ``params``, on the Ray cluster
-    in ``RAY_ADDRESS`` or this machine, rows counted as the train stage keys units (``unit_identity``)."""
+    in ``RAY_ADDRESS`` or this machine, its nets timed by the training engine's probe."""
     root = Path(params).parent / "data" / "processed"
-    with plan.seen_resources() as res:
+    with seen_resources() as res:
         dirs = {d: root / d for d in p.grid.datasets}
-        return plan.plan_lines(p, data_dirs=dirs, resources=res, same_unit=plan.unit_identity)
+        return plan.plan_lines(p, data_dirs=dirs, resources=res, prober=probe)
 
 
 def main(argv: list[str]) -> int:

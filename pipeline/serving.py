@@ -36,8 +36,8 @@ from mlflow.types import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from torch import nn
 
+from pipeline.device import normalize
 from pipeline.spec import RunSpec
-from pipeline.train.engine import normalize
 
 log = logging.getLogger(__name__)
 ALIASES = {"recipe": "recipe", "searched": "searched"}  # track -> registry alias
@@ -45,7 +45,7 @@ ALIASES = {"recipe": "recipe", "searched": "searched"}  # track -> registry alia
 
 class ImageClassifier(nn.Module):
     """A trained net with its input normalisation: uint8 images (N, H, W, 3) in, logits (N, classes) out,
-    normalised by the training side's own ``pipeline.train.engine.normalize``."""
+    normalised by the training side's own ``pipeline.device.normalize``."""
 
     def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__()

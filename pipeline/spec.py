@@ -64,6 +64,22 @@ class RunSpec(Frozen):
         """Content key of this unit: network, recipe, data, data order and code. Equal keys, equal runs."""
         return config_hash(self.identity(), code_digest())
 
+    def images(self, num_train: int, num_test: int) -> tuple[int, int]:
+        """(train, evaluation) images of one epoch on a data set of that size: the test split, or the held-out part
+        of train (``held_out``), and the train split less it, cut to ``train_subset``."""
+        if self.val_fraction is None:
+            train, val = num_train, num_test
+        else:
+            val = held_out(num_train, self.val_fraction)
+            train = num_train - val
+        return (min(train, self.train_subset) if self.train_subset else train), val
+
+
+def held_out(num_train: int, fraction: float) -> int:
+    """The images a unit holds out of the train split to validate on (a search trial): ``fraction`` of them,
+    rounded down, at least one. The one rule: the training loop splits by it, the search and the plan count by it."""
+    return max(1, int(num_train * fraction))
+
 
 @functools.cache
 def _network_key(model: str, args_json: str, seed: int) -> str:
@@ -105,15 +121,6 @@ def build_spec(
         tuned=over.flat(),
         diagnostics=diagnostics,
     )
-
-
-def compressed(recipe: TrainCfg, epochs: int) -> dict[str, Any]:
-    """The recipe's schedule squeezed into ``epochs``: step milestones and warm-up scaled in proportion (each
-    kept inside the run, at least one epoch apart), so a trial sees the final run's lr shape, not a constant."""
-    scale = epochs / recipe.epochs
-    milestones = sorted({min(epochs - 1, max(1, round(m * scale))) for m in recipe.milestones}) if epochs > 1 else []
-    warmup = min(epochs - 1, max(1, round(recipe.warmup_epochs * scale))) if recipe.warmup_epochs else 0
-    return {"train.epochs": epochs, "train.milestones": milestones, "train.warmup_epochs": warmup}
 
 
 def repo_relative(path: Path) -> str:

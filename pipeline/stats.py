@@ -60,7 +60,7 @@ class Comparison:
 Word = Literal["reproduced", "smaller than claimed", "not reproduced", "inconclusive"]
 Direction = Literal["gain", "no gain", "open"]
 
-# The verdicts, defined once: the report's statistics line and the README quote these words verbatim
+# The verdicts, defined once: the report's statistics line and docs/report.md quote these words verbatim
 # (tests/test_stats.py checks both). A size is tested only where the paper claims one for the comparison on
 # its own benchmark; elsewhere only the direction (the same rules with no claimed size).
 VERDICTS: dict[Word, str] = {
@@ -77,7 +77,7 @@ VERDICTS: dict[Word, str] = {
 
 
 def verdict_definitions() -> str:
-    """The verdicts as the report's statistics line and the README state them."""
+    """The verdicts as the report's statistics line and docs/report.md state them."""
     return "; ".join(f"*{w}* = {d}" for w, d in VERDICTS.items())
 
 

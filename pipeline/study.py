@@ -23,7 +23,7 @@ store under their content key, so an interrupted study resumes and a study with 
 that cell. Every unit records the collapse diagnostics (``pipeline.models.diagnostics``) before training and
 after every epoch. The cell's score is its test top-1 after the last epoch (the train stage's per-epoch
 ``val_top1``, measured on the test split). ``results/<dataset>/study.json`` holds it all; the report's section "Where
-attention helps" (``pipeline.study_report``) reads it.
+attention helps" (``pipeline.report.study``) reads it.
 """
 
 from __future__ import annotations
@@ -32,17 +32,18 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
+from pipeline import tracking, units
 from pipeline.compute import check_workers_before_start, storage_path
-from pipeline.config import STUDY_HOW_TO_RUN, Overrides, Params
+from pipeline.config import STUDY_HOW_TO_RUN, Params
 from pipeline.data.manifest import load_manifest
 from pipeline.io import write_json
 from pipeline.models import create_model
 from pipeline.provenance import git_commit
-from pipeline.spec import DataRef, RunSpec, build_spec, compressed, data_ref
+from pipeline.spec import DataRef, RunSpec, data_ref
 from pipeline.train.job import dataset_input, run_params
 from pipeline.train.run import job_for, train_on_ray
 from pipeline.train.store import UnitStore
@@ -51,39 +52,35 @@ log = logging.getLogger(__name__)
 
 
 def study_specs(params: Params, data: DataRef) -> dict[str, dict[int, RunSpec]]:
-    """cell -> seed -> the unit it trains."""
-    s = params.study
-    recipe = params.recipe(s.method, data.name)
-    length = Overrides.parse(compressed(recipe, s.epochs)).train if s.epochs is not None else {}
-    return {
-        name: {
-            seed: build_spec(
-                params, s.method, data, seed, Overrides(args=args, train=length), diagnostics=s.diagnostics
-            )
-            for seed in s.seeds
-        }
-        for name, args in s.cells().items()
-    }
+    """cell -> seed -> the unit it trains (``pipeline.units.study_rows``)."""
+    return _by_cell(units.study_rows(params, data))
 
 
-def _refs(params: Params, exp: str, specs: dict[str, dict[int, RunSpec]], commit: str) -> dict[str, tracking.UnitRun]:
+def _by_cell(rows: Sequence[units.Row]) -> dict[str, dict[int, RunSpec]]:
+    out: dict[str, dict[int, RunSpec]] = {}
+    for r in rows:
+        out.setdefault(r.name, {})[r.seed] = r.unit
+    return out
+
+
+def _refs(params: Params, exp: str, rows: Sequence[units.Row], commit: str) -> dict[str, tracking.UnitRun]:
     """unit key -> its MLflow run: named and tagged by its cell (the first cell, when two cells are one unit)."""
     out: dict[str, tracking.UnitRun] = {}
-    for cell, per_seed in specs.items():
-        for seed, u in per_seed.items():
-            tags = tracking.tags_for(
-                run_key=u.key(),
-                seed=seed,
-                cell=cell,
-                dataset=u.dataset.name,
-                stage="study",
-                study_method=u.method,
-                placement=u.model_args.get("placement"),
-                scaling=u.model_args.get("scaling"),
-                git_commit=commit,
-                data_sha256=u.dataset.sha256,
-            ) | tracking.source_tags("study", commit)
-            out.setdefault(u.key(), tracking.UnitRun(experiment_id=exp, name=f"{cell} seed {seed}", tags=tags))
+    for key, (r, *_) in units.group(rows).items():
+        u = r.unit
+        tags = tracking.tags_for(
+            run_key=key,
+            seed=r.seed,
+            cell=r.name,
+            dataset=u.dataset.name,
+            stage="study",
+            study_method=u.method,
+            placement=u.model_args.get("placement"),
+            scaling=u.model_args.get("scaling"),
+            git_commit=commit,
+            data_sha256=u.dataset.sha256,
+        ) | tracking.source_tags("study", commit)
+        out[key] = tracking.UnitRun(experiment_id=exp, name=f"{r.name} seed {r.seed}", tags=tags)
     return out
 
 
@@ -114,27 +111,28 @@ def run_study(params: Params, dataset: str, data_dir: str | Path, out_file: str 
         log.info("study@%s: off (%s); to run it: %s", dataset, why, STUDY_HOW_TO_RUN)
         return out
     check_workers_before_start(params.compute)
-    specs = study_specs(params, data_ref(dataset, data_dir))
-    units = list({u.key(): u for per in specs.values() for u in per.values()}.values())
+    work = units.Work(params, data_ref(dataset, data_dir))
+    specs = _by_cell(work.study)
+    trained = [r.unit for r in units.distinct(work.study)]
     store = UnitStore(storage_path(params.compute), dataset)
-    todo = [u for u in units if not store.has(u.key())]
+    todo = [u for u in trained if not store.has(u.key())]
     c = tracking.client()
     experiment = tracking.experiment_name(params.mlflow.experiment_prefix, f"{dataset}-study")
     exp = tracking.open_experiment(c, experiment, f"study@{dataset}")
     git = git_commit()
-    refs = _refs(params, exp, specs, git["commit"])
-    n, m = len(units), len(todo)
+    refs = _refs(params, exp, work.study, git["commit"])
+    n, m = len(trained), len(todo)
     log.info("study@%s: %d cells x %d seeds = %d units, %d already in the unit store, %d to train",
              dataset, len(specs), len(s.seeds), n, n - m, m)  # fmt: skip
     if todo:
         job = job_for(params, todo, refs, {"git": git, "study": True}, log_models=False)  # study nets are not served
-        train_on_ray(params, job, data_dir, stage="study")
-    records = {u.key(): store.load(u.key()) for u in units}
+        train_on_ray(params, job, data_dir, work=work, stages=("study",))
+    records = {u.key(): store.load(u.key()) for u in trained}
     runs = {
         u.key(): tracking.settle_unit_run(
             c, refs[u.key()], run_params(u), records[u.key()], dataset=dataset_input(u.dataset)
         )
-        for u in units
+        for u in trained
     }
     man, cells = load_manifest(data_dir), s.cells()
     out = {

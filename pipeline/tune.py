@@ -13,11 +13,11 @@ held-out images), and only if it left chance; otherwise the method keeps its rec
 Trials whose accuracy never left chance are marked so.
 
 Each trial trains in the trial's own process (one CPU or one GPU) with the same loop as the Ray Train
-workers, reporting every epoch to Tune so ASHA can stop weak trials. Why not one ``TorchTrainer`` per trial:
-on a 2-core machine each costs ~50 s of Ray Train start-up (measured), more than the search itself.
+workers, reporting every epoch to Tune so ASHA can stop weak trials (``pipeline.trials``). Why not one
+``TorchTrainer`` per trial: each would pay Ray Train's start-up, on a small machine more than the trial itself.
 
 MLflow: one parent run per searched method, one nested run per trial. After the search every trial run gets
-its final status from Tune's own record of the trial (``trial_status``), not from whether its process
+its final status from Tune's own record of the trial (``pipeline.trials.trial_status``), not from whether its process
 managed to close it (ASHA ends a trial's process right after its last report): FINISHED if it trained all
 ``tune.epochs``; FAILED, with its error in the ``error`` tag, if it raised; KILLED, tagged ``stopped_by`` ASHA
 and ``stopped_at_epoch``, if ASHA stopped it earlier. A crashed trial fails the search (``SearchError``: the
@@ -34,9 +34,7 @@ import inspect
 import json
 import logging
 import os
-import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,32 +43,32 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from pipeline import tracking
+from pipeline import tracking, units
 from pipeline.compute import check_workers_before_start, keep_credentials_out_of_trials, ray_session, storage_path
-from pipeline.config import Overrides, Params, SearchDim, TuneCfg, config_hash, split_key
+from pipeline.config import Params, SearchDim, TuneCfg, split_key
 from pipeline.data.manifest import load_manifest
 from pipeline.errors import StageError
 from pipeline.io import write_json
 from pipeline.models import get_factory
 from pipeline.provenance import git_commit, provenance
-from pipeline.spec import DataRef, RunSpec, build_spec, code_digest, compressed, data_ref, shared
+from pipeline.spec import DataRef, data_ref, shared
 from pipeline.stats import binomial_margin, near_chance
 from pipeline.train.job import dataset_input
 from pipeline.train.store import KeyedStore
-from pipeline.train.worker import tune_trial
+from pipeline.trials import (
+    METRIC,
+    SearchRecord,
+    make_trainable,
+    trial_progress,
+    trials_of,
+)
 
-METRIC = "val_top1"
 log = logging.getLogger(__name__)
 
 
 class SearchError(StageError):
     """A search that cannot give a decision: a trial crashed (under ``tune.on_trial_error: fail``), or every
     trial did."""
-
-
-def method_space(t: TuneCfg, method: str) -> dict[str, SearchDim]:
-    """What ``method``'s search covers: the shared recipe space, then its own architecture choices."""
-    return {**t.space, **t.arch_space.get(method, {})}
 
 
 def _space(space: dict[str, SearchDim]) -> dict[str, Any]:
@@ -94,152 +92,10 @@ def recipe_point(params: Params, method: str, dataset: str) -> dict[str, Any]:
         k: p.default for k, p in inspect.signature(get_factory(model)).parameters.items() if p.default is not p.empty
     }
     point = {}
-    for key in method_space(params.tune, method):
+    for key in params.tune.space_of(method):
         section, name = split_key(key)
         point[key] = getattr(recipe, name) if section == "train" else args.get(name, defaults.get(name))
     return point
-
-
-def trial_spec(params: Params, method: str, data: DataRef, chosen: dict[str, Any]) -> RunSpec:
-    """The unit a trial trains: the method with ``chosen`` values, the compressed schedule, held-out data."""
-    t = params.tune
-    return build_spec(
-        params,
-        method,
-        data,
-        t.seed,
-        {**chosen, **compressed(params.recipe(method, data.name, _train_part(chosen)), t.epochs)},
-        val_fraction=t.val_fraction,
-        train_subset=t.train_subset,
-    )
-
-
-def _train_part(chosen: dict[str, Any]) -> dict[str, Any]:
-    return Overrides.parse(chosen).train
-
-
-def _trial_name(chosen: dict[str, Any], recipe: dict[str, Any]) -> str:
-    what = " ".join(f"{split_key(k)[1]}={_fmt(v)}" for k, v in chosen.items())
-    return f"recipe | {what}" if chosen == recipe else what
-
-
-@dataclass(frozen=True)
-class SearchRecord:
-    """Where one method's search is recorded in MLflow: its experiment and parent run, and what its trial runs
-    are found by and tagged with. Trial runs are tagged ``searched_method``, not ``method``: grouping the
-    experiment by method shows the training runs only."""
-
-    exp: str
-    parent: str
-    key: str  # the search's content key: every trial run's run_key
-    method: str
-    dataset: DataRef
-    recipe: dict[str, Any]  # the unsearched recipe as a point of the space (the baseline trial)
-    source: dict[str, str] = field(default_factory=dict)  # MLflow source tags (stage, commit)
-
-    def trial_run(
-        self, c, trial_id: str, chosen: dict[str, Any], extra: dict[str, Any] | None = None, *, reopen: bool = True
-    ) -> str:
-        """The MLflow run of one trial, found by its ``run_key`` and Tune trial id (created if there is none,
-        with its data set; ``reopen``: an existing one is set RUNNING again, see ``tracking.find_or_create_run``)."""
-        d = self.dataset
-        run_id, _ = tracking.find_or_create_run(
-            c,
-            self.exp,
-            f"{self.method} trial {trial_id.rpartition('_')[2]} | {_trial_name(chosen, self.recipe)}",
-            tracking.tags_for(
-                run_key=self.key,
-                trial=trial_id,
-                stage="tune-trial",
-                searched_method=self.method,
-                dataset=d.name,
-                baseline="recipe" if chosen == self.recipe else None,
-            )
-            | self.source,
-            {**chosen, **(extra or {})},
-            parent_run_id=self.parent,
-            reopen=reopen,
-        )
-        tracking.ensure_dataset(c, run_id, dataset_input(d))
-        return run_id
-
-    def close_trials(self, c, trials: list[dict[str, Any]], planned: int) -> None:
-        """Give every trial's MLflow run its final status and tags (``trial_status``) from Tune's results,
-        however far its own process got in closing it; a trial that crashed before it made its run gets one.
-        Each trial record notes its run and status. Any other run of this search still RUNNING is closed
-        FAILED."""
-        ids = set()
-        for tr in trials:
-            status, tags = trial_status(tr["error"], tr["epochs"], planned)
-            run_id = self.trial_run(c, str(tr["trial_id"]), tr["config"], reopen=False)
-            for k, v in tags.items():
-                c.set_tag(run_id, k, v)
-            tracking.finish(c, run_id, status)
-            tr.update(mlflow_run=run_id, status=status)
-            ids.add(run_id)
-        running = f"tags.mlflow.parentRunId = '{self.parent}' and attributes.status = 'RUNNING'"
-        for r in c.search_runs([self.exp], running):
-            if r.info.run_id not in ids:
-                c.set_tag(r.info.run_id, "pipeline.failure", "not among the trials in Tune's results")
-                tracking.finish(c, r.info.run_id, "FAILED")
-
-
-def _make_trainable(params: Params, record: SearchRecord, uri: str):
-    threads = params.compute.cpus_per_worker
-
-    def trainable(config: dict[str, Any]) -> None:
-        chosen = dict(config)
-        spec = trial_spec(params, record.method, record.dataset, chosen)
-        c = tracking.client(uri)
-        run_id = record.trial_run(c, tune.get_context().get_trial_id(), chosen, {"unit": spec.model_dump()})
-        try:
-            tune_trial(spec, threads, uri, run_id, params.compute.fast_path)  # ends the run at its last epoch
-        except Exception as e:  # not ASHA's stop (SystemExit, or the process killed): the search reads Tune's error
-            c.set_tag(run_id, "error", error_line(e))
-            tracking.finish(c, run_id, "FAILED")
-            raise
-
-    return trainable
-
-
-def _trial_progress(method: str, dataset: str, planned: int, chosen_keys: list[str], samples: int):
-    """A Tune callback, run by the search's driver (this process), that logs each trial's start, epochs and end:
-    trials print nothing themselves (``pipeline.progress``)."""
-
-    def name(trials, trial) -> str:
-        return f"tune@{dataset}: {method} trial {trials.index(trial) + 1}/{samples}"
-
-    class TrialProgress(tune.Callback):
-        def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            values = ", ".join(f"{split_key(k)[1]}={_fmt(trial.config[k])}" for k in chosen_keys)
-            log.info("%s starting (%s)", name(trials, trial), values)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            if "epoch" in result:
-                log.info(
-                    "%s epoch %d/%d loss %.3f held-out top-1 %.1f%% (%.0f img/s)",
-                    name(trials, trial),
-                    result["epoch"],
-                    planned,
-                    result["train_loss"],
-                    result[METRIC],
-                    result["images_per_s"],
-                )
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            reached = (trial.last_result or {}).get("epoch", 0)
-            if reached < planned:
-                log.info("%s stopped by ASHA after epoch %d of %d", name(trials, trial), reached, planned)
-
-        def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            err = trial.get_pickled_error() or trial.get_error()
-            log.info("%s crashed: %s", name(trials, trial), error_line(err))
-
-    return TrialProgress()
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _concurrent_trials(t: TuneCfg, per_trial: dict[str, int]) -> int:
@@ -290,63 +146,6 @@ def decide(trials: list[dict[str, Any]], recipe: dict[str, Any], *, n_val: int, 
     return out
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def error_line(err: BaseException | None) -> str | None:
-    """An exception as one short line, ``Type: first line of its message``. Ray's wrapper of a trial's error
-    (``RayTaskError``, whose text is a traceback) is unwrapped to the trial's own exception."""
-    if err is None:
-        return None
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, BaseException):
-        err = cause
-    msg = next((ln.strip() for ln in _ANSI.sub("", str(err)).splitlines() if ln.strip()), "")
-    return (f"{type(err).__name__}: {msg}" if msg else type(err).__name__)[:500]
-
-
-NO_EPOCH = "RuntimeError: the trial ended without reporting an epoch"
-
-
-def trial_status(error: str | None, epochs_reached: int, planned: int) -> tuple[str, dict[str, str]]:
-    """A search trial's final MLflow status and tags, from what Tune knows of it: FAILED with its ``error`` if
-    it raised; FINISHED if it trained its ``planned`` epochs; else KILLED by ASHA (the only thing here that
-    ends a trial early without an error) at the epoch it reached. A trial that reported no epoch and no
-    error did not run: FAILED."""
-    if error is not None:
-        return "FAILED", {"error": error}
-    if epochs_reached >= planned:
-        return "FINISHED", {}
-    if epochs_reached == 0:
-        return "FAILED", {"error": NO_EPOCH}
-    return "KILLED", {"stopped_by": "ASHA", "stopped_at_epoch": str(epochs_reached)}
-
-
-def _trials(grid, space: dict[str, SearchDim]) -> list[dict[str, Any]]:
-    """Every trial's Tune id, configuration, held-out top-1 per epoch and error (one line; ``error_detail``:
-    Ray's full text), from Tune's results. A trial that reported nothing without an error counts as failed."""
-    out = []
-    for r in grid:
-        df = r.metrics_dataframe
-        if df is not None and METRIC in df:
-            hist = [float(v) for v in df.sort_values("training_iteration")[METRIC]]
-        else:
-            hist = [float(r.metrics[METRIC])] if r.metrics and METRIC in r.metrics else []
-        error = error_line(r.error) if r.error else (None if hist else NO_EPOCH)
-        out.append(
-            {
-                "trial_id": (r.metrics or {}).get("trial_id"),
-                "config": {k: r.config[k] for k in space},
-                "history": hist,
-                "epochs": len(hist),
-                METRIC: hist[-1] if hist else None,
-                "error": error,
-                "error_detail": _ANSI.sub("", str(r.error))[-4000:] if r.error else None,
-            }
-        )
-    return out
-
-
 def _fail(c, parent: str, err: SearchError) -> None:
     c.set_tag(parent, "error", str(err)[:5000])
     tracking.finish(c, parent, "FAILED")
@@ -359,14 +158,14 @@ def search(
     """Run the ASHA search for one method (and for the methods ``also``, whose search it is as well: one
     network, recipe and space); return its trials and the adoption decision."""
     t = params.tune
-    space = method_space(t, method)
+    space = t.space_of(method)
     record = _open_search(params, method, data, key, exp, c, also)
     try:
         grid = _tuner(params, record, uri, space).fit()
     except BaseException:
         tracking.finish(c, record.parent, "FAILED")
         raise
-    trials = _trials(grid, space)
+    trials = trials_of(grid, space)
     record.close_trials(c, trials, t.epochs)
     c.log_text(record.parent, json.dumps(trials, indent=2, default=str), "trials.json")
     crashed = [tr for tr in trials if tr["error"] is not None]
@@ -400,9 +199,9 @@ def _open_search(params: Params, method: str, data: DataRef, key: str, exp: str,
         tags | tracking.tags_for(dataset=data.name) | source,
         {
             "tune": t.model_dump(),
-            "space": list(method_space(t, method)),
+            "space": list(t.space_of(method)),
             "recipe": recipe,
-            "base": trial_spec(params, method, data, {}).model_dump(),
+            "base": units.trial(params, method, data, {}).model_dump(),
         },
         match=("run_key", "stage"),  # a search run, never one of its trials (they share the search's run_key)
     )
@@ -422,7 +221,7 @@ def _tuner(params: Params, record: SearchRecord, uri: str, space: dict[str, Sear
     # search whatever `verbose` says; the legacy reporter honours verbose=0. The pipeline prints its own lines.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return tune.Tuner(
-        tune.with_resources(_make_trainable(params, record, uri), per_trial),
+        tune.with_resources(make_trainable(params, record, uri), per_trial),
         param_space=_space(space),
         tune_config=tune.TuneConfig(
             metric=METRIC,
@@ -441,7 +240,7 @@ def _tuner(params: Params, record: SearchRecord, uri: str, space: dict[str, Sear
             name=f"{data.name}-tune-{record.method}-{record.key}",
             storage_path=storage_path(params.compute),
             verbose=0,
-            callbacks=[_trial_progress(record.method, data.name, t.epochs, list(space), t.num_samples)],
+            callbacks=[trial_progress(record.method, data.name, t.epochs, list(space), t.num_samples)],
         ),
     )
 
@@ -477,14 +276,6 @@ def _tag_decision(c, parent: str, result: dict[str, Any], crashed: list[dict[str
     tracking.finish(c, parent)
 
 
-def search_key(params: Params, method: str, data: DataRef) -> str:
-    """Content key of one method's search: what its trials train, its budget and space, and the code (not
-    ``on_trial_error``, which decides only what a crash does: see ``_reusable``)."""
-    t = params.tune.model_dump(exclude={"methods", "allow_unequal", "arch_space", "on_trial_error"})
-    space = {k: d.model_dump() for k, d in method_space(params.tune, method).items()}
-    return config_hash(trial_spec(params, method, data, {}).identity(), t, space, code_digest("pipeline.tune"))
-
-
 def tune_dataset(params: Params, dataset: str, data_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
     """Search every method of the search track on ``dataset``; write {method: result} to ``out_file``."""
     t0 = time.time()
@@ -518,17 +309,16 @@ def _reusable(hit: dict[str, Any], t: TuneCfg) -> bool:
 
 
 def _search_all(params: Params, dataset: str, data_dir: str | Path) -> dict[str, Any]:
-    data = data_ref(dataset, data_dir)
-    n_train = load_manifest(data_dir).num_train
-    n_val = max(1, int(n_train * params.tune.val_fraction))  # as pipeline.train.loop.load_data holds out
+    data, man = data_ref(dataset, data_dir), load_manifest(data_dir)
     cache = SearchCache(storage_path(params.compute), dataset)
-    keys = {m: search_key(params, m, data) for m in params.searched}
     results: dict[str, Any] = {}
-    for m in params.searched:
-        hit = cache.get(keys[m])
+    todo = []
+    for s in units.searches(params, data):
+        hit = cache.get(s.key)
         if hit is not None and _reusable(hit, params.tune):
-            results[m] = {**hit, "cached": True}
-    todo = [m for m in params.searched if m not in results]
+            results |= {m: {**hit, "cached": True} for m in s.methods}
+        else:
+            todo.append(s)
     if not todo:
         return results
     data = shared(data, params.compute.shared_data)  # where the trials read it
@@ -537,18 +327,15 @@ def _search_all(params: Params, dataset: str, data_dir: str | Path) -> dict[str,
     exp = tracking.open_experiment(
         c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset), f"tune@{dataset}"
     )
-    # methods whose searches have one key (one network, recipe and space: the ablation of a ResNet-backbone net
-    # is that ResNet) search once: the first method's search is the others' too
-    sharing: dict[str, list[str]] = {}
-    for m in todo:
-        sharing.setdefault(keys[m], []).append(m)
     with ray_session():
-        for first, *also in sharing.values():
+        for s in todo:
+            first, *also = s.methods
             # a search that failed raises here (SearchError): nothing of it is cached
-            r = search(params, first, data, keys[first], exp, c, uri, n_val=n_val, also=also)
-            cache.put(keys[first], r)
+            n_val = s.base.images(man.num_train, man.num_test)[1]  # the held-out images its trials validate on
+            r = search(params, first, data, s.key, exp, c, uri, n_val=n_val, also=also)
+            cache.put(s.key, r)
             what = f"adopted {r['chosen']}" if r["adopted"] else "kept the recipe"
-            log.info("tune@%s: %s: %s (%s)", dataset, " = ".join([first, *also]), what, r["reason"])
+            log.info("tune@%s: %s: %s (%s)", dataset, " = ".join(s.methods), what, r["reason"])
             results[first] = {**r, "cached": False}
             results |= {m: {**r, "cached": False, "shared_with": first} for m in also}
     return results

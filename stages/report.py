@@ -2,7 +2,7 @@
 
 from pipeline.cli import run_stage, usage
 from pipeline.config import Params
-from pipeline.report import make_report
+from pipeline.report.build import make_report
 
 
 def main(params: Params, argv: list[str]) -> None:

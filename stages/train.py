@@ -1,4 +1,4 @@
-"""train@<dataset>: python -m stages.train DATASET DATA_DIR TUNE_FILE OUT_DIR METRICS_FILE CURVES_DIR"""
+"""train@<dataset>: python -m stages.train DATASET DATA_DIR TUNE_FILE OUT_DIR METRICS_FILE"""
 
 from pipeline.cli import check_storage, run_stage, usage
 from pipeline.config import Params
@@ -7,7 +7,7 @@ from pipeline.train.run import train_dataset
 
 
 def main(params: Params, argv: list[str]) -> None:
-    usage(__doc__, argv, 6)
+    usage(__doc__, argv, 5)
     train_dataset(params, *argv)
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.records import read_trained, unit_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = ("data", "results", "reports")
 BIN = Path(sys.executable).parent
@@ -89,3 +91,11 @@ def mlflow_client(project: Path):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def trained_unit(project: Path, method: str, seed: int, *, track: str = "recipe", dataset: str = "embedded") -> Path:
+    """The directory of the unit the train stage trained for ``method``'s ``seed`` row (``rows.json`` names it):
+    its ``model.pt`` and ``history.csv``."""
+    train = project / "results" / dataset / "train"
+    (key,) = {r.key for r in read_trained(train).rows if (r.method, r.seed, r.track) == (method, seed, track)}
+    return unit_dir(train, key)

@@ -22,12 +22,13 @@ from pipeline.data.manifest import load_manifest, load_split
 from pipeline.data.preprocess import preprocess_dataset
 from pipeline.evaluate import evaluate_dataset, evaluate_unit, load_checkpoint
 from pipeline.provenance import provenance
+from pipeline.records import TrainedRow, TrainedRows, unit_dir
 from pipeline.settings import validate_params
 from pipeline.spec import RunSpec, build_spec, data_ref
 from pipeline.train.checkpoint import STATE_FILE, UNIT_FILE, CheckpointError, load_state, read_checkpoint, resume_points
 from pipeline.train.engine import Shard, TensorData
 from pipeline.train.loop import train_units
-from pipeline.train.run import _write_unit
+from pipeline.train.run import write_outputs
 from pipeline.train.store import UnitStore
 
 REFUSED = r"not a plain checkpoint \(it asks to unpickle io\.open\); refusing to load it: .*weights_only=True"
@@ -75,9 +76,15 @@ def unit(tmp_path_factory):
 
     origin = provenance(job="embedded-train-test", nodes=[{"node_id": "n0", "host": "h0"}])
     train_units([spec], Shard(), torch.device("cpu"), report, store=store, origin=origin)
-    out = tmp / "results" / "attn_resnet"
-    _write_unit(out / "recipe" / "seed0", store.load(spec.key()), {"run_id": "r", "experiment_id": "e", "key": "k"})
-    return {"tmp": tmp, "spec": spec, "store": store, "ckpt": ckpt, "method_dir": out}
+    train = tmp / "results" / "train"
+    write_outputs(train, one_row("attn_resnet", spec.key(), spec.model_dump()), {spec.key(): store.load(spec.key())})
+    return {"tmp": tmp, "spec": spec, "store": store, "ckpt": ckpt, "unit_dir": unit_dir(train, spec.key())}
+
+
+def one_row(method: str, key: str, spec: dict) -> TrainedRows:
+    """The train stage's record of one row (recipe track, seed 0) and its unit."""
+    row = TrainedRow(method=method, track="recipe", seed=0, key=key, spec=spec, run_id="r")
+    return TrainedRows(dataset="embedded", experiment_id="e", rows=[row], shared_by={key: [method]})
 
 
 def test_the_pipelines_checkpoints_are_plain_data(unit) -> None:
@@ -85,7 +92,7 @@ def test_the_pipelines_checkpoints_are_plain_data(unit) -> None:
     files = {
         "unit": unit["store"].read(spec.key()),
         "state": (unit["ckpt"] / STATE_FILE).read_bytes(),
-        "model.pt": (unit["method_dir"] / "recipe" / "seed0" / "model.pt").read_bytes(),
+        "model.pt": (unit["unit_dir"] / "model.pt").read_bytes(),
     }
     for name, data in files.items():
         ck = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -99,12 +106,12 @@ def test_the_pipelines_checkpoints_are_plain_data(unit) -> None:
 
 
 def test_evaluation_rebuilds_the_model_from_model_pt(unit, tmp_path) -> None:
-    model, spec, ck = load_checkpoint(unit["method_dir"] / "recipe" / "seed0" / "model.pt")
+    model, spec, ck = load_checkpoint(unit["unit_dir"] / "model.pt")
     assert spec == unit["spec"] and not model.training
     proc = unit["tmp"] / "proc"
     te = load_split(proc, "test")
     metrics = evaluate_unit(
-        unit["method_dir"] / "recipe" / "seed0",
+        unit["unit_dir"],
         load_manifest(proc),
         TensorData.from_numpy(te.images, te.labels),
         te.images,
@@ -154,10 +161,10 @@ def test_the_evaluate_stage_refuses_it_in_one_line(unit, tmp_path, monkeypatch, 
     import stages.evaluate
 
     train_dir = tmp_path / "train"
-    unit_dir = train_dir / "attn_resnet" / "recipe" / "seed0"
-    unit_dir.mkdir(parents=True)
-    (unit_dir / "model.pt").write_bytes(_crafted(tmp_path / "ran"))
-    (unit_dir / "mlflow.json").write_text('{"run_id": "r", "key": "k"}')
+    crafted = unit_dir(train_dir, "k")
+    crafted.mkdir(parents=True)
+    (crafted / "model.pt").write_bytes(_crafted(tmp_path / "ran"))
+    (train_dir / "rows.json").write_text(one_row("attn_resnet", "k", {}).model_dump_json())
     out = [str(tmp_path / x) for x in ("eval", "confusion", "metrics")]
     raw_params["grid"]["methods"] = ["attn_resnet"]
     raw_params["compute"]["storage_path"] = str(tmp_path / "storage")
@@ -173,7 +180,7 @@ def test_the_evaluate_stage_refuses_it_in_one_line(unit, tmp_path, monkeypatch, 
         pipeline.cli.run_stage(stages.evaluate.main)
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 1 and len(err.splitlines()) == 1
-    assert err.startswith(f"error: {unit_dir}/model.pt: not a plain checkpoint")
+    assert err.startswith(f"error: {crafted}/model.pt: not a plain checkpoint")
 
 
 def test_what_else_is_refused(tmp_path) -> None:

@@ -1,6 +1,6 @@
-"""The README's cluster section, followed to the letter, on a real 2-node Ray cluster on 127.0.0.1.
+"""The cluster runbook (docs/cluster.md), followed to the letter, on a real 2-node Ray cluster on 127.0.0.1.
 
-The fixture starts a moto S3 server on 127.0.0.1, then runs the README's `cluster-steps` block as it is, in
+The fixture starts a moto S3 server on 127.0.0.1, then runs the runbook's `cluster-steps` block as it is, in
 a small copy of the project: Ray token authentication, an MLflow server (sqlite + S3 artifacts), a head and
 a second node (one CPU each, so a 2-worker training job must use both), checkpoints and preprocessed data in
 S3, S3 as the DVC remote, the pipeline as a `ray job submit` job, and `dvc repro --pull` here afterwards.
@@ -25,7 +25,7 @@ import psutil
 import pytest
 import torch
 
-from tests.project import ROOT, make_project
+from tests.project import ROOT, make_project, trained_unit
 from tests.project import env as project_env
 from tests.servers import S3_ENV, free_port, moto_s3
 
@@ -45,7 +45,7 @@ SETTINGS = {
 
 
 def readme_steps() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "cluster.md").read_text()
     block = text.split("<!-- cluster-steps:begin -->", 1)[1].split("<!-- cluster-steps:end -->", 1)[0]
     (code,) = re.findall(r"```bash\n(.*?)```", block, re.S)
     return code
@@ -99,7 +99,7 @@ def cluster(tmp_path_factory):
             )
             (tmp / "steps.log").write_text(r.stdout + r.stderr)
             assert r.returncode == 0, (
-                f"README cluster steps failed ({r.returncode}):\n{r.stdout[-5000:]}\n{r.stderr[-5000:]}"
+                f"docs/cluster.md cluster steps failed ({r.returncode}):\n{r.stdout[-5000:]}\n{r.stderr[-5000:]}"
             )
             yield {
                 "proj": proj,
@@ -142,7 +142,7 @@ def test_job_trained_on_both_nodes_with_s3_storage(cluster) -> None:
     proj = cluster["proj"]
     assert "Job 'raysubmit_" in cluster["out"] and "succeeded" in cluster["out"]
     for m in SETTINGS["grid"]["methods"]:
-        rec = torch.load(proj / f"results/embedded/train/{m}/recipe/seed0/model.pt", weights_only=True)
+        rec = torch.load(trained_unit(proj, m, 0) / "model.pt", weights_only=True)
         nodes = {n["node_id"] for n in rec["provenance"]["nodes"]}
         assert len(nodes) == 2, rec["provenance"]["nodes"]  # one worker per node: the job spanned both
         assert rec["spec"]["dataset"]["path"].startswith(f"s3://{BUCKET}/attncnn/data/embedded/")
@@ -287,7 +287,7 @@ def ensure_chromium() -> str:
 def test_no_credential_in_any_record(cluster) -> None:
     proj, tmp = cluster["proj"], cluster["tmp"]
     secret = SECRET.encode()
-    places: dict[str, bytes] = {"README steps output": cluster["out"].encode()}
+    places: dict[str, bytes] = {"runbook steps output": cluster["out"].encode()}
     for root in (proj, tmp / "mlflow", cluster["ray_tmp"]):  # project + DVC files, MLflow db and log, Ray logs
         for p in root.rglob("*"):
             if p.is_file() and not p.is_symlink() and ".git" not in p.parts and "sockets" not in p.parts:
@@ -311,10 +311,10 @@ def test_servers_listen_on_loopback_only(cluster) -> None:
 
 
 def test_more_units_with_ray_address_reuse_the_finished_ones(cluster) -> None:
-    """The README's other way in: DVC here, Ray work on the cluster (`RAY_ADDRESS`). Runs last: it adds a
+    """The runbook's other way in: DVC here, Ray work on the cluster (`RAY_ADDRESS`). Runs last: it adds a
     seed to the project."""
     proj, env = cluster["proj"], {**cluster["env"], "RAY_ADDRESS": f"127.0.0.1:{cluster['ports']['RAY_PORT']}"}
-    env["RAY_AUTH_MODE"] = "token"  # as the README's steps export it
+    env["RAY_AUTH_MODE"] = "token"  # as the runbook's steps export it
     env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{cluster['ports']['MLFLOW_PORT']}"
     for cmd in (
         ["python", "-m", "pipeline.profiles", "--set", "grid.seeds=[0, 1]"],
@@ -329,5 +329,5 @@ def test_more_units_with_ray_address_reuse_the_finished_ones(cluster) -> None:
     total, reused, trained = map(int, m.groups())
     assert total >= 4 and reused == trained == total // 2
     for m in SETTINGS["grid"]["methods"]:
-        rec = torch.load(proj / f"results/embedded/train/{m}/recipe/seed1/model.pt", weights_only=True)
+        rec = torch.load(trained_unit(proj, m, 1) / "model.pt", weights_only=True)
         assert len({n["node_id"] for n in rec["provenance"]["nodes"]}) == 2

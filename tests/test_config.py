@@ -187,7 +187,6 @@ def test_stage_rejects_bad_params_before_any_work(tmp_path, raw_params: dict) ->
             "tune.json",
             str(out),
             str(tmp_path / "m.json"),
-            str(tmp_path / "curves"),
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -204,7 +203,7 @@ def test_too_many_workers_stops_the_stage_before_ray(tmp_path, raw_params: dict)
     raw_params["compute"]["num_workers"] = 64
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
     r = subprocess.run(
-        [sys.executable, "-m", "stages.train", "embedded", "none", "none", "out", "m.json", "c"],
+        [sys.executable, "-m", "stages.train", "embedded", "none", "none", "out", "m.json"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from pipeline.config import FastPathCfg, TrainCfg
+from pipeline.device import CPU, EAGER, FastPath
 from pipeline.models import create_model
-from pipeline.train.engine import CPU, EAGER, FastPath, TensorData, build_optimizer, evaluate, train_one_epoch
+from pipeline.train.engine import TensorData, build_optimizer, evaluate, train_one_epoch
 from tests.project import ROOT, env
 
 CFG = TrainCfg(epochs=1, batch_size=16, lr=0.05, weight_decay=5e-4, schedule="cosine")

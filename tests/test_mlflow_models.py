@@ -20,15 +20,17 @@ from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg
 from pipeline.data.fetch import fetch_dataset
 from pipeline.data.manifest import load_split
 from pipeline.data.preprocess import preprocess_dataset
+from pipeline.device import normalize
 from pipeline.evaluate import evaluate_dataset, load_checkpoint
 from pipeline.io import read_json
 from pipeline.models import create_model
+from pipeline.records import TrainedRow, TrainedRows, unit_dir
 from pipeline.settings import validate_params
 from pipeline.spec import DataRef, build_spec, data_ref, repo_relative
-from pipeline.train.engine import Shard, TensorData, normalize, predict
+from pipeline.train.engine import Shard, TensorData, predict
 from pipeline.train.job import TrainJob, dataset_input, run_params
 from pipeline.train.loop import train_units
-from pipeline.train.run import _write_unit
+from pipeline.train.run import write_outputs
 from pipeline.train.store import UnitStore
 from pipeline.train.worker import _unit_runs
 
@@ -68,16 +70,16 @@ def trained(tmp_path_factory):
     store = UnitStore(str(tmp / "storage"), "embedded")
     job = TrainJob(units=specs, store=str(tmp / "storage"), mlflow_uri=uri, runs=refs, system_metrics_s=0.2)
     train_units(specs, Shard(), torch.device("cpu"), lambda m, s: None, store=store, loggers=_unit_runs(job))
-    method_dir = tmp / "train" / "attn_resnet"
-    for s, track in ((specs[0], "recipe"), (specs[0], "searched"), (specs[1], "recipe")):
-        run = tracking.find_run(c, exp, s.key())
-        _write_unit(
-            method_dir / track / f"seed{s.seed}",
-            store.load(s.key()),
-            {"run_id": run.info.run_id, "experiment_id": exp, "key": s.key()},
-        )
+    runs = {s.key(): tracking.find_run(c, exp, s.key()).info.run_id for s in specs}
+    rows = [
+        TrainedRow(method="attn_resnet", track=t, seed=s.seed, key=s.key(), spec=s.model_dump(), run_id=runs[s.key()])
+        for s, t in ((specs[0], "recipe"), (specs[0], "searched"), (specs[1], "recipe"))
+    ]
+    shared = {s.key(): ["attn_resnet"] for s in specs}
+    trained_rows = TrainedRows(dataset="embedded", experiment_id=exp, rows=rows, shared_by=shared)
+    write_outputs(tmp / "train", trained_rows, {s.key(): store.load(s.key()) for s in specs})
     return {
-        "tmp": tmp, "uri": uri, "c": c, "exp": exp, "specs": specs, "store": store, "method_dir": method_dir,
+        "tmp": tmp, "uri": uri, "c": c, "exp": exp, "specs": specs, "store": store,
         "params": params,
     }  # fmt: skip
 
@@ -159,7 +161,7 @@ def test_a_registered_model_loads_by_alias_and_predicts_from_uint8_images(evalua
     t0 = time.perf_counter()
     logits = mlflow.pyfunc.load_model(f"models:/{name}@recipe").predict(te.images)  # (N, 32, 32, 3) uint8
     assert logits.shape == (len(te.labels), 10) and logits.dtype == np.float32
-    net, spec, _ = load_checkpoint(evaluated["method_dir"] / "recipe" / "seed0" / "model.pt")
+    net, spec, _ = load_checkpoint(unit_dir(evaluated["tmp"] / "train", evaluated["specs"][0].key()) / "model.pt")
     mean, std = torch.tensor(spec.dataset.mean), torch.tensor(spec.dataset.std)
     ref = predict(net, TensorData.from_numpy(te.images, te.labels), mean, std).numpy()  # what evaluation computes
     np.testing.assert_allclose(logits, ref, atol=1e-4)
@@ -213,16 +215,19 @@ def test_rows_sharing_a_unit_are_evaluated_once_and_registered_per_method(traine
 
     s0 = trained["specs"][0]
     record = trained["store"].load(s0.key())
-    run = tracking.find_run(trained["c"], trained["exp"], s0.key())
-    mlflow_json = {"run_id": run.info.run_id, "experiment_id": trained["exp"], "key": s0.key()}
+    run_id = tracking.find_run(trained["c"], trained["exp"], s0.key()).info.run_id
     raw = trained["params"].model_dump()
     raw["methods"]["attn_twin"] = {**raw["methods"]["attn_resnet"], "label": "Twin"}
     raw["grid"]["methods"] = ["attn_resnet", "attn_twin"]
     raw["compute"]["storage_path"] = str(tmp_path / "storage")
     params = validate_params(raw)
-    for m in ("attn_resnet", "attn_twin"):
-        spec = s0.model_copy(update={"method": m})
-        _write_unit(tmp_path / "train" / m / "recipe" / "seed0", {**record, "spec": spec.model_dump()}, mlflow_json)
+    rows = [
+        TrainedRow(method=m, track="recipe", seed=0, key=s0.key(), spec={**s0.model_dump(), "method": m}, run_id=run_id)
+        for m in ("attn_resnet", "attn_twin")
+    ]
+    twins = TrainedRows(dataset="embedded", experiment_id=trained["exp"], rows=rows,
+                        shared_by={s0.key(): ["attn_resnet", "attn_twin"]})  # fmt: skip
+    write_outputs(tmp_path / "train", twins, {s0.key(): record})
     out = [tmp_path / "eval", tmp_path / "confusion", tmp_path / "metrics"]
     caplog.set_level(logging.INFO, logger="pipeline.evaluate")
     with pytest.MonkeyPatch.context() as mp:

@@ -16,7 +16,7 @@ import yaml
 from scipy import stats as sp
 
 from pipeline.data.manifest import load_split
-from tests.project import ROOT, TINY, make_project, mlflow_client, run
+from tests.project import ROOT, TINY, make_project, mlflow_client, run, trained_unit
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +139,7 @@ def test_dvc_metrics_plots_and_experiments(project) -> None:
     walls = {}
     for m in METHODS:
         for s in SEEDS:
-            rec = torch.load(proj / f"results/embedded/train/{m}/recipe/seed{s}/model.pt", weights_only=True)
+            rec = torch.load(trained_unit(proj, m, s) / "model.pt", weights_only=True)
             walls.setdefault(rec["provenance"]["job"], []).append(rec["wall"])
             assert rec["pairing"]["init"] and rec["pairing"]["data_order"]
     (a, b) = walls.values()
@@ -148,7 +148,7 @@ def test_dvc_metrics_plots_and_experiments(project) -> None:
     # evaluation, the net rebuilt from its checkpoint alone, reproduces the test accuracy training measured
     for m in METHODS:
         for s in SEEDS:
-            with open(proj / f"results/embedded/curves/{m}-seed{s}.csv") as f:
+            with open(trained_unit(proj, m, s) / "history.csv") as f:
                 last = list(csv.DictReader(f))[-1]
             assert int(last["epoch"]) == EPOCHS
             per_seed = json.loads((proj / f"results/embedded/metrics/{m}.json").read_text())
@@ -158,9 +158,9 @@ def test_dvc_metrics_plots_and_experiments(project) -> None:
     assert (proj / "plots_html" / "index.html").stat().st_size > 1000
     exp = run(["dvc", "exp", "show", "--json"], proj).stdout
     assert "train.epochs" in exp or '"epochs"' in exp
-    # the README's narrow `dvc exp show`: the workspace's per-method means beside two settings, nothing else
-    readme = (ROOT / "README.md").read_text().split("<!-- exp-show:begin -->")[1].split("<!-- exp-show:end -->")[0]
-    (cmd,) = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    # the documented narrow `dvc exp show` (docs/report.md): the headline beside two settings, nothing else
+    page = (ROOT / "docs/report.md").read_text().split("<!-- exp-show:begin -->")[1].split("<!-- exp-show:end -->")[0]
+    (cmd,) = re.findall(r"```bash\n(.*?)\n```", page, re.S)
     table = list(csv.reader(run([*shlex.split(cmd), "--csv"], proj).stdout.splitlines()))
     cols = [f"embedded.{k}" for k in ("n", "ours", "vs_ablation", "vs_best")]
     assert table[0] == ["Experiment", *cols, "train.epochs", "train.lr"], table[0]

@@ -17,20 +17,13 @@ import pytest
 
 from pipeline.compute import Workers
 from pipeline.config import FastPathCfg, Params
-from pipeline.plan import (
-    Net,
-    Plan,
-    Probe,
-    Rate,
-    data_size,
-    format_plan,
-    make_plan,
-    seconds_per_call,
-    unit_seconds,
-)
+from pipeline.plan import Net, Plan, Probe, Rate, data_size, format_plan, make_plan, unit_seconds
 from pipeline.profiles import apply_profile
 from pipeline.profiles import main as profiles_main
 from pipeline.settings import load_params
+from pipeline.spec import data_ref
+from pipeline.train.probe import seconds_per_call
+from pipeline.units import Work, distinct
 from tests.project import ROOT
 
 CPUS = {"CPU": 2, "GPU": 0}  # what the plan sees: this 2-core machine, whatever runs the tests
@@ -69,9 +62,9 @@ def test_the_default_plan_counts_every_method_and_seed_at_the_recipes_epochs(tmp
     assert train.rows == len(p.grid.methods) * seeds
     # the ablation (placement none) is the ResNet, weight for weight: its rows share ResNet's units
     assert len(train.units) == train.rows - seeds and train.shared_rows == 2 * seeds
-    assert {u.row for u in train.units} == set(p.grid.methods) - {"no_attention"}
-    assert [u.recipe.epochs for u in train.units] == [p.recipe(u.row, u.dataset).epochs for u in train.units]
-    assert train.unit_epochs == sum(p.recipe(u.row, "embedded").epochs for u in train.units)
+    assert {r.name for r in train.units} == set(p.grid.methods) - {"no_attention"}
+    assert [r.unit.train.epochs for r in train.units] == [p.recipe(r.name, "embedded").epochs for r in train.units]
+    assert train.unit_epochs == sum(p.recipe(r.name, "embedded").epochs for r in train.units)
     d = p.dataset("embedded").fetch
     assert (plan.data[0].num_train, plan.data[0].num_test, plan.data[0].image_size) == (d.num_train, d.num_test, 32)
     lines = format_plan(plan)
@@ -89,21 +82,27 @@ def test_the_paper_profile_plans_two_data_sets_of_seven_methods_by_three_seeds(t
         ("cifar10", "train", 21, 18, 6),
         ("cifar100", "train", 21, 18, 6),
     ]
-    assert {u.recipe.epochs for b in plan.blocks for u in b.units} == {200}
+    assert {r.unit.train.epochs for b in plan.blocks for r in b.units} == {200}
     assert [(d.num_train, d.num_test, d.num_classes) for d in plan.data] == [
         (50_000, 10_000, 10),
         (50_000, 10_000, 100),
     ]
-    assert {u.net.batch for b in plan.blocks for u in b.units} == {128}  # one worker per unit
+    assert {n.batch for b in plan.blocks for n in b.nets} == {128}  # one worker per unit
     assert (
         "cifar10: 18 units (7 methods x 3 seeds; 6 rows share a unit), 200 epochs each = 3,600" in format_plan(plan)[0]
     )
 
 
-def test_same_unit_decides_what_is_trained_once(tmp_path) -> None:
+def test_the_plan_counts_the_units_the_train_stage_trains(processed, tmp_path) -> None:
+    """Both ask ``pipeline.units``: before any data exists the plan groups the rows into the units the train
+    stage trains once the data is there, and given the stage's own work it plans exactly those units."""
     p = load_params(ROOT / "params.yaml")
-    (train,) = plan_of(p, tmp_path, same_unit=lambda u: u.seed).blocks
-    assert (len(train.units), train.shared_rows) == (len(p.grid.seeds), train.rows)
+    staged = Work(p, data_ref("embedded", processed), {})
+    trained = {(r.name, r.seed) for r in distinct(staged.recipe)}
+    (before,) = plan_of(p, tmp_path).blocks
+    assert {(r.name, r.seed) for r in before.units} == trained and len(trained) < len(staged.recipe)
+    (given,) = make_plan(p, prober=fixed(100.0, 400.0), works=[staged], data_dirs={"embedded": processed}).blocks
+    assert [r.key for r in given.units] == [r.key for r in distinct(staged.recipe)]
 
 
 def test_device_hours_are_units_by_epochs_by_images_over_the_measured_rate(tmp_path) -> None:
@@ -120,10 +119,12 @@ def test_device_hours_are_units_by_epochs_by_images_over_the_measured_rate(tmp_p
     )
     # the default's BatchNorm recalibration: bn batches of the whole batch, on every worker, at the eval rate
     d = load_params(ROOT / "params.yaml")
-    u = plan_of(d, tmp_path).blocks[0].units[0]
-    r, t = Rate(100.0, 400.0, 64, 500, False), u.recipe
-    expect = t.epochs * (u.train_images / 100.0 + u.eval_images / 400.0 + t.bn_recalibration * t.batch_size / 400.0)
-    assert unit_seconds(u, r) == pytest.approx(expect)
+    default = plan_of(d, tmp_path)
+    block, size = default.blocks[0], default.data[0]
+    u, r = block.units[0].unit, Rate(100.0, 400.0, 64, 500, False)
+    t, w = u.train, block.workers
+    expect = t.epochs * (size.num_train / 100.0 + size.num_test / 400.0 + w * t.bn_recalibration * t.batch_size / 400.0)
+    assert unit_seconds(u, w, size, r) == pytest.approx(expect)
 
 
 def test_the_search_and_the_study_are_planned_when_on(tmp_path) -> None:
@@ -132,20 +133,20 @@ def test_the_search_and_the_study_are_planned_when_on(tmp_path) -> None:
     got = [(b.dataset, b.stage, b.rows, len(b.units), b.upper_bound) for b in plan.blocks]
     assert got == [
         ("cifar10", "train", 21, 18, False),  # the ablation's rows share ResNet's units
-        ("cifar10", "search", 7 * 16, 7 * 16, True),  # trials: 16 per method, of up to 10 epochs
+        ("cifar10", "search", 6 * 16, 6 * 16, True),  # trials: 16 per search (the ablation's is ResNet's)
         ("cifar10", "searched", 21, 18, True),  # up to every unit again at what the search adopted
         ("cifar10", "study", 21 * 3, 21 * 3, False),  # 21 cells x 3 seeds: at depth 110 no two cells alike
         ("cifar100", "train", 21, 18, False),
-        ("cifar100", "search", 7 * 16, 7 * 16, True),
+        ("cifar100", "search", 6 * 16, 6 * 16, True),
         ("cifar100", "searched", 21, 18, True),
     ]
-    trial = plan.blocks[1].units[0]
-    assert (trial.recipe.epochs, trial.train_images, trial.eval_images, trial.workers) == (10, 40_000, 10_000, 1)
-    assert {u.recipe.epochs for u in plan.blocks[3].units} == {200}
+    trial = plan.blocks[1].units[0].unit
+    assert (trial.train.epochs, *trial.images(50_000, 10_000), plan.blocks[1].workers) == (10, 40_000, 10_000, 1)
+    assert {r.unit.train.epochs for r in plan.blocks[3].units} == {200}
     lines = format_plan(plan)
-    assert "cifar10: search: up to 112 trials (7 methods x 16 trials) of up to 10 epochs each" in lines[1]
+    assert "cifar10: search: up to 96 trials (6 searches of 7 methods x 16 trials) of up to 10 epochs each" in lines[1]
     assert "cifar10: study: 63 units (21 cells x 3 seeds), 200 epochs each = 12,600 unit-epochs" in lines[3]
-    assert "(+ up to 224 search trials)" in lines[-1] and "up to about" in lines[-1]
+    assert "(+ up to 192 search trials)" in lines[-1] and "up to about" in lines[-1]
 
 
 def test_a_stage_plans_its_own_work_only(tmp_path) -> None:

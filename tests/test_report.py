@@ -9,24 +9,24 @@ import json
 
 import pytest
 
-from pipeline.analysis import comparisons, method_result, paired
 from pipeline.config import CifarDataCfg, PreprocessCfg
 from pipeline.data import cifar
 from pipeline.data.fetch import fetch_dataset
 from pipeline.data.manifest import Manifest
 from pipeline.data.preprocess import preprocess_dataset
-from pipeline.report import (
-    BENCHMARK,
+from pipeline.records import RowEval
+from pipeline.report.build import dataset_report
+from pipeline.report.markdown import (
     MAIN_ROWS,
     backbone_lines,
     data_line,
-    dataset_report,
     fmt_summary,
     gate_rules,
     method_table,
     verdict_lines,
 )
-from pipeline.report_html import _cells, markdown_to_html
+from pipeline.report.page import _cells, markdown_to_html
+from pipeline.report.record import BENCHMARK, comparisons, method_result, paired
 from pipeline.settings import validate_params
 from tests.archives import cifar10_archive
 from tests.servers import file_server
@@ -68,13 +68,15 @@ def test_only_the_published_md5_makes_it_official(tmp_path, monkeypatch) -> None
     assert "the official binary archive (its md5 matches the published" in data_line("c10", "cifar10", man)
 
 
-def unit(top1: float, seed: int, *, init: str = "i", order: str | None = "o", diverged: bool = False) -> dict:
-    return {
-        "metrics": {"test_top1": top1, "test_top5": 99.0, "params": 10, "flops_per_image": 1e6},
-        "num_test": 1000,
-        "pairing": {"init": f"{init}{seed}", "data_order": None if order is None else f"{order}{seed}"},
-        "diverged": diverged,
-    }
+def unit(top1: float, seed: int, *, init: str = "i", order: str | None = "o", diverged: bool = False) -> RowEval:
+    return RowEval(
+        key=f"k{top1}-{seed}",
+        spec={},
+        metrics={"test_top1": top1, "test_top5": 99.0, "params": 10, "flops_per_image": 1e6},
+        num_test=1000,
+        pairing={"init": f"{init}{seed}", "data_order": None if order is None else f"{order}{seed}"},
+        diverged=diverged,
+    )
 
 
 @pytest.fixture
@@ -139,8 +141,10 @@ def _evaluated(results, params, dataset: str, top1: dict[str, list[float]]) -> N
         for s, x in enumerate(values):
             f = results / dataset / "eval" / m / "recipe" / f"seed{s}" / "summary.json"
             f.parent.mkdir(parents=True)
-            u = unit(x, s) | {"key": f"{m}-{s}", "spec": {"train": params.train.model_dump(), "model_args": {}}}
-            f.write_text(json.dumps(u))
+            u = unit(x, s).model_copy(
+                update={"key": f"{m}-{s}", "spec": {"train": params.train.model_dump(), "model_args": {}}}
+            )
+            f.write_text(u.model_dump_json())
 
 
 @pytest.mark.parametrize("case", ["published", "another archive", "a subset of the published"])
@@ -157,10 +161,10 @@ def test_only_the_whole_published_file_is_the_papers_benchmark(tmp_path, monkeyp
     top1 = {"resnet": [90.0, 91.0, 92.0], "attn_resnet": [91.0, 92.1, 92.9], "no_attention": [90.0, 91.0, 92.0]}
     _evaluated(tmp_path / "results", params, "cifar10", top1)
     section = dataset_report(params, "cifar10", tmp_path / "results", tmp_path)
-    text, summary = section["text"], section["summary"]
+    text, summary = section.text, section.summary
     table = next(x for x in text.split("\n") if x.startswith("| Method"))
     vs_resnet = next(x for x in text.split("\n") if x.startswith("- **Attention CNN (ours) vs ResNet**"))
-    rows = {r["method"]: r for r in section["rows"]}
+    rows = {r["method"]: r for r in section.rows}
     if case == "published":
         assert summary[BENCHMARK] == {"is_benchmark": True, "column": "CIFAR-10", "why": summary[BENCHMARK]["why"]}
         assert "Published by its authors" in table and "Paper Tables 1-2: CIFAR-100" not in table
@@ -201,7 +205,7 @@ def test_each_gated_baseline_is_shown_against_its_own_backbone(raw_params) -> No
     se = next(x for x in lines if x.startswith("- SE-ResNet minus ResNet"))
     assert se.startswith("- SE-ResNet minus ResNet: -23.83 points (95 % CI") and "paired over 3 seeds" in se
     assert any(x.startswith("- CBAM-ResNet minus ResNet: +0.37 points") for x in lines)
-    units = {m: {0: {"spec": {"model_args": params.method(m).args}}} for m in ("resnet", "se_resnet", "cbam_resnet")}
-    rules = gate_rules(params, units)
+    specs = {m: {"model_args": params.method(m).args} for m in ("resnet", "se_resnet", "cbam_resnet")}
+    rules = gate_rules(params, specs)
     assert "SE-ResNet C/16 rounded to a multiple of 8, at least 8 (timm's rule)" in rules and "; ResNet" not in rules
     assert rules.startswith(" Channel-gate widths: SE-ResNet ")

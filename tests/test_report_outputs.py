@@ -20,11 +20,14 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import report, report_figures, report_html, tracking
-from pipeline.analysis import method_result
+from pipeline import tracking
 from pipeline.data.embedded import CLASSES as GLYPHS  # "zero", "one", ...: label order is not alphabetical
 from pipeline.paper import CLAIMS
 from pipeline.plots import plt
+from pipeline.records import RowEval, TrainedRow, TrainedRows, unit_dir
+from pipeline.report import build, figures, markdown, read, record
+from pipeline.report import page as html_page
+from pipeline.report.record import method_result
 from pipeline.settings import validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,12 +96,20 @@ def _fake_results(root: Path, train: dict) -> None:
                     ax.imshow(np.zeros((4, 4)))
                     fig.savefig(unit / "attention.png")
                     plt.close(fig)
-                curve = res / "curves" / f"{m}-seed{s}.csv"
-                curve.parent.mkdir(exist_ok=True)
+                curve = unit_dir(res / "train", f"{m}-{s}") / "history.csv"
+                curve.parent.mkdir(parents=True)
                 with open(curve, "w", newline="") as f:
                     w = csv.writer(f)
                     w.writerow(["epoch", "train_loss", "val_top1", "val_top5"])
                     w.writerows((e, 2.0 / e, top1 * e / 3, 99.0) for e in (1, 2, 3))
+        rows = [
+            TrainedRow(method=m, track="recipe", seed=s, key=f"{m}-{s}", spec={}, run_id="r")
+            for m in METHODS
+            for s in SEEDS
+        ]
+        shared = {r.key: [r.method] for r in rows}
+        trained = TrainedRows(dataset=d, experiment_id="0", rows=rows, shared_by=shared)
+        (res / "train" / "rows.json").write_text(trained.model_dump_json())
 
 
 def _params(raw: dict):
@@ -119,8 +130,8 @@ def made(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)  # MLflow's default artifact root, ./mlruns, in the temporary directory
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setattr(report, "provenance", lambda **extra: stub | extra)
-        out = report.make_report(params, root / "results", root / "data", root / "reports")
+        mp.setattr(build, "provenance", lambda **extra: stub | extra)
+        out = build.make_report(params, root / "results", root / "data", root / "reports")
     c = tracking.client(uri)
     exp = c.get_experiment_by_name(tracking.experiment_name(params.mlflow.experiment_prefix, "embedded"))
     rexp = c.get_experiment_by_name(tracking.report_experiment_name(params.mlflow.experiment_prefix))
@@ -143,11 +154,11 @@ def _artifacts(c, run_id: str, path: str | None = None) -> list[str]:
 
 def test_confusion_matrix_is_in_label_order_with_class_names(made) -> None:
     root, params = made["root"], made["params"]
-    counts = report_figures.confusion_counts(root / "results", "embedded", "resnet", SEEDS, GLYPHS)
+    counts = read.confusion_counts(root / "results", "embedded", "resnet", SEEDS, GLYPHS)
     # per class, seed 0: 30 of 50 right, seed 1: 31; the rest predicted as the next class in label order
     assert counts.sum() == PER_CLASS * len(GLYPHS) * len(SEEDS)
     assert counts[0, 0] == 61 and counts[0, 1] == 39  # "zero" -> "one", not "eight" (alphabetical order's next)
-    fig = report_figures.confusion_figure(counts, GLYPHS, "t")
+    fig = figures.confusion_figure(counts, GLYPHS, "t")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == GLYPHS != sorted(GLYPHS)
     assert [t.get_text() for t in ax.get_yticklabels()] == GLYPHS
@@ -156,8 +167,8 @@ def test_confusion_matrix_is_in_label_order_with_class_names(made) -> None:
     assert len(ax.texts) == len(GLYPHS) ** 2  # each cell's % written
     plt.close(fig)
     hundred = DATASETS["cifar100"]
-    counts = report_figures.confusion_counts(root / "results", "cifar100", "resnet", SEEDS, hundred)
-    fig = report_figures.confusion_figure(counts, hundred, "t")
+    counts = read.confusion_counts(root / "results", "cifar100", "resnet", SEEDS, hundred)
+    fig = figures.confusion_figure(counts, hundred, "t")
     ax = fig.axes[0]
     assert not set(hundred) & {t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()}
     assert not ax.texts and "label order" in ax.get_xlabel()
@@ -170,9 +181,7 @@ def test_confusion_matrix_is_in_label_order_with_class_names(made) -> None:
 
 def test_one_curves_figure_per_data_set_overlays_every_method(made) -> None:
     params, root = made["params"], made["root"]
-    fig = report_figures.curves_figure(
-        params, "embedded", report_figures.read_curves(root / "results", params, "embedded")
-    )
+    fig = figures.curves_figure(params, "embedded", read.read_curves(root / "results", params, "embedded"))
     ax = fig.axes[0]
     assert [line.get_label() for line in ax.get_lines()] == [params.method(m).label for m in METHODS]
     assert ax.get_ylabel() == "test top-1 (%)" and "test split" in ax.get_title()
@@ -202,28 +211,32 @@ def _table(md: str, heading: str) -> list[dict[str, str]]:
 
 def test_delta_vs_paper_and_top5_only_with_more_than_ten_classes(made) -> None:
     params = made["params"]
-    units = {s: {"metrics": {"test_top1": 90.0 + s, "test_top5": 99.5, "params": 1, "flops_per_image": 1.0},
-                 "num_test": 1000} for s in SEEDS}  # fmt: skip
+    metrics = {"test_top5": 99.5, "params": 1, "flops_per_image": 1.0}
+    units = {
+        s: RowEval(key=f"k{s}", spec={}, metrics={"test_top1": 90.0 + s, **metrics}, num_test=1000, pairing=None,
+                   diverged=False)
+        for s in SEEDS
+    }  # fmt: skip
     results = {m: method_result(params, m, units, 10) for m in METHODS}
     for column, classes in (("CIFAR-10", 10), ("CIFAR-100", 100)):
-        lines = report.method_table(params, results, report.MAIN_ROWS, column, {}, classes)
-        rows = [dict(zip(report_html._cells(lines[0]), report_html._cells(x), strict=True)) for x in lines[2:]]
+        lines = markdown.method_table(params, results, markdown.MAIN_ROWS, column, {}, classes)
+        rows = [dict(zip(html_page._cells(lines[0]), html_page._cells(x), strict=True)) for x in lines[2:]]
         assert ("test top-5" in rows[0]) == (classes > 10)
         by = {r["Method"]: r for r in rows}
         for v in params.report.claims:
             claim = CLAIMS[v]["resnet"][column]
-            assert by["ResNet"][f"Δ vs {report.TABLE_NAMES[v]}"] == f"{90.5 - claim:+.2f}"
+            assert by["ResNet"][f"Δ vs {markdown.TABLE_NAMES[v]}"] == f"{90.5 - claim:+.2f}"
     # the ablation has no ImageNet claim: "-"; off the paper's benchmarks: "n/a", never a difference
-    lines = report.method_table(params, results, report.ABLATION_ROWS, "ImageNet", {}, 1000)
+    lines = markdown.method_table(params, results, markdown.ABLATION_ROWS, "ImageNet", {}, 1000)
     by = {
         r["Method"]: r
-        for r in (dict(zip(report_html._cells(lines[0]), report_html._cells(x), strict=True)) for x in lines[2:])
+        for r in (dict(zip(html_page._cells(lines[0]), html_page._cells(x), strict=True)) for x in lines[2:])
     }
     assert (
         by["CNN without attention"]["Δ vs Tables 1-2"] == "-" and by["Attention CNN (ours)"]["Δ vs Tables 1-2"] != "-"
     )
-    assert report.delta_vs_paper("table1", results["no_attention"], "ImageNet") == "-"
-    assert report.delta_vs_paper("table1", results["resnet"], None) == "n/a"
+    assert record.delta_vs_paper("table1", results["no_attention"], "ImageNet") == "-"
+    assert record.delta_vs_paper("table1", results["resnet"], None) == "n/a"
 
     md = (made["reports"] / "tables.md").read_text()
     embedded = _table(md, "### Every method at the shared recipe (paper Tables 1 and 3)")
@@ -288,7 +301,7 @@ def test_the_report_ends_with_its_headline(made, caplog) -> None:
     is and the MLflow address of the report run."""
     summary = json.loads((made["reports"] / "summary.json").read_text())["embedded"]
     h = summary["headline"]
-    lines = report.headline_lines("embedded", h, summary["benchmark"])
+    lines = markdown.headline_lines("embedded", h, summary["benchmark"])
     assert lines[0].startswith(
         f"embedded (not a paper benchmark: direction only): Attention CNN (ours) {h['ours']['mean']:.2f} %"
     )
@@ -335,7 +348,7 @@ def test_html_page_has_the_tables_and_its_pictures_offline(made) -> None:
 
 
 def test_markdown_subset() -> None:
-    page = report_html.markdown_to_html(
+    page = html_page.markdown_to_html(
         "# T\n\nA `a*b*c` and **b** and *i* & <x>.\n\n- one\n- two\n\n| h | k |\n|---|---|\n| 1 | ![p](f/p.png) |\n"
     )
     assert "<h1>T</h1>" in page and "<title>T</title>" in page
@@ -371,7 +384,7 @@ def test_dvc_shows_one_metrics_file_and_image_plots_offline(made, tmp_path) -> N
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copytree(made["reports"], repo / "reports")
     res = made["root"] / "results" / "embedded"
-    shutil.copytree(res / "curves", repo / "results/embedded/curves")
+    shutil.copytree(res / "train", repo / "results/embedded/train")
     shutil.copytree(res / "confusion", repo / "results/embedded/confusion")
     for m in METHODS:  # the evaluate stage's per-seed metrics, as it writes them
         _write_json(

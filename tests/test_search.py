@@ -16,17 +16,9 @@ from pipeline.config import TrainCfg, TuneCfg
 from pipeline.settings import validate_params
 from pipeline.spec import DataRef
 from pipeline.stats import binomial_margin
-from pipeline.tune import (
-    SearchError,
-    SearchRecord,
-    _reusable,
-    compressed,
-    decide,
-    error_line,
-    method_space,
-    recipe_point,
-    trial_status,
-)
+from pipeline.trials import SearchRecord, error_line, trial_status
+from pipeline.tune import SearchError, _reusable, decide, recipe_point
+from pipeline.units import compressed
 
 RECIPE = {"train.lr": 0.1, "train.weight_decay": 1e-4}
 
@@ -85,8 +77,8 @@ def test_failed_trials_never_win_and_the_recipe_trial_is_recognised() -> None:
 def test_recipe_point_and_space(raw_params: dict) -> None:
     raw_params["tune"]["methods"] = "all"
     p = validate_params(raw_params)
-    assert list(method_space(p.tune, "attn_resnet")) == ["train.lr", "train.weight_decay", "args.placement"]
-    assert list(method_space(p.tune, "resnet")) == ["train.lr", "train.weight_decay"]  # the shared space only
+    assert list(p.tune.space_of("attn_resnet")) == ["train.lr", "train.weight_decay", "args.placement"]
+    assert list(p.tune.space_of("resnet")) == ["train.lr", "train.weight_decay"]  # the shared space only
     point = recipe_point(p, "attn_resnet", "embedded")
     assert point == {
         "train.lr": p.train.lr,

@@ -312,5 +312,5 @@ def test_the_committed_dvc_lock_is_current() -> None:
             code = [p for p in change.get("changed deps", {}) if p.startswith(("pipeline/", "stages/"))]
             params = change.get("changed params", {})
             if code or params:
-                stale[stage] = {"code": code, "params": params}
+                stale.setdefault(stage, []).append({"code": code, "params": params})
     assert not stale, f"dvc.lock is stale (run `dvc repro` and commit dvc.lock): {stale}"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from pipeline.report import STATS_LINE
+from pipeline.report.markdown import STATS_LINE
 from pipeline.stats import (
     LEVEL,
     VERDICTS,
@@ -273,9 +273,9 @@ def test_verdicts_on_per_seed_numbers(d: list[float], claim: float | None, word:
         assert v.seeds_needed is None and v.seeds_for_size is None
 
 
-def test_the_readme_and_the_reports_statistics_line_define_the_verdicts_as_the_code() -> None:
-    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
-    assert verdict_definitions() in readme
+def test_the_docs_and_the_reports_statistics_line_define_the_verdicts_as_the_code() -> None:
+    page = " ".join((Path(__file__).parents[1] / "docs" / "report.md").read_text().split())
+    assert verdict_definitions() in page
     assert verdict_definitions() in STATS_LINE
     assert set(VERDICTS) == set(typing.get_args(typing.get_type_hints(Verdict)["word"]))
     for word in VERDICTS:

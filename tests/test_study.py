@@ -12,7 +12,7 @@ import pytest
 import yaml
 from scipy import stats as sp
 
-from pipeline.study_report import cells, study_section, versus
+from pipeline.report.study import cells, study_section, versus
 from tests.project import make_project, mlflow_client, run
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,8 @@ import pytest
 from pipeline.compute import Workers
 from pipeline.settings import validate_params
 from pipeline.spec import build_spec, data_ref
-from pipeline.train.run import _unique, lane_count, plan_units, sharing, split_lanes, unit_runs
+from pipeline.train.run import lane_count, split_lanes, unit_runs
+from pipeline.units import Work, distinct, methods_of
 
 
 def _params(raw: dict, **compute):
@@ -49,21 +50,19 @@ def test_rows_of_one_network_recipe_and_start_are_one_unit(raw_params, processed
     change that makes the two networks differ (the ablation's depth) splits them again."""
     raw_params["grid"]["seeds"] = [0, 1]
     params = validate_params(raw_params)
-    plan = plan_units(params, data_ref("embedded", processed), {})
-    rows = plan["recipe"]
-    units = _unique(plan)
-    assert len(rows) == 12 and len(units) == 10
-    shared = sharing(plan)
+    rows = Work(params, data_ref("embedded", processed), {}).recipe
+    assert len(rows) == 12 and len(distinct(rows)) == 10
+    shared = methods_of(rows)
     assert sorted(ms for ms in shared.values() if len(ms) > 1) == [["resnet", "no_attention"]] * 2
-    by = {(u.method, u.seed): u.key() for u in rows}
+    by = {(r.name, r.seed): r.key for r in rows}
     assert by[("resnet", 0)] == by[("no_attention", 0)] != by[("resnet", 1)]
     assert len({by[(m, 0)] for m in ("resnet", "se_resnet", "cbam_resnet", "attn_resnet", "densenet_bc")}) == 5
-    refs = unit_runs(params, "0", units, {u.key() for u in rows}, "c0ffee", shared)
+    refs = unit_runs(params, "0", rows, "c0ffee")
     run = refs[by[("resnet", 0)]]
     assert run.name == "resnet seed 0 (also no_attention)" and run.tags["methods"] == "resnet,no_attention"
     assert run.tags["label"] == "ResNet = CNN without attention"
     assert refs[by[("attn_resnet", 0)]].tags["methods"] == "attn_resnet"
 
     raw_params["methods"]["no_attention"]["args"]["depth"] = 14
-    apart = plan_units(validate_params(raw_params), data_ref("embedded", processed), {})
-    assert len(_unique(apart)) == 12
+    apart = Work(validate_params(raw_params), data_ref("embedded", processed), {}).recipe
+    assert len(distinct(apart)) == 12

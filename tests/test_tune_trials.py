@@ -23,7 +23,9 @@ from pipeline.data.fetch import fetch_dataset
 from pipeline.data.preprocess import preprocess_dataset
 from pipeline.settings import validate_params
 from pipeline.spec import data_ref
-from pipeline.tune import SearchCache, SearchError, search_key, trial_status, tune_dataset
+from pipeline.trials import trial_status
+from pipeline.tune import SearchCache, SearchError, tune_dataset
+from pipeline.units import search_key
 
 pytestmark = pytest.mark.slow
 

@@ -37,11 +37,12 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from pipeline.checksum import CHUNK, Checksum, file_digests
 from pipeline.progress import Bar
 from pipeline.redact import redact, redact_url
 
-from .limits import Checksum, Limits, Meter, Retry, TooSlow, file_digests
-from .sources import CHUNK, FetchError, is_http, is_s3, s3_client, s3_error, split_s3
+from .limits import Limits, Meter, Retry, TooSlow
+from .sources import FetchError, is_http, is_s3, s3_client, s3_error, split_s3
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.checksum import Checksum
 from pipeline.config import CifarDataCfg, DatasetCfg
 from pipeline.io import atomic_path, sha256_file, write_json
 from pipeline.redact import redact_url
@@ -24,7 +25,7 @@ from .cifar import LAYOUT_OF_KIND, OFFICIAL, read_cifar_binary
 from .download import fetch_file
 from .embedded import write_embedded_archive
 from .imagenet_index import index_source
-from .limits import Checksum, Limits, Retry
+from .limits import Limits, Retry
 from .manifest import SOURCE
 
 

@@ -31,12 +31,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.checksum import Checksum
 from pipeline.config import ImageNetFetchCfg
 from pipeline.io import sha256_file
 from pipeline.redact import redact_url
 
 from .archives import check_member, check_members, open_checked, readable
-from .limits import Checksum
 from .sources import FetchError
 from .store import HashingReader, Store
 

@@ -1,36 +1,14 @@
-"""What a download must satisfy: the checksum it is verified against, and the limits on what a source may
-send (``Limits``, enforced by ``Meter``): a size cap, an overall deadline and a minimum rate over a sliding
-window, each failure naming the setting to change. The retry policy too (``Retry``)."""
+"""What a download must satisfy: the limits on what a source may send (``Limits``, enforced by ``Meter``): a
+size cap, an overall deadline and a minimum rate over a sliding window, each failure naming the setting to
+change. The retry policy too (``Retry``). The checksum it is verified against: ``pipeline.checksum``."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 
-from .sources import CHUNK, FetchError
-
-ALGORITHMS = ("md5", "sha256")
-
-
-@dataclass(frozen=True)
-class Checksum:
-    algorithm: str  # md5 | sha256
-    hexdigest: str
-
-    @classmethod
-    def parse(cls, text: str) -> Checksum:
-        """``"md5:<32 hex>"`` or ``"sha256:<64 hex>"``."""
-        algo, _, digest = text.partition(":")
-        want = {"md5": 32, "sha256": 64}.get(algo)
-        if want is None or len(digest) != want or any(c not in "0123456789abcdef" for c in digest.lower()):
-            raise ValueError(f"checksum {text!r}: expected 'md5:<32 hex digits>' or 'sha256:<64 hex digits>'")
-        return cls(algo, digest.lower())
-
-    def __str__(self) -> str:
-        return f"{self.algorithm}:{self.hexdigest}"
+from .sources import FetchError
 
 
 @dataclass(frozen=True)
@@ -106,12 +84,3 @@ class Meter:
                     f"min_rate_bytes_s = {self.limits.min_rate_bytes_s:g} (over rate_window_s = "
                     f"{self.limits.rate_window_s:g} s)"
                 )
-
-
-def file_digests(path: str | Path, algorithms: tuple[str, ...] = ALGORITHMS) -> dict[str, str]:
-    hs = {a: hashlib.new(a) for a in algorithms}
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            for h in hs.values():
-                h.update(block)
-    return {a: h.hexdigest() for a, h in hs.items()}

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from .errors import DataError
 
-CHUNK = 1 << 20
-
 
 class FetchError(DataError):
     """A download or copy that could not be completed and verified; nothing was left at the destination."""

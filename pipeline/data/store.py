@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .sources import CHUNK, FetchError, is_s3, s3_client, s3_error, split_s3
+from pipeline.checksum import CHUNK
+
+from .sources import FetchError, is_s3, s3_client, s3_error, split_s3
 
 
 class Store:

@@ -7,7 +7,6 @@ ranks with ``torch.distributed`` when it is initialised, so every rank returns t
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
@@ -20,45 +19,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.device import CPU, EAGER, FastPath, normalize
+
 if TYPE_CHECKING:  # type hints only: the engine runs with torch alone (benchmarks/fast_path.py)
-    from pipeline.config import FastPathCfg, TrainCfg
-
-CPU = torch.device("cpu")
-
-
-@dataclass(frozen=True)
-class FastPath:
-    """Resolved fast-path switches (see ``FastPathCfg``); all off is plain eager fp32."""
-
-    bf16: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    data_on_device: bool = False
-
-    @classmethod
-    def resolve(cls, cfg: FastPathCfg, device: torch.device) -> FastPath:
-        cuda = device.type == "cuda"
-        auto = {
-            "bf16": cuda and torch.cuda.is_bf16_supported(),
-            "channels_last": cuda,
-            "compile": cuda,
-            "data_on_device": cuda,
-        }
-        return cls(**{k: auto[k] if v == "auto" else bool(v) for k, v in cfg.model_dump().items()})
-
-    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        # no autocast context at all when off: entering even a disabled one costs time per step on CPUs
-        return torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-
-    def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """The model in the chosen memory format (in place; parameters keep their identity)."""
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
-
-
-EAGER = FastPath()
+    from pipeline.config import TrainCfg
 
 
 @dataclass(frozen=True)
@@ -110,11 +74,6 @@ Data = TensorData | StreamData
 class Shard:
     rank: int = 0
     world_size: int = 1
-
-
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float, standardised per channel (mean/std on the [0, 1] scale)."""
-    return (x.float() / 255.0 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:

@@ -26,7 +26,7 @@ from pipeline.data.manifest import load_split
 from pipeline.events import Emit, EpochDone, UnitStarted
 from pipeline.models import backbone_digest, create_model
 from pipeline.models.diagnostics import diagnose
-from pipeline.spec import RunSpec
+from pipeline.spec import RunSpec, held_out
 from pipeline.train.checkpoint import TrainState, UnitRecord
 from pipeline.train.engine import (
     Data,
@@ -53,7 +53,7 @@ def load_data(spec: RunSpec) -> tuple[TensorData, TensorData]:
         val = TensorData.from_numpy(te.images, te.labels)
     else:
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-        n_val = max(1, int(len(train) * spec.val_fraction))
+        n_val = held_out(len(train), spec.val_fraction)
         train, val = train.subset(perm[n_val:]), train.subset(perm[:n_val])
     if spec.train_subset:
         train = train.subset(torch.arange(min(spec.train_subset, len(train))))

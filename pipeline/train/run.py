@@ -3,9 +3,9 @@
 The grid's units are dealt into lanes, one Ray Train job per lane, and the lanes' jobs run side by side, as
 many as the cluster has room for (``compute.concurrency``): on a GPU cluster each job takes ``num_workers``
 GPUs, so 8 GPUs with one worker per job train 8 units at once. Why lanes rather than one job per unit:
-starting a Ray Train job costs ~50 s on a 2-core machine (measured: ray.init ~7 s, controller and worker
-start-up ~25 s, DDP's first use ~4 s, driver imports ~8 s), which would dominate the small default grid.
-Units keep their own identity all the same: one content key, one MLflow run, one output directory each;
+starting a Ray Train job has a fixed cost (ray.init, the controller's and workers' start-up, DDP's first use,
+the driver's imports) that many short units would pay again and again (``benchmarks/grid_concurrency.py``).
+Units keep their own identity all the same: one content key, one MLflow run, one record each;
 finished units are reused from the unit store, so changing one method's settings retrains only that method;
 and an interrupted unit resumes from its latest checkpoint whichever lane or job it ran in before
 (``pipeline.train.checkpoint.resume_points``).
@@ -17,6 +17,7 @@ import csv
 import logging
 import os
 import time
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from pipeline import tracking
+from pipeline import tracking, units
 from pipeline.compute import Workers, check_workers_before_start, ray_session, resolve_workers, storage_path
 from pipeline.config import Params, config_hash
 from pipeline.data.manifest import load_manifest, ray_dataset, stream_options
@@ -35,10 +36,12 @@ from pipeline.plan import Stage, plan_lines
 from pipeline.plots import plt, training_curves
 from pipeline.progress import PlannedUnit, UnitProgress, relay
 from pipeline.provenance import git_commit
-from pipeline.spec import DataRef, RunSpec, build_spec, data_ref, shared
+from pipeline.records import CHECKPOINT_FILE, HISTORY_FILE, ROWS_FILE, TrainedRow, TrainedRows, unit_dir
+from pipeline.spec import RunSpec, data_ref, shared
 from pipeline.tracking import UnitRun
 from pipeline.train.checkpoint import HISTORY_FIELDS, UnitRecord, resume_points
 from pipeline.train.job import TrainJob, dataset_input, run_params
+from pipeline.train.probe import probe
 from pipeline.train.store import UnitStore
 from pipeline.train.worker import train_worker
 
@@ -102,50 +105,6 @@ def streaming(data_dir: str | Path) -> bool:
     return load_manifest(data_dir).format == "jpeg"
 
 
-def plan_units(params: Params, data: DataRef, tuned: dict[str, Any]) -> dict[str, list[RunSpec]]:
-    """Every (method, seed) of the grid per track: ``recipe`` (the shared recipe, the headline tables) and,
-    when a search ran, ``searched`` (each method at what its search adopted; a method whose search kept the
-    recipe, or that was not searched, is the very same unit as in ``recipe``)."""
-    plan = {"recipe": [build_spec(params, m, data, s) for m in params.grid.methods for s in params.grid.seeds]}
-    if tuned:
-        plan["searched"] = [
-            build_spec(params, m, data, s, tuned[m]["chosen"] if m in tuned else {})
-            for m in params.grid.methods
-            for s in params.grid.seeds
-        ]
-    return plan
-
-
-def _unique(plan: dict[str, list[RunSpec]]) -> list[RunSpec]:
-    """Each unit once, as its first row in plan order: tracks share the units a search did not change, and
-    methods that resolve to the same network, recipe and start share theirs (``RunSpec.identity``)."""
-    first: dict[str, RunSpec] = {}
-    for units in plan.values():
-        for u in units:
-            first.setdefault(u.key(), u)
-    return list(first.values())
-
-
-def sharing(plan: dict[str, list[RunSpec]]) -> dict[str, list[str]]:
-    """unit key -> the methods whose rows it is, in plan order (one method for most units; ``resnet`` and
-    ``no_attention`` for the ablation of a ResNet-backbone net, which *is* that ResNet)."""
-    out: dict[str, list[str]] = {}
-    for units in plan.values():
-        for u in units:
-            methods = out.setdefault(u.key(), [])
-            if u.method not in methods:
-                methods.append(u.method)
-    return out
-
-
-def unit_dir(root: str | Path, u: RunSpec, track: str) -> Path:
-    return Path(root) / u.method / track / f"seed{u.seed}"
-
-
-def curve_name(u: RunSpec, track: str) -> str:
-    return f"{u.method}-seed{u.seed}.csv" if track == "recipe" else f"{u.method}-{track}-seed{u.seed}.csv"
-
-
 def run_name(method: str, seed: int, searched_only: bool, also: list[str] | None = None) -> str:
     """A unit's MLflow run name: method and seed first, so the UI's cut-off runs column still shows both;
     then the other methods whose rows the unit is (``also``)."""
@@ -153,15 +112,14 @@ def run_name(method: str, seed: int, searched_only: bool, also: list[str] | None
     return f"{method} seed {seed}" + (" (searched)" if searched_only else "") + shared
 
 
-def unit_runs(
-    params: Params, exp: str, units: list[RunSpec], recipe_keys: set[str], commit: str, shared: dict[str, list[str]]
-) -> dict[str, UnitRun]:
-    """unit key -> where its MLflow run is and what it is called (the worker opens it as the unit starts).
-    ``shared``: unit key -> the methods whose rows it is (``sharing``), tagged ``methods`` on the run."""
+def unit_runs(params: Params, exp: str, rows: Sequence[units.Row], commit: str) -> dict[str, UnitRun]:
+    """unit key -> where its MLflow run is and what it is called (the worker opens it as the unit starts): named
+    and tagged by its first row, tagged ``methods`` with every method whose rows it is and ``track`` recipe
+    when one of its rows is on the recipe track."""
+    recipe = {r.key for r in rows if r.track == "recipe"}
     out = {}
-    for u in units:
-        key = u.key()
-        methods = shared.get(key, [u.method])
+    for key, rs in units.group(rows).items():
+        u, methods = rs[0].unit, list(dict.fromkeys(r.name for r in rs))
         tags = tracking.tags_for(
             run_key=key,
             seed=u.seed,
@@ -170,13 +128,13 @@ def unit_runs(
             methods=",".join(methods),
             label=" = ".join(params.method(m).label for m in methods),
             model=u.model,
-            track="recipe" if key in recipe_keys else "searched",
+            track="recipe" if key in recipe else "searched",
             stage="train",
             git_commit=commit,
             data_sha256=u.dataset.sha256,
         )
         tags |= tracking.source_tags(f"train@{u.dataset.name}", commit)
-        name = run_name(u.method, u.seed, key not in recipe_keys, [m for m in methods if m != u.method])
+        name = run_name(u.method, u.seed, key not in recipe, [m for m in methods if m != u.method])
         out[key] = UnitRun(experiment_id=exp, name=name, tags=tags)
     return out
 
@@ -230,23 +188,28 @@ def job_for(
     )
 
 
-def train_on_ray(params: Params, job: TrainJob, data_dir: str | Path, *, stage: Stage = "train") -> int:
+def train_on_ray(
+    params: Params, job: TrainJob, data_dir: str | Path, *, work: units.Work, stages: Collection[Stage] = ("train",)
+) -> int:
     """Train ``job``'s units on a Ray session, as many jobs side by side as fit; the number of jobs. Raises the
     first job's error. A unit that did not finish (an error, an interrupt, SIGTERM) has its run ended FAILED.
-    First the plan of ``stage`` (``pipeline.plan``: units, epochs, device-hours and wall time from a probe on
-    the workers' device) is logged, before anything is spent."""
+    First the plan of ``work``'s ``stages`` (``pipeline.plan``: units, epochs, device-hours and wall time from
+    a probe on the workers' device) is logged, before anything is spent."""
     dataset = job.units[0].dataset.name
     # streamed data needs CPUs beside the training workers' for its decoding tasks
     extra = 2 * params.compute.cpus_per_worker if streaming(data_dir) else 0
     store, c = UnitStore(job.store, dataset), tracking.client(job.mlflow_uri)
     planned = [PlannedUnit(u.key(), u.method, u.seed, u.train.epochs) for u in job.units]
-    progress = UnitProgress(f"train@{dataset}", planned)
+    stage = next(iter(stages))
+    progress = UnitProgress(f"{stage}@{dataset}" if stage == "study" else f"train@{dataset}", planned)
     try:
         with ray_session(num_cpus=(os.cpu_count() or 1) + extra if extra else None) as res:
             w = resolve_workers(params.compute, res.get("CPU", 0), res.get("GPU", 0), "the Ray cluster")
             seen = {**res, "CPU": res.get("CPU", 0) - extra}  # the decoding CPUs added above train nothing
-            stages = (stage, "searched") if stage == "train" and params.searched else (stage,)
-            for line in plan_lines(params, [dataset], data_dirs={dataset: data_dir}, resources=seen, stages=stages):
+            lines = plan_lines(
+                params, works=[work], data_dirs={dataset: data_dir}, resources=seen, stages=stages, prober=probe
+            )
+            for line in lines:
                 log.info("%s@%s: %s", stage, dataset, line)
             lanes = split_lanes(job.units, lane_count(params, res, w, len(job.units)))
             log.info(
@@ -272,61 +235,39 @@ def train_on_ray(params: Params, job: TrainJob, data_dir: str | Path, *, stage: 
     return len(lanes)
 
 
-def _write_unit(d: Path, final: dict[str, Any], mlflow_run: dict[str, str]) -> None:
-    """A unit's outputs depend on the unit alone (not on when the stage ran), so reused units rewrite
-    identical files and DVC does not re-evaluate them."""
-    d.mkdir(parents=True)
-    torch.save(final, d / "model.pt")
-    write_json(d / "mlflow.json", mlflow_run)
-    _write_history(d / "history.csv", final["history"])
-
-
-def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(history)
-
-
 @dataclass(frozen=True)
 class TrainPlan:
-    """The train stage resolved once: its units by track, each unit once, which are in the unit store and
-    which to train, and where each unit's MLflow run is."""
+    """The train stage resolved once: its rows (``pipeline.units``), each unit once, which are in the unit store
+    and which to train, and where each unit's MLflow run is."""
 
-    dataset: str
-    tracks: dict[str, list[RunSpec]]  # recipe (and searched): every (method, seed) of the grid: the rows
-    units: list[RunSpec]  # each unit once (rows of one network, recipe and start share it), in plan order
-    shared: dict[str, list[str]]  # unit key -> the methods whose rows it is
+    work: units.Work
+    rows: tuple[units.Row, ...]  # recipe (and searched): every (track, method, seed) of the grid
+    units: list[RunSpec]  # each unit once (rows of one network, recipe and start share it), in row order
     store: UnitStore
     todo: list[RunSpec]  # the units not in the store yet
     experiment: str
     refs: dict[str, UnitRun]  # unit key -> its MLflow run
     git: dict[str, Any]
 
-    def track_of(self, u: RunSpec) -> str:
-        return self.refs[u.key()].tags["track"]  # decided once, in unit_runs
-
 
 def plan_stage(params: Params, dataset: str, data_dir: str | Path, tuned_file: str | Path, c) -> TrainPlan:
     """The train stage's ``TrainPlan``; MLflow runs a dead process left RUNNING are closed FAILED first."""
-    tracks = plan_units(params, data_ref(dataset, data_dir), read_json(tuned_file)["methods"])
-    units = _unique(tracks)
+    work = units.Work(params, data_ref(dataset, data_dir), read_json(tuned_file)["methods"])
+    rows = tuple(r for track in work.tracks.values() for r in track)
+    todo_units = [r.unit for r in units.distinct(rows)]
     store = UnitStore(storage_path(params.compute), dataset)
     exp = tracking.open_experiment(
         c, tracking.experiment_name(params.mlflow.experiment_prefix, dataset), f"train@{dataset}"
     )
     git = git_commit()
-    recipe_keys = {u.key() for u in tracks["recipe"]}
-    shared = sharing(tracks)
     return TrainPlan(
-        dataset=dataset,
-        tracks=tracks,
-        units=units,
-        shared=shared,
+        work=work,
+        rows=rows,
+        units=todo_units,
         store=store,
-        todo=[u for u in units if not store.has(u.key())],
+        todo=[u for u in todo_units if not store.has(u.key())],
         experiment=exp,
-        refs=unit_runs(params, exp, units, recipe_keys, git["commit"], shared),
+        refs=unit_runs(params, exp, rows, git["commit"]),
         git=git,
     )
 
@@ -338,30 +279,31 @@ def train_dataset(
     tuned_file: str | Path,
     out_dir: str | Path,
     metrics_file: str | Path,
-    curves_dir: str | Path,
 ) -> dict[str, Any]:
-    """Train (or reuse) every unit of the grid for ``dataset``. Writes ``out_dir/<method>/<track>/seed<k>/``
-    (model.pt, history.csv, mlflow.json: run, experiment and unit key), what this stage did to
-    ``metrics_file`` and one learning curve CSV per (track, method, seed) to ``curves_dir``; then the new
-    units' files into their MLflow runs."""
+    """Train (or reuse) every unit of the grid for ``dataset``. Writes ``out_dir`` (``rows.json``: every row,
+    pointing at its unit; ``units/<key>/``: each unit's model.pt and history.csv, once) and what this stage did
+    to ``metrics_file``; then the new units' files into their MLflow runs."""
     t0 = time.time()
     check_workers_before_start(params.compute)
     c = tracking.client()
     plan = plan_stage(params, dataset, data_dir, tuned_file, c)
     n, todo = len(plan.units), plan.todo
-    rows = sum(len(v) for v in plan.tracks.values())
-    shares = ", ".join(f"{len(v)} {k}" for k, v in plan.tracks.items())
+    shares = ", ".join(f"{len(v)} {k}" for k, v in plan.work.tracks.items())
     log.info(
         "train@%s: %d rows (%s) resolve to %d units%s; %d already in the unit store, %d to train",
         dataset,
-        rows,
+        len(plan.rows),
         shares,
         n,
-        _shared_note(plan.shared),
+        _shared_note(units.methods_of(plan.rows)),
         n - len(todo),
         len(todo),
     )
-    lanes = train_on_ray(params, job_for(params, todo, plan.refs, {"git": plan.git}), data_dir) if todo else 0
+    lanes = 0
+    if todo:
+        job = job_for(params, todo, plan.refs, {"git": plan.git})
+        stages = ("train", "searched") if plan.work.searched else ("train",)
+        lanes = train_on_ray(params, job, data_dir, work=plan.work, stages=stages)
     finals = {u.key(): plan.store.load(u.key()) for u in plan.units}
     runs = {
         u.key(): tracking.settle_unit_run(
@@ -369,11 +311,17 @@ def train_dataset(
         )
         for u in plan.units
     }
-    _write_outputs(plan, finals, runs, Path(out_dir), Path(curves_dir))
+    trained = TrainedRows(
+        dataset=dataset,
+        experiment_id=plan.experiment,
+        rows=[trained_row(r, finals[r.key], runs[r.key]) for r in plan.rows],
+        shared_by=units.methods_of(plan.rows),
+    )
+    write_outputs(Path(out_dir), trained, finals)
     # per-(method, seed) accuracy is the evaluate stage's metrics; here, what this stage did and its speed
     rates = [h["images_per_s"] for u in todo for h in finals[u.key()]["history"]]
     metrics = {
-        "rows": rows,
+        "rows": len(plan.rows),
         "units": n,
         "units_trained": len(todo),
         "units_reused": n - len(todo),
@@ -383,8 +331,7 @@ def train_dataset(
     }
     write_json(metrics_file, metrics)
     for u in todo:
-        d = unit_dir(out_dir, u, plan.track_of(u))
-        _log_unit_files(c, runs[u.key()], d, u, finals[u.key()]["history"])
+        _log_unit_files(c, runs[u.key()], unit_dir(out_dir, u.key()), u, finals[u.key()]["history"])
     return metrics
 
 
@@ -394,31 +341,38 @@ def _shared_note(shared: dict[str, list[str]]) -> str:
     return f" ({'; '.join(groups)}: the same network, recipe and start, trained once)" if groups else ""
 
 
-def row_record(final: UnitRecord, u: RunSpec, methods: list[str]) -> UnitRecord:
-    """What ``model.pt`` of row ``u`` holds: the unit's record with the row's own resolved settings, so
-    evaluation rebuilds the net the row names (the same network: the unit key says so), the data set where the
-    workers read it, and the methods whose rows share the unit."""
-    return {**final, "spec": {**u.model_dump(), "dataset": final["spec"]["dataset"]}, "shared_by": methods}
+def trained_row(r: units.Row, final: UnitRecord, run_id: str) -> TrainedRow:
+    """Row ``r`` as the train stage records it: its own resolved settings, on the data set as its unit's workers
+    read it (the unit's record), its unit key and the unit's MLflow run."""
+    spec = {**r.unit.model_dump(), "dataset": final["spec"]["dataset"]}
+    return TrainedRow(method=r.name, track=r.track, seed=r.seed, key=r.key, spec=spec, run_id=run_id)
 
 
-def _write_outputs(
-    plan: TrainPlan, finals: dict[str, UnitRecord], runs: dict[str, str], out_dir: Path, curves_dir: Path
-) -> None:
-    """The DVC outputs: every row of every track (model.pt, history.csv, mlflow.json) and its curve CSV."""
-    with atomic_path(out_dir) as tmp, atomic_path(curves_dir) as ctmp:
-        ctmp.mkdir()
-        for track, track_units in plan.tracks.items():
-            for u in track_units:
-                key = u.key()
-                record = {"run_id": runs[key], "experiment_id": plan.experiment, "key": key}
-                _write_unit(unit_dir(tmp, u, track), row_record(finals[key], u, plan.shared[key]), record)
-                _write_history(ctmp / curve_name(u, track), finals[key]["history"])
+def write_outputs(out_dir: Path, trained: TrainedRows, finals: Mapping[str, UnitRecord]) -> None:
+    """The stage's output directory, moved into place whole: ``rows.json`` (``trained``) and each unit once,
+    ``units/<key>/``: ``model.pt`` (its record, naming the methods whose rows it is: what evaluation rebuilds the
+    net from) and ``history.csv`` (its epochs: the report's curves). Files depend on the units alone, not on when
+    the stage ran, so reused units rewrite identical files and DVC does not re-evaluate them."""
+    with atomic_path(out_dir) as tmp:
+        for key, methods in trained.shared_by.items():
+            d = unit_dir(tmp, key)
+            d.mkdir(parents=True)
+            torch.save({**finals[key], "shared_by": methods}, d / CHECKPOINT_FILE)
+            _write_history(d / HISTORY_FILE, finals[key]["history"])
+        write_json(tmp / ROWS_FILE, trained.model_dump(mode="json"))
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(history)
 
 
 def _log_unit_files(c, run_id: str, d: Path, u: RunSpec, history: list[dict[str, Any]]) -> None:
     """The unit's checkpoint (what evaluation rebuilds the net from), history and curves, into its run."""
-    c.log_artifact(run_id, str(d / "model.pt"), "checkpoint")  # "model" is the logged MLflow model's name
-    c.log_artifact(run_id, str(d / "history.csv"))
+    c.log_artifact(run_id, str(d / CHECKPOINT_FILE), "checkpoint")  # "model" is the logged MLflow model's name
+    c.log_artifact(run_id, str(d / HISTORY_FILE))
     fig = training_curves({f"seed {u.seed}": history}, f"{u.method} (seed {u.seed})")
     c.log_figure(run_id, fig, "curves.png")
     plt.close(fig)

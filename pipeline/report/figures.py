@@ -2,11 +2,10 @@
 them): ``curves-<d>.png``, every method's test top-1 per epoch on one axis; ``confusion/<d>-<method>.png``,
 each method's confusion matrix summed over seeds, classes in label order; ``maps/attention-<d>.png``, the
 paper's attention maps. Here, not in ``pipeline.plots``, which the train stage imports: a change to a report
-picture re-runs only the report."""
+picture re-runs only the report. What they show is read by ``pipeline.report.read``."""
 
 from __future__ import annotations
 
-import csv
 import shutil
 import statistics
 from pathlib import Path
@@ -15,20 +14,10 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.config import Params
-from pipeline.data.manifest import Manifest
 from pipeline.plots import plt, save
+from pipeline.report.read import Inputs
 
 CURVE_KEY = "val_top1"  # the training loop's per-epoch top-1; the train stage measures it on the test split
-
-
-def read_curves(results: Path, params: Params, dataset: str) -> dict[str, dict[int, list[dict[str, float]]]]:
-    """The recipe track's learning curves: {method: {seed: [per-epoch record]}}."""
-    out: dict[str, dict[int, list[dict[str, float]]]] = {}
-    for m in params.grid.methods:
-        for s in params.grid.seeds:
-            with open(results / dataset / "curves" / f"{m}-seed{s}.csv") as f:
-                out.setdefault(m, {})[s] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    return out
 
 
 CLASS_NAMES_UP_TO = 20  # a confusion matrix names each class on its axes up to this many; beyond, index ticks
@@ -52,18 +41,6 @@ def curves_figure(params: Params, dataset: str, per_method: dict[str, dict[int, 
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=8)
     return fig
-
-
-def confusion_counts(results: Path, dataset: str, method: str, seeds: list[int], classes: list[str]) -> np.ndarray:
-    """The recipe track's test confusion counts summed over ``seeds``: [true, predicted], in label order (the
-    order of ``classes``, the manifest's, never alphabetical)."""
-    index = {c: i for i, c in enumerate(classes)}
-    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    for s in seeds:
-        with open(results / dataset / "confusion" / method / "recipe" / f"seed{s}.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                counts[index[row["actual"]], index[row["predicted"]]] += 1
-    return counts
 
 
 def confusion_figure(counts: np.ndarray, classes: list[str], title: str):
@@ -91,20 +68,11 @@ def confusion_figure(counts: np.ndarray, classes: list[str], title: str):
     return fig
 
 
-def _attention_picture(params: Params, results: Path, dataset: str) -> Path | None:
-    """The attention-map picture of the paper's method (first seed, recipe track)."""
-    for m in params.grid.methods:
-        p = results / dataset / "eval" / m / "recipe" / f"seed{params.grid.seeds[0]}" / "attention.png"
-        if params.method(m).paper_row == "ours" and p.is_file():
-            return p
-    return None
-
-
-def write_figures(params: Params, results: Path, dataset: str, man: Manifest, fig_dir: Path) -> list[str]:
-    """Draw ``dataset``'s pictures into ``fig_dir`` (curves, a confusion matrix per method, the attention maps);
+def write_figures(params: Params, inputs: Inputs, fig_dir: Path) -> list[str]:
+    """Draw a data set's pictures into ``fig_dir`` (curves, a confusion matrix per method, the attention maps);
     return the markdown that shows them, paths relative to the report."""
-    seeds = list(params.grid.seeds)
-    save(curves_figure(params, dataset, read_curves(results, params, dataset)), fig_dir / f"curves-{dataset}.png")
+    dataset, seeds = inputs.dataset, list(params.grid.seeds)
+    save(curves_figure(params, dataset, inputs.curves), fig_dir / f"curves-{dataset}.png")
     lines = [
         "### Figures",
         "",
@@ -118,17 +86,16 @@ def write_figures(params: Params, results: Path, dataset: str, man: Manifest, fi
         "",
     ]
     pictures = []
+    classes = inputs.manifest.classes
     for m in params.grid.methods:
-        counts = confusion_counts(results, dataset, m, seeds, man.classes)
         label = params.method(m).label
         title = f"{label} on {dataset}\ntest split, {len(seeds)} seeds summed"
-        save(confusion_figure(counts, man.classes, title), fig_dir / "confusion" / f"{dataset}-{m}.png")
+        save(confusion_figure(inputs.confusion[m], classes, title), fig_dir / "confusion" / f"{dataset}-{m}.png")
         pictures.append(f"![confusion matrix of {label} on {dataset}](figures/confusion/{dataset}-{m}.png)")
     lines += [" ".join(pictures), ""]
-    attention = _attention_picture(params, results, dataset)
-    if attention is not None:
+    if inputs.attention is not None:
         (fig_dir / "maps").mkdir(exist_ok=True)
-        shutil.copyfile(attention, fig_dir / "maps" / f"attention-{dataset}.png")
+        shutil.copyfile(inputs.attention, fig_dir / "maps" / f"attention-{dataset}.png")
         lines += [
             f"Attention maps of the paper's method on `{dataset}` (seed {seeds[0]}; each module's map upsampled over "
             "the test image; title: true -> predicted class):",

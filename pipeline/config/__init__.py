@@ -1,0 +1,112 @@
+"""The settings' schema: typed, frozen models of every section of ``params.yaml``.
+
+``params.yaml`` is the only place settings live. ``pipeline.settings.load_params`` reads it once, validates it
+into these models (each field's own rules here; the rules that span sections in ``pipeline.config_checks``,
+those that need the model code in ``pipeline.models.checks``) and returns them frozen; library code takes
+these, never a raw dict. Every problem found is reported in one ``ConfigError`` that names the key, the bad
+value and what is allowed, before Ray or training starts.
+
+The schema lives in three modules, all of it importable from here: ``base`` (the frozen base model, the number
+and name types, ``ConfigError``, message helpers, ``config_hash``), ``datasets`` (the ``datasets`` section) and
+``params`` (every other section, and ``Params``).
+"""
+
+from pipeline.config.base import (
+    NAME_PATTERN,
+    ConfigError,
+    Float,
+    Frozen,
+    Int,
+    Name,
+    NotBool,
+    PosInt,
+    Seed,
+    config_hash,
+    did_you_mean,
+    fmt_loc,
+    format_errors,
+    unique_entries,
+)
+from pipeline.config.datasets import (
+    DATASET_KINDS,
+    CifarDataCfg,
+    CifarFetchCfg,
+    DatasetCfg,
+    EmbeddedDataCfg,
+    EmbeddedFetchCfg,
+    ImageNetDataCfg,
+    ImageNetFetchCfg,
+    ImageNetPreprocessCfg,
+    PreprocessCfg,
+    SubsetCfg,
+)
+from pipeline.config.params import (
+    PAPER_ROWS,
+    SECTIONS,
+    STUDY_HOW_TO_RUN,
+    ComputeCfg,
+    EvaluateCfg,
+    FastPathCfg,
+    GridCfg,
+    MethodCfg,
+    MethodVariant,
+    MlflowCfg,
+    Overrides,
+    Params,
+    ReportCfg,
+    SearchDim,
+    Section,
+    StudyCfg,
+    Switch,
+    TrainCfg,
+    TuneCfg,
+    split_key,
+)
+
+__all__ = [
+    "DATASET_KINDS",
+    "NAME_PATTERN",
+    "PAPER_ROWS",
+    "SECTIONS",
+    "STUDY_HOW_TO_RUN",
+    "CifarDataCfg",
+    "CifarFetchCfg",
+    "ComputeCfg",
+    "ConfigError",
+    "DatasetCfg",
+    "EmbeddedDataCfg",
+    "EmbeddedFetchCfg",
+    "EvaluateCfg",
+    "FastPathCfg",
+    "Float",
+    "Frozen",
+    "GridCfg",
+    "ImageNetDataCfg",
+    "ImageNetFetchCfg",
+    "ImageNetPreprocessCfg",
+    "Int",
+    "MethodCfg",
+    "MethodVariant",
+    "MlflowCfg",
+    "Name",
+    "NotBool",
+    "Overrides",
+    "Params",
+    "PosInt",
+    "PreprocessCfg",
+    "ReportCfg",
+    "SearchDim",
+    "Section",
+    "Seed",
+    "StudyCfg",
+    "SubsetCfg",
+    "Switch",
+    "TrainCfg",
+    "TuneCfg",
+    "config_hash",
+    "did_you_mean",
+    "fmt_loc",
+    "format_errors",
+    "split_key",
+    "unique_entries",
+]
