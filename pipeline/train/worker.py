@@ -134,9 +134,12 @@ def train_worker(config: dict[str, Any]) -> None:
                 log.warning("Ray's latest checkpoint of this job is unreadable (%s); resuming without it", e)
 
     def resume(key: str) -> dict[str, Any] | None:
-        if own is not None and own["key"] == key:
-            return own
-        return load_state(job.resume[key]) if key in job.resume else None  # a unit's checkpoint of an earlier job
+        """The later of this job's own latest checkpoint of the unit (after a worker-group restart; Ray's record of
+        it may lag, as when the stage was killed before Ray's controller registered the newest ones) and the
+        latest readable one the driver found in the run storage (``TrainJob.resume``: any earlier job's)."""
+        mine = own if own is not None and own["key"] == key else None
+        found = load_state(job.resume[key]) if key in job.resume else None
+        return max((s for s in (mine, found) if s is not None), key=lambda s: len(s["history"]), default=None)
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         with tempfile.TemporaryDirectory() as d:
