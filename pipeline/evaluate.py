@@ -259,13 +259,14 @@ def evaluate_dataset(
     cache = EvalStore(storage_path(params.compute), man.dataset or trained.dataset)
     checkpoint = functools.cache(lambda key: load_checkpoint(unit_dir(train_dir, key) / CHECKPOINT_FILE))
     evals: dict[str, UnitEval] = {}
+    now = 0
     for key in group(rows):
         ekey = eval_key(key, man, params.evaluate)
         if (ev := cache.get(ekey)) is None:
             ev = score_unit(checkpoint(key), man, test, te.images, params.evaluate, unit_dir(train_dir, key))
             cache.put(ekey, ev)
+            now += 1
         evals[key] = ev
-    now = checkpoint.cache_info().currsize
     log.info("evaluate@%s: %d rows, %d units, %d evaluated now, %d from the eval store", cache.dataset, len(rows),
              len(evals), now, len(evals) - now)  # fmt: skip
     labels = test.labels.tolist()

@@ -60,8 +60,8 @@ class Net:
     image_size: int
     batch: int  # training batch per worker
     eval_batch: int
+    recipe: TrainCfg = field(compare=False)
     num_classes: int = field(default=10, compare=False)
-    recipe: TrainCfg | None = field(default=None, compare=False)
 
     def args(self) -> dict[str, Any]:
         return json.loads(self.args_json)
@@ -179,7 +179,7 @@ def net_of(u: RunSpec, d: DataSize, workers: int) -> Net:
     """Unit ``u``'s net as the probe times it: its per-worker batch on ``workers`` devices."""
     args = json.dumps({k: v for k, v in u.model_args.items() if k != "num_classes"}, sort_keys=True, default=str)
     batch = max(1, u.train.batch_size // workers)
-    return Net(u.model, args, d.image_size, batch, u.train.eval_batch_size, d.num_classes, u.train)
+    return Net(u.model, args, d.image_size, batch, u.train.eval_batch_size, u.train, d.num_classes)
 
 
 def _count(n: int, noun: str) -> str:

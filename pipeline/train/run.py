@@ -200,8 +200,8 @@ def train_on_ray(
     extra = 2 * params.compute.cpus_per_worker if streaming(data_dir) else 0
     store, c = UnitStore(job.store, dataset), tracking.client(job.mlflow_uri)
     planned = [PlannedUnit(u.key(), u.method, u.seed, u.train.epochs) for u in job.units]
-    stage = next(iter(stages))
-    progress = UnitProgress(f"{stage}@{dataset}" if stage == "study" else f"train@{dataset}", planned)
+    stage = next(iter(stages))  # what the plan's lines are labelled with
+    progress = UnitProgress(f"train@{dataset}", planned)
     try:
         with ray_session(num_cpus=(os.cpu_count() or 1) + extra if extra else None) as res:
             w = resolve_workers(params.compute, res.get("CPU", 0), res.get("GPU", 0), "the Ray cluster")
