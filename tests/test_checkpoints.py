@@ -226,3 +226,39 @@ def test_resume_points_pick_each_units_latest_checkpoint(tmp_path) -> None:
     }
     assert load_state(found["k1"])["key"] == "k1"
     assert resume_points(str(tmp_path / "nothing-yet"), "embedded", ["k1"]) == {}
+
+
+class _Log:
+    """An epoch logger that records what it was given (the loop's ``EpochLogger`` protocol)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def log(self, rec: dict) -> None:
+        self.epochs.append(rec["epoch"])
+
+    def end(self, status: str = "FINISHED", end_time_ms: int | None = None) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("every_s", "reports"), [(0.0, [True, True, False]), (3600.0, [False])])
+def test_a_unit_is_checkpointed_once_its_interval_passed(unit, tmp_path, every_s, reports) -> None:
+    """``compute.checkpoint_every_s``: 0 reports (and checkpoints) after every epoch; an interval longer than the
+    unit reports only after its last epoch (the unit stored, no state). Either way every epoch is logged once,
+    and only after the report that covers it (an epoch trained again after a cut-off is not logged twice)."""
+    spec = unit["spec"].model_copy(update={"train": unit["spec"].train.model_copy(update={"epochs": 3})})
+    seen: list[bool] = []
+    covered = [0]  # the last epoch an earlier report covered
+    log = _Log()
+
+    def report(metrics: dict, state: dict | None) -> None:
+        seen.append(state is not None)
+        assert log.epochs == list(range(1, covered[0] + 1))  # logged: what earlier reports covered, no more
+        covered[0] = metrics["epoch"]
+
+    store = UnitStore(str(tmp_path), "embedded")
+    train_units(
+        [spec], Shard(), torch.device("cpu"), report, store=store, loggers=lambda k: log, checkpoint_every_s=every_s
+    )
+    assert seen == reports
+    assert log.epochs == [1, 2, 3] and store.has(spec.key())

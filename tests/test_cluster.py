@@ -40,7 +40,7 @@ SETTINGS = {
     "train": {"epochs": 2},
     # one method searched, by explicit opt-in (the report marks the other NOT SEARCHED): 2 trials keep CI short
     "tune": {"methods": ["attn_resnet"], "allow_unequal": True, "num_samples": 2, "epochs": 1, "grace_period": 1},
-    "compute": {"num_workers": 2},
+    "compute": {"num_workers": 2, "checkpoint_every_s": 0},  # checkpoints every epoch: the test looks for them
 }
 
 

@@ -35,7 +35,7 @@ SETTINGS = {
     "datasets": {"embedded": {"fetch": {"seed": 0, "num_train": 3000, "num_test": 200, "clutter": 6, "noise": 0.12}}},
     "train": {"epochs": EPOCHS, "lr": 0.1, "schedule": "step", "milestones": [2]},
     "tune": {"methods": []},  # nothing is searched here
-    "compute": {"num_workers": 2, "max_failures": 1},
+    "compute": {"num_workers": 2, "max_failures": 1, "checkpoint_every_s": 0},  # a checkpoint every epoch
 }
 EPOCH_LINE = r"\[resnet seed 0\] epoch {}/4 "
 
@@ -128,7 +128,7 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_unit_resumes_to_the_same_
         "datasets": {"embedded": {"fetch": {"seed": 0, "num_train": 300, "num_test": 100}}},
         "train": {"epochs": 3, "bn_recalibration": 0},
         "tune": {"methods": []},
-        "compute": {"num_workers": 1, "keep_checkpoints": 2},
+        "compute": {"num_workers": 1, "keep_checkpoints": 2, "checkpoint_every_s": 0},
     }
     proj = make_project(tmp_path / "proj", settings)
     run(["dvc", "repro", "train"], proj)

@@ -232,6 +232,9 @@ class ComputeCfg(Frozen):
     concurrency: PosInt | Literal["auto"] = "auto"
     max_failures: Annotated[Int, Field(ge=0)] = 0  # worker-group restarts per job, each from the last checkpoint
     keep_checkpoints: PosInt = 2
+    # A unit is checkpointed (Ray Train's report, a barrier) after an epoch once this many seconds passed since its
+    # last checkpoint, and after its last epoch; 0: every epoch. A kill loses at most this long of a unit's work.
+    checkpoint_every_s: Annotated[Float, Field(ge=0, le=86_400)] = 60.0
     # Streamed (JPEG: ImageNet) training: the object-store memory the decoded stream may hold, MiB (Ray Data's
     # resource limit): bounded whatever the data set's size. Raise it for many training workers.
     stream_memory_mb: PosInt = 1024

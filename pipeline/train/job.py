@@ -27,6 +27,7 @@ class TrainJob(Frozen):
     stream: bool = False  # the data is streamed through Ray Data (JPEG data sets)
     system_metrics_s: Annotated[float, Field(ge=0)] = 0  # MLflow system metrics every that many seconds (0: off)
     log_models: bool = True  # each finished unit's net logged as its run's MLflow model (the study's are not)
+    checkpoint_every_s: Annotated[float, Field(ge=0)] = 0  # report and checkpoint a unit at most this often
 
 
 def run_params(u: RunSpec) -> dict[str, Any]:

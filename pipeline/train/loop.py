@@ -99,6 +99,20 @@ class Job:
     store: UnitStore | None
     origin: dict[str, Any]
     streamed: bool  # the data comes from Ray Data (ImageNet), not from memory
+    checkpoint_every_s: float = 0.0  # a unit's epochs are reported (and checkpointed) at most this often (0: each)
+
+    def due(self, since: float) -> bool:
+        """Whether to report (and checkpoint) now, ``since`` (monotonic) the unit's last report or start: every
+        epoch of a search trial (no store: ASHA stops it between epochs), else once ``checkpoint_every_s`` have
+        passed. Ray Train's ``report`` is a barrier that costs about half a second on a small machine, so at
+        seconds an epoch, reporting each one was a quarter of the train stage; a kill now loses at most that
+        long of a unit's work. Rank 0 decides, every rank follows (a barrier must be met by all)."""
+        due = self.store is None or time.monotonic() - since >= self.checkpoint_every_s
+        if self.shard.world_size > 1:
+            flag = torch.tensor([float(due)], device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            due = bool(flag.item())
+        return due
 
 
 @dataclass
@@ -132,15 +146,17 @@ def train_units(
     fast_path: FastPathCfg | None = None,
     streams: tuple[StreamData, StreamData] | None = None,
     progress: Emit | None = None,
+    checkpoint_every_s: float = 0.0,
 ) -> None:
-    """Train ``units`` in order. ``report(metrics, state)`` is called once per epoch on every rank (state: the
-    current unit's checkpoint, or None); units already in ``store`` are skipped, and a unit for which
+    """Train ``units`` in order. ``report(metrics, state)`` is called on every rank after an epoch once
+    ``checkpoint_every_s`` passed since the unit's last report, and after its last epoch (``Job.due``; state:
+    the current unit's checkpoint, or None); units already in ``store`` are skipped, and a unit for which
     ``resume(key)`` gives a state restarts from it. ``loggers(key)`` is called as the unit starts and logs its
     epochs (rank 0; None: not logged); it is ended FINISHED after the last epoch, FAILED if training raised.
     ``origin`` (provenance: git commit, job, nodes) goes into each finished unit's record. ``progress``
     receives rank 0's ``UnitStarted`` and ``EpochDone`` events (nothing is printed here)."""
     fast = FastPath.resolve(fast_path or FastPathCfg(), device)
-    job = Job(shard, device, fast, report, store, origin or {}, streams is not None)
+    job = Job(shard, device, fast, report, store, origin or {}, streams is not None, checkpoint_every_s)
     data_cache: dict[tuple, tuple[Data, Data]] = {}
     for spec in units:
         if store is not None and store.has(spec.key()):
@@ -188,15 +204,20 @@ def train_unit(
     if emit is not None:
         emit(UnitStarted(key=spec.key(), method=spec.method, seed=spec.seed, done=start, epochs=epochs))
     _wrap_for_training(unit, job)
+    since, unlogged = time.monotonic(), []
     for epoch in range(start, epochs):
         rec = train_epoch(unit, epoch, train, val, job)
         unit.history.append(rec)
-        state = checkpoint(unit, job)
         if logger and job.store is None:  # nothing to resume from; and a search's report may end the trial
             logger.log(rec)
-        job.report({**rec, "seed": spec.seed, "method": spec.method}, state)
-        if logger:  # after the checkpoint: an epoch trained again after a cut-off is not logged twice
-            logger.log(rec)
+        elif logger:
+            unlogged.append(rec)
+        if epoch + 1 == epochs or job.due(since):
+            job.report({**rec, "seed": spec.seed, "method": spec.method}, checkpoint(unit, job))
+            since = time.monotonic()
+            for r in unlogged:  # after the checkpoint: an epoch trained again after a cut-off is not logged twice
+                logger.log(r)
+            unlogged = []
         if emit is not None:
             emit(_epoch_done(spec, rec))
 

@@ -185,6 +185,7 @@ def job_for(
         fast_path=params.compute.fast_path,
         system_metrics_s=params.mlflow.system_metrics_s,
         log_models=log_models,
+        checkpoint_every_s=params.compute.checkpoint_every_s,
     )
 
 

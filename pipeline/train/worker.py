@@ -1,7 +1,7 @@
 """Ray adapters of the training loop (``pipeline.train.loop``): ``train_worker`` runs units under Ray Train
-(checkpoint every epoch, resume, MLflow per unit) and ``tune_trial`` runs one search trial under Ray Tune
-(report every epoch, so ASHA can stop it). They wire runtimes and records; what a unit computes is in
-``pipeline.train.loop``.
+(a checkpoint every ``compute.checkpoint_every_s``, resume, MLflow per unit) and ``tune_trial`` runs one search
+trial under Ray Tune (report every epoch, so ASHA can stop it). They wire runtimes and records; what a unit
+computes is in ``pipeline.train.loop``.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def train_worker(config: dict[str, Any]) -> None:
             if shard.rank == 0 and state is not None:
                 write_state(d, state)
                 ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=ckpt)  # a barrier: every rank, every epoch
+            ray.train.report(metrics, checkpoint=ckpt)  # a barrier: every rank, each time it is due
 
     streams = None
     if job.stream:
@@ -165,6 +165,7 @@ def train_worker(config: dict[str, Any]) -> None:
             fast_path=job.fast_path,
             streams=streams,
             progress=emit,
+            checkpoint_every_s=job.checkpoint_every_s,
         )
     finally:
         if emit is not None:
