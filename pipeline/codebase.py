@@ -148,7 +148,8 @@ def code_digest(roots: Iterable[str], root_dir: Path = ROOT) -> str:
 FLOORS: tuple[tuple[str, ...], ...] = (
     # leaves: nothing of the project below them (but one another)
     ("pipeline", "pipeline.errors", "pipeline.checksum", "pipeline.io", "pipeline.events", "pipeline.redact",
-     "pipeline.codebase", "pipeline.provenance", "pipeline.plots", "pipeline.paper", "pipeline.stats"),
+     "pipeline.codebase", "pipeline.provenance", "pipeline.plots", "pipeline.paper", "pipeline.stats",
+     "pipeline.verdicts"),
     ("pipeline.config", "pipeline.config_checks", "pipeline.settings", "pipeline.device"),  # the settings; torch
     ("pipeline.compute", "pipeline.tracking", "pipeline.progress", "pipeline.records"),  # Ray, MLflow, records
     ("pipeline.data",),  # fetch and preprocess

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 COLUMNS = ("CIFAR-10", "CIFAR-100", "ImageNet")
+# The paper's nets and recipe (Sec. 4.1 / 5.1), as settings: a claimed size is tested only where a run used them
+PAPER_PROFILE = "configs/paper.yaml"
 
 # paper_row -> {column: accuracy}; the ablation rows come from Tables 2 and 4 (CIFAR only)
 CLAIMS: dict[str, dict[str, dict[str, float]]] = {

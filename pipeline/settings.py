@@ -303,3 +303,20 @@ def _non_finite(node: Any, path: tuple = (), above: frozenset[int] = frozenset()
         return []
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     return [hit for k, v in items for hit in _non_finite(v, (*path, k), above | {id(node)})]
+
+
+def with_profile(params: Params, profile: str | Path) -> Params:
+    """``params`` with a profile's settings (a YAML map of dotted keys to values, ``configs/*.yaml``) set, in
+    memory: what ``python -m pipeline.profiles <profile>`` would write into params.yaml, without writing it
+    (that tool edits the file through DVC's own override grammar; here only the values matter)."""
+    raw = params.model_dump(mode="json")
+    settings = read_yaml(profile) or {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{profile}: expected a map of dotted keys to values")
+    for key, value in settings.items():
+        *parents, last = str(key).split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return validate_params(raw, f"params.yaml with {profile}")

@@ -1,20 +1,18 @@
-"""Statistics the report uses to compare methods over training seeds.
+"""Statistics the report uses to compare methods over training seeds, each seed's run scored on one test set.
 
 Each method is trained with several seeds; its score is the per-seed test top-1 (percent). ``summarize`` gives
 mean, sample standard deviation (ddof=1) and the Student-t confidence interval of the mean. ``compare`` gives
-a minus b: with ``paired=True`` a paired t-test over the seeds both methods share (Student 1908; the seed
-fixes the data order and initialisation, so runs with one seed are paired); otherwise Welch's unequal-variance
-t-test with Welch-Satterthwaite degrees of freedom (Welch 1947). Intervals are two-sided at ``LEVEL``.
-Zero spread never yields NaN: a zero standard error gives the interval [diff, diff] and p = 1 (diff = 0) or 0.
+a minus b, the rules of ``RULES`` (``pipeline.verdicts``, where the verdicts are defined): a paired t-test over
+the seeds when both sides have the same seeds and started alike (Student 1908), else Welch's unequal-variance
+t-test with Welch-Satterthwaite degrees of freedom (Welch 1947); the test set's binomial sampling error of the
+difference is added to the seeds' standard error (``sampling_se``), with the degrees of freedom of the sum by
+Satterthwaite (the test term known: infinite df). Intervals are two-sided at ``LEVEL``. Zero spread never
+yields NaN: a zero standard error gives the interval [diff, diff] and p = 1 (diff = 0) or 0.
 
-``verdict`` reads a comparison of the paper's method (a) against a baseline (b) into one of the ``VERDICTS``.
-Direction and size are kept apart: where the paper claims a size (``claimed_gain`` points, on its own benchmark)
-an interval above 0 but wholly below the claim is *smaller than claimed*, not *reproduced*; with no claimed size
-(None) only the direction is tested. An inconclusive verdict carries the seeds per method at which, at the
-observed spread, the interval would exclude 0 (the direction) and the claim (the size).
-
-``near_chance`` flags an accuracy below max(1.5 x chance, chance + 3 binomial standard errors of chance on the
-n test images); ``binomial_margin`` is the z-margin of the difference of two accuracies on n held-out images.
+``bootstrap`` is the second view: a seeded percentile bootstrap over seeds of the gain and of the probability
+of improvement P(a > b) (Agarwal et al. 2021), the test set's error drawn into each resample. ``holm`` adjusts
+a family of p-values (Holm 1979); ``plateau`` says whether a learning curve had stopped rising; ``bound``
+whether an accuracy sits at the ceiling or at chance.
 """
 
 from __future__ import annotations
@@ -28,6 +26,9 @@ import numpy as np
 from scipy import stats as _sp
 
 LEVEL = 0.95
+Z = 1.96  # the two-sided 95 % normal quantile of the binomial margins
+BOOTSTRAP_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,9 @@ class Summary:
 
 @dataclass(frozen=True)
 class Comparison:
-    """a minus b. ``level`` is the confidence level of the interval (an addition to the brief's fields)."""
+    """a minus b. ``sd``: the paired differences' std (paired only); ``se_test``: the test set's standard error of
+    the difference (points; 0.0 when not modelled) inside the interval; ``only_a``/``only_b``: seeds one side
+    has and the other lacks (then the test is Welch's)."""
 
     test: Literal["paired", "welch"]
     n_a: int
@@ -54,54 +57,13 @@ class Comparison:
     p_value: float | None
     df: float | None
     sd: float | None
+    se_test: float = 0.0
+    n_test: int | None = None
+    mean_a: float | None = None
+    mean_b: float | None = None
+    only_a: tuple[int, ...] = ()
+    only_b: tuple[int, ...] = ()
     level: float = LEVEL
-
-
-Word = Literal["reproduced", "smaller than claimed", "not reproduced", "inconclusive"]
-Direction = Literal["gain", "no gain", "open"]
-
-# The verdicts, defined once: the report's statistics line and docs/report.md quote these words verbatim
-# (tests/test_stats.py checks both). A size is tested only where the paper claims one for the comparison on
-# its own benchmark; elsewhere only the direction (the same rules with no claimed size).
-VERDICTS: dict[Word, str] = {
-    "reproduced": "the 95 % CI of the gain lies above 0 and, where a size is claimed, contains it or lies above it",
-    "smaller than claimed": (
-        "the CI lies above 0 but wholly below the claimed gain: the direction is reproduced, the size is not"
-    ),
-    "not reproduced": "the CI lies at or below 0, or contains 0 but lies wholly below the claimed gain",
-    "inconclusive": (
-        "the CI contains 0 and, where a size is claimed, the claimed gain too; with the seeds per method that "
-        "would settle the direction and the size at the observed spread"
-    ),
-}
-
-
-def verdict_definitions() -> str:
-    """The verdicts as the report's statistics line and docs/report.md state them."""
-    return "; ".join(f"*{w}* = {d}" for w, d in VERDICTS.items())
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """``word`` (a key of ``VERDICTS``) and why; the claimed gain it was judged against (None: direction only);
-    whether the direction is settled; the seeds that would settle what is still open."""
-
-    word: Word
-    reason: str
-    claimed_gain: float | None = None
-    direction: Direction = "open"
-    seeds_for_direction: int | None = None
-    seeds_for_size: int | None = None
-
-    @property
-    def size_tested(self) -> bool:
-        return self.claimed_gain is not None
-
-    @property
-    def seeds_needed(self) -> int | None:
-        """The seeds at which the verdict would first stop being inconclusive (None: not inconclusive, or never)."""
-        needs = [n for n in (self.seeds_for_direction, self.seeds_for_size) if n is not None]
-        return min(needs) if needs and self.word == "inconclusive" else None
 
 
 # ---------------------------------------------------------------------------------------------- basic moments
@@ -156,38 +118,62 @@ def summarize(values: Sequence[float], level: float = LEVEL) -> Summary:
 # ---------------------------------------------------------------------------------------------- comparisons
 
 
-def _welch_df(va_n: float, vb_n: float, n_a: int, n_b: int) -> float:
-    """Welch-Satterthwaite df from the squared standard errors s²/n of each side."""
-    se2 = va_n + vb_n
-    if se2 == 0.0:
-        return float(n_a + n_b - 2)
-    return se2**2 / (va_n**2 / (n_a - 1) + vb_n**2 / (n_b - 1))
+def sampling_se(mean_a: float, mean_b: float, n_test: int | None) -> float:
+    """100 · √((q_a(1-q_a) + q_b(1-q_b)) / n), q = mean accuracy / 100: the standard error (points) a difference
+    of two accuracies measured on one set of n test images carries from the sampling of that set, the two
+    classifiers' errors taken as independent (conservative: correlated errors make it smaller). Every seed is
+    scored on the same test set, so this error is shared by all seeds and no number of seeds averages it away.
+    0.0 when ``n_test`` is None (not modelled)."""
+    if n_test is None:
+        return 0.0
+    if n_test < 1:
+        raise ValueError(f"n_test must be >= 1, got {n_test}")
+    qa, qb = (min(1.0, max(0.0, m / 100.0)) for m in (mean_a, mean_b))
+    return 100.0 * math.sqrt((qa * (1.0 - qa) + qb * (1.0 - qb)) / n_test)
 
 
-def _compare_paired(a: Mapping[int, float], b: Mapping[int, float], level: float) -> Comparison:
-    common = sorted(set(a) & set(b))
-    if not common:
-        raise ValueError(f"paired comparison: no common seeds (a: {sorted(a)}, b: {sorted(b)})")
-    diffs = _check([float(a[s]) - float(b[s]) for s in common], "paired differences")
+def _with_test_error(var_seeds: float, df_terms: float, se_test: float, df_plain: float) -> tuple[float, float]:
+    """(se, df) of a difference whose variance is the seeds' ``var_seeds`` (df_terms = Σ v_i² / df_i of its
+    parts, Satterthwaite) plus the test set's se_test² (known, infinite df)."""
+    var = var_seeds + se_test**2
+    if var == 0.0:
+        return 0.0, df_plain
+    return math.sqrt(var), (var**2 / df_terms if df_terms > 0.0 else math.inf)
+
+
+def _finish(test, a, b, diff, se, df, sd, se_test, n_test, level, only=((), ())) -> Comparison:
+    (ma, _), (mb, _) = _mean_std(list(a)), _mean_std(list(b))
+    low, high = (diff, diff) if se == 0.0 else _interval(diff, se, df, level)
+    return Comparison(test, len(a), len(b), diff, low, high, _p_two_sided(diff, se, df), df, sd,
+                      se_test, n_test, ma, mb, *only, level=level)  # fmt: skip
+
+
+def _compare_paired(a: Mapping[int, float], b: Mapping[int, float], n_test: int | None, level: float) -> Comparison:
+    seeds = sorted(a)
+    xa, xb = _check([a[s] for s in seeds], "a"), _check([b[s] for s in seeds], "b")
+    diffs = _check([x - y for x, y in zip(xa, xb, strict=True)], "paired differences")
     n = len(diffs)
     diff, sd = _mean_std(diffs)
+    se_test = sampling_se(_mean_std(xa)[0], _mean_std(xb)[0], n_test)
     if n < 2:
-        return Comparison("paired", n, n, diff, None, None, None, None, None, level)
-    se, df = sd / math.sqrt(n), float(n - 1)
-    low, high = _interval(diff, se, df, level)
-    return Comparison("paired", n, n, diff, low, high, _p_two_sided(diff, se, df), df, sd, level)
+        return Comparison("paired", n, n, diff, None, None, None, None, None, se_test, n_test, xa[0], xb[0])
+    v = sd**2 / n
+    se, df = _with_test_error(v, v**2 / (n - 1), se_test, float(n - 1))
+    return _finish("paired", xa, xb, diff, se, df, sd, se_test, n_test, level)
 
 
-def _compare_welch(a: Mapping[int, float], b: Mapping[int, float], level: float) -> Comparison:
+def _compare_welch(a: Mapping[int, float], b: Mapping[int, float], n_test: int | None, level: float) -> Comparison:
     xa, xb = _check(list(a.values()), "a"), _check(list(b.values()), "b")
     (ma, sa), (mb, sb) = _mean_std(xa), _mean_std(xb)
     n_a, n_b, diff = len(xa), len(xb), ma - mb
+    se_test = sampling_se(ma, mb, n_test)
+    only = (tuple(sorted(set(a) - set(b))), tuple(sorted(set(b) - set(a))))
     if n_a < 2 or n_b < 2:
-        return Comparison("welch", n_a, n_b, diff, None, None, None, None, None, level)
+        return Comparison("welch", n_a, n_b, diff, None, None, None, None, None, se_test, n_test, ma, mb, *only)
     va_n, vb_n = sa**2 / n_a, sb**2 / n_b
-    se, df = math.sqrt(va_n + vb_n), _welch_df(va_n, vb_n, n_a, n_b)
-    low, high = _interval(diff, se, df, level)
-    return Comparison("welch", n_a, n_b, diff, low, high, _p_two_sided(diff, se, df), df, None, level)
+    terms = va_n**2 / (n_a - 1) + vb_n**2 / (n_b - 1)
+    se, df = _with_test_error(va_n + vb_n, terms, se_test, float(n_a + n_b - 2))
+    return _finish("welch", xa, xb, diff, se, df, None, se_test, n_test, level, only)
 
 
 def same_start(a: Mapping[int, Mapping[str, object]], b: Mapping[int, Mapping[str, object]]) -> bool:
@@ -199,122 +185,134 @@ def same_start(a: Mapping[int, Mapping[str, object]], b: Mapping[int, Mapping[st
     )
 
 
-def compare(a: Mapping[int, float], b: Mapping[int, float], *, paired: bool, level: float = LEVEL) -> Comparison:
-    """a minus b over seed -> value maps: paired t-test over the common seeds, or Welch's t-test."""
-    return _compare_paired(a, b, level) if paired else _compare_welch(a, b, level)
+def compare(
+    a: Mapping[int, float], b: Mapping[int, float], *, paired: bool, n_test: int | None, level: float = LEVEL
+) -> Comparison:
+    """a minus b over seed -> value maps, each scored on the same ``n_test`` test images (None: the test set's
+    error not modelled): a paired t-test when ``paired`` and both have the same seeds, else Welch's t-test
+    (``only_a``/``only_b`` then name the seeds one side lacks)."""
+    if paired and set(a) == set(b):
+        return _compare_paired(a, b, n_test, level)
+    return _compare_welch(a, b, n_test, level)
 
 
 def format_diff(c: Comparison) -> str:
     """E.g. ``+1.23 points (95 % CI +0.40 to +2.06, p = 0.012, paired over 5 seeds)``."""
-    design = (
-        f"paired over {c.n_a} seed{'s' if c.n_a != 1 else ''}"
-        if c.test == "paired"
-        else f"Welch, {c.n_a} vs {c.n_b} seeds"
-    )
+    if c.test == "paired":
+        design = f"paired over {c.n_a} seed{'s' if c.n_a != 1 else ''}"
+    else:
+        design = f"Welch, {c.n_a} vs {c.n_b} seeds"
+        missing = [f"seed{'s' * (len(x) > 1)} {', '.join(map(str, x))} only in {w}"
+                   for x, w in ((c.only_a, "the first"), (c.only_b, "the second")) if x]  # fmt: skip
+        design += f" (unpaired: {'; '.join(missing)})" if missing else ""
     if c.ci_low is None or c.ci_high is None or c.p_value is None:
         return f"{c.diff:+.2f} points (no CI, {design})"
     p = "p < 0.001" if c.p_value < 0.001 else f"p = {c.p_value:.3f}"
     return f"{c.diff:+.2f} points ({c.level * 100:g} % CI {c.ci_low:+.2f} to {c.ci_high:+.2f}, {p}, {design})"
 
 
-# ---------------------------------------------------------------------------------------------- verdicts
+# ---------------------------------------------------------------------------------------------- second views
 
 
-def _half_widths(c: Comparison, a: Mapping[int, float], b: Mapping[int, float], ns: np.ndarray) -> np.ndarray:
-    """CI half-widths at ``ns`` seeds per method (paired: seed pairs), at the spread observed in ``c``."""
-    q = 0.5 + c.level / 2.0
-    if c.test == "paired":
-        assert c.sd is not None
-        return _sp.t.ppf(q, ns - 1) * c.sd / np.sqrt(ns)
-    (_, sa), (_, sb) = _mean_std(list(a.values())), _mean_std(list(b.values()))
-    v = sa**2 + sb**2  # n per side: se² = v / n, Welch df = (n - 1) v² / (s_a⁴ + s_b⁴)
-    df = (ns - 1) * v**2 / (sa**4 + sb**4) if v > 0 else 2.0 * ns - 2
-    return _sp.t.ppf(q, df) * np.sqrt(v / ns)
+@dataclass(frozen=True)
+class Bootstrap:
+    """The percentile bootstrap's interval of the gain, and P(a > b) with its interval."""
+
+    ci_low: float
+    ci_high: float
+    poi: float
+    poi_low: float
+    poi_high: float
+    resamples: int
+    seed: int
+    level: float = LEVEL
 
 
-def _seeds_to_exclude(
-    c: Comparison, value: float, a: Mapping[int, float], b: Mapping[int, float], max_seeds: int
-) -> int | None:
-    """Seeds per method (paired: seed pairs) at which, at the observed spread, the interval would exclude
-    ``value``: its half-width falls below the observed distance to it. None: never, or beyond ``max_seeds``."""
-    margin = abs(c.diff - value)
-    if margin <= 0.0 or max_seeds < 2:
-        return None
-    ns = np.arange(2, max_seeds + 1)
-    ok = np.nonzero(_half_widths(c, a, b, ns) < margin)[0]
-    return int(ns[ok[0]]) if ok.size else None
+def improvement_probability(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """P(a run of x beats a run of y) over every pair, ties counted half (Agarwal et al. 2021, rliable), along the
+    last axis: x (..., n_a), y (..., n_b) -> (...)."""
+    d = x[..., :, None] - y[..., None, :]
+    return (d > 0).mean(axis=(-2, -1)) + 0.5 * (d == 0).mean(axis=(-2, -1))
 
 
-def _check_matches(c: Comparison, a: Mapping[int, float], b: Mapping[int, float]) -> None:
-    n_a, n_b = (len(set(a) & set(b)),) * 2 if c.test == "paired" else (len(a), len(b))
-    if (n_a, n_b) != (c.n_a, c.n_b):
-        raise ValueError(f"verdict: a/b have {n_a} and {n_b} seeds, the comparison {c.n_a} and {c.n_b}")
-
-
-def _open_question(c: Comparison, what: str, value: float, need: int | None, max_seeds: int) -> str:
-    unit = "seed pairs" if c.test == "paired" else "seeds per method"
-    if need is not None:
-        return f"about {need} {unit} would settle the {what} at the observed spread"
-    if abs(c.diff - value) <= 0.0:
-        return f"no number of seeds settles the {what}, as the observed difference sits exactly at {value:+.2f}"
-    return f"more than {max_seeds} {unit} would be needed to settle the {what} at the observed spread"
-
-
-def verdict(
+def bootstrap(
     c: Comparison,
-    claimed_gain: float | None,
-    *,
     a: Mapping[int, float],
     b: Mapping[int, float],
-    max_seeds: int = 1000,
-) -> Verdict:
-    """The verdict (``VERDICTS``) on the claim "a beats b", and by ``claimed_gain`` points where one is given
-    (the paper's benchmarks); without one only the direction is tested."""
-    _check_matches(c, a, b)
-    if claimed_gain is not None and claimed_gain <= 0.0:
-        raise ValueError(f"verdict: a claimed gain must be positive, got {claimed_gain:+.2f}")
-    g = claimed_gain
-    fd = format_diff(c)
-    scope = "direction only: no size claimed here" if g is None else f"the claimed {g:+.2f}"
-
-    def out(word: Word, reason: str, direction: Direction, dir_n: int | None = None, size_n: int | None = None):
-        return Verdict(word, reason, g, direction, dir_n, size_n)
-
-    if c.ci_low is None or c.ci_high is None:
-        return out("inconclusive", f"{fd}; at least 2 seeds per method are needed to estimate the spread.", "open")
-    lo, hi = c.ci_low, c.ci_high
-    if lo > 0.0:
-        if g is None:
-            return out("reproduced", f"{fd}: an interval above 0 ({scope}).", "gain")
-        if hi < g:
-            return out(
-                "smaller than claimed",
-                f"{fd}: above 0 but wholly below {scope} -- the direction is reproduced, the size is not.",
-                "gain",
-            )
-        where = "containing" if lo <= g else "above"
-        return out("reproduced", f"{fd}: above 0 and {where} {scope}.", "gain")
-    if hi <= 0.0:
-        return out("not reproduced", f"{fd}: an interval at or below 0, no gain ({scope}).", "no gain")
-    dir_n = _seeds_to_exclude(c, 0.0, a, b, max_seeds)
-    direction = _open_question(c, "direction", 0.0, dir_n, max_seeds)
-    if g is not None and hi < g:
-        return out(
-            "not reproduced",
-            f"{fd}: wholly below {scope}, which is excluded; whether there is any gain is open: {direction}.",
-            "open",
-            dir_n,
-        )
-    if g is None:
-        return out("inconclusive", f"{fd}: an interval containing 0 ({scope}); {direction}.", "open", dir_n)
-    size_n = _seeds_to_exclude(c, g, a, b, max_seeds)
-    size = _open_question(c, "size", g, size_n, max_seeds)
-    return out(
-        "inconclusive", f"{fd}: an interval containing 0 and {scope}; {direction}; {size}.", "open", dir_n, size_n
-    )
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> Bootstrap | None:
+    """Resample the seeds with replacement (paired: the seed pairs together; Welch: each side on its own), and
+    add to each resample one normal draw of the test set's error (``c.se_test``, shared by every run of a side);
+    the ``c.level`` percentile interval of the mean gain, and P(a > b) (``improvement_probability``, its point
+    value from the runs as measured) with its interval. None with fewer than 2 seeds on a side."""
+    if c.n_a < 2 or c.n_b < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    if c.test == "paired":
+        seeds = sorted(a)
+        xa, xb = np.array([a[s] for s in seeds], float), np.array([b[s] for s in seeds], float)
+        idx = rng.integers(0, len(seeds), (resamples, len(seeds)))
+        ra, rb = xa[idx], xb[idx]
+    else:
+        xa, xb = np.array(list(a.values()), float), np.array(list(b.values()), float)
+        ra = xa[rng.integers(0, len(xa), (resamples, len(xa)))]
+        rb = xb[rng.integers(0, len(xb), (resamples, len(xb)))]
+    shift = rng.normal(0.0, c.se_test, resamples) if c.se_test > 0.0 else np.zeros(resamples)
+    q = [(1.0 - c.level) / 2.0, (1.0 + c.level) / 2.0]
+    lo, hi = np.quantile(ra.mean(axis=1) - rb.mean(axis=1) + shift, q)
+    p_lo, p_hi = np.quantile(improvement_probability(ra + shift[:, None], rb), q)
+    poi = float(improvement_probability(xa, xb))
+    return Bootstrap(float(lo), float(hi), poi, float(p_lo), float(p_hi), resamples, seed, c.level)
 
 
-# ---------------------------------------------------------------------------------------------- accuracies
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values of a family (Holm 1979): sorted ascending, the i-th (from 0) of m is
+    multiplied by m - i, made non-decreasing and capped at 1; None (no test) stays None and is not counted."""
+    order = sorted((i for i, p in enumerate(p_values) if p is not None), key=lambda i: p_values[i])  # type: ignore[arg-type,return-value]
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * float(p_values[i])))  # type: ignore[arg-type]
+        out[i] = running
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- curves, bounds
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """The end of a method's learning curves: over the last ``k`` of ``epochs`` epochs the mean over seeds rose by
+    ``gain`` points; ``noise`` is one test set's 95 % sampling margin at the final accuracy."""
+
+    epochs: int
+    k: int
+    gain: float | None
+    noise: float
+
+    @property
+    def converged(self) -> bool:
+        return self.gain is not None and self.gain <= self.noise
+
+
+def plateau(curves: Mapping[int, Sequence[float]], n_eval: int) -> Plateau:
+    """``curves``: seed -> the per-epoch top-1 (%) on the ``n_eval`` images each epoch was scored on. With E
+    epochs, k = max(1, E // 5); plateaued when the mean over seeds of (top-1 at E minus top-1 at E - k) is at
+    most Z · 100 · √(p(1-p)/n_eval), p the mean final top-1 (one test set's sampling margin). One epoch: no
+    curve, never plateaued."""
+    if not curves or n_eval < 1:
+        raise ValueError("plateau: no curves, or no evaluation images")
+    epochs = min(len(c) for c in curves.values())
+    k = max(1, epochs // 5)
+    final = [float(c[epochs - 1]) for c in curves.values()]
+    p = min(1.0, max(0.0, math.fsum(final) / len(final) / 100.0))
+    noise = Z * 100.0 * math.sqrt(p * (1.0 - p) / n_eval)
+    if epochs <= k:
+        return Plateau(epochs, k, None, noise)
+    gains = [float(c[epochs - 1]) - float(c[epochs - 1 - k]) for c in curves.values()]
+    return Plateau(epochs, k, math.fsum(gains) / len(gains), noise)
 
 
 def chance_level(num_classes: int) -> float:
@@ -335,10 +333,25 @@ def near_chance(acc: float, num_classes: int, n: int) -> bool:
     return acc < max(1.5 * chance, chance + 3.0 * se)
 
 
-def binomial_margin(p1: float, p2: float, n: int, z: float = 1.96) -> float:
+def at_ceiling(acc: float, n: int) -> bool:
+    """Accuracy (percent) at the ceiling: its error 100 - acc is at most 300 / n percent, i.e. 3 of n images (the
+    rule of three: 3/n is the 95 % upper bound of an error rate of which none was seen in n trials)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return 100.0 - acc <= 300.0 / n
+
+
+def bound(acc: float, num_classes: int | None, n: int) -> Literal["ceiling", "chance"] | None:
+    """Where a mean accuracy sits against the bounds of the scale: ``at_ceiling``, ``near_chance`` (not tested
+    without ``num_classes``), or None."""
+    if at_ceiling(acc, n):
+        return "ceiling"
+    return "chance" if num_classes is not None and near_chance(acc, num_classes, n) else None
+
+
+def binomial_margin(p1: float, p2: float, n: int, z: float = Z) -> float:
     """z · 100 · √(q1(1-q1)/n + q2(1-q2)/n), q = p/100: the noise (percent points) of the difference of two
     accuracies p1, p2 (percent) measured on the same n held-out images, treated as independent (conservative)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    q1, q2 = p1 / 100.0, p2 / 100.0
-    return z * 100.0 * math.sqrt(q1 * (1.0 - q1) / n + q2 * (1.0 - q2) / n)
+    return z * sampling_se(p1, p2, n)

@@ -201,6 +201,7 @@ def test_stage_rejects_bad_params_before_any_work(tmp_path, raw_params: dict) ->
 
 def test_too_many_workers_stops_the_stage_before_ray(tmp_path, raw_params: dict) -> None:
     raw_params["compute"]["num_workers"] = 64
+    raw_params["train"]["batch_size"] = 128  # divisible by 64 workers: only their number is wrong
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
     r = subprocess.run(
         [sys.executable, "-m", "stages.train", "embedded", "none", "none", "out", "m.json"],

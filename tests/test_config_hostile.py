@@ -20,6 +20,8 @@ from pipeline.settings import load_params, read_yaml
 from tests.project import ROOT
 
 SHIPPED = (ROOT / "params.yaml").read_text()
+EPOCHS = f"epochs: {yaml.safe_load(SHIPPED)['train']['epochs']}"  # the recipe's line, whatever its value
+LR = re.search(r"^  lr: .*$", SHIPPED, re.M)[0]  # the recipe's lr line, its comment included
 
 
 def errors_for(raw: dict) -> str:
@@ -64,21 +66,22 @@ def assert_one_clean_error(r: subprocess.CompletedProcess, tmp_path: Path) -> No
 
 
 def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
-    text = SHIPPED.replace("\n  epochs: 3\n", "\n  epochs: 3: 4\n", 1)
+    text = SHIPPED.replace(f"\n  {EPOCHS}\n", f"\n  {EPOCHS}: 4\n", 1)
     msg = load_error(tmp_path, text)
-    n = line_of(text, "epochs: 3: 4")  # its second ':' is the line's 12th character
-    assert msg == f"{tmp_path / 'params.yaml'}: line {n}, column 12: mapping values are not allowed here"
+    n = line_of(text, f"{EPOCHS}: 4")  # its second ':' follows the value
+    column = len(f"  {EPOCHS}:")
+    assert msg == f"{tmp_path / 'params.yaml'}: line {n}, column {column}: mapping values are not allowed here"
 
 
 def test_tab_indentation_is_a_syntax_error_with_its_line(tmp_path: Path) -> None:
-    text = SHIPPED.replace("\n  epochs: 3\n", "\n\tepochs: 3\n", 1)
+    text = SHIPPED.replace(f"\n  {EPOCHS}\n", f"\n\t{EPOCHS}\n", 1)
     msg = load_error(tmp_path, text)
-    assert f"params.yaml: line {line_of(text, 'epochs: 3')}, column 1: found character '\\t'" in msg
+    assert f"params.yaml: line {line_of(text, EPOCHS)}, column 1: found character '\\t'" in msg
     assert "never tabs" in msg
 
 
 def test_stage_with_a_yaml_syntax_error_exits_2_with_one_message(tmp_path: Path) -> None:
-    text = SHIPPED.replace("  lr: 0.1\n", "  lr: [0.1\n", 1)
+    text = SHIPPED.replace(f"{LR}\n", "  lr: [0.1\n", 1)
     r = run_check_stage(tmp_path, text)
     assert_one_clean_error(r, tmp_path)
     assert re.search(r"error: params\.yaml: line \d+, column \d+: ", r.stderr), r.stderr
@@ -88,8 +91,8 @@ def test_stage_with_a_yaml_syntax_error_exits_2_with_one_message(tmp_path: Path)
 
 
 def test_duplicate_key_is_refused_with_both_lines(tmp_path: Path) -> None:
-    text = SHIPPED.replace("  lr: 0.1\n", "  lr: 0.1\n  lr: 0.5\n", 1)
-    first, second = line_of(text, "lr: 0.1"), line_of(text, "lr: 0.5")
+    text = SHIPPED.replace(f"{LR}\n", f"{LR}\n  lr: 0.5\n", 1)
+    first, second = line_of(text, LR.strip()), line_of(text, "lr: 0.5")
     msg = load_error(tmp_path, text)
     assert re.search(rf"train\.lr: duplicate key, written at line {first}, column \d+ and again at line {second},", msg)
 
@@ -113,7 +116,7 @@ def test_a_merge_key_override_is_not_a_duplicate(tmp_path: Path) -> None:
     ("old", "new", "key"),
     [
         ("timeout_s: 60 ", "timeout_s: .inf ", "datasets.cifar10.fetch.timeout_s = inf"),
-        ("  lr: 0.1\n", "  lr: .inf\n", "train.lr = inf"),
+        (f"{LR}\n", "  lr: .inf\n", "train.lr = inf"),
         ("  weight_decay: 5.0e-4\n", "  weight_decay: .nan\n", "train.weight_decay = nan"),
         ("args: {depth: 10, growth_rate: 8}", "args: {depth: 10, growth_rate: -.inf}", "densenet_bc.args.growth_rate"),
         ("    train: {}              # overrides", "    train: {lr: .nan}  #", "datasets.embedded.train.lr = nan"),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg
+from pipeline.data import embedded
 from pipeline.data.cifar import CIFAR10, read_cifar_binary, write_cifar10_binary
 from pipeline.data.embedded import make_embedded
 from pipeline.data.fetch import fetch_dataset
@@ -103,3 +104,34 @@ def test_preprocess_refuses_a_changed_archive_and_leaves_nothing(tmp_path) -> No
         preprocess_dataset(tmp_path / "raw", tmp_path / "proc")
     assert not (tmp_path / "proc").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".proc")]  # no temporary left behind
+
+
+def test_the_object_is_the_one_bright_digit_and_the_distractors_are_other_digits() -> None:
+    """Without noise, clutter or occlusion, the pixels bright in every channel are exactly the label's glyph
+    (mirrored or not) and nothing else: the distractors, whole digits, are all dimmer; with occlusion on, a
+    distractor may hide part of the object but never adds to it."""
+    glyphs = embedded._glyphs()
+    labels = np.arange(40) % 10
+    for occlusion in (0.0, 1.0):
+        rng = np.random.default_rng(5)
+        imgs = embedded.render(labels, rng, clutter=0, noise=0.0, distractors=3, occlusion=occlusion)
+        bright = (imgs >= round(embedded.TARGET_COLOUR[0] * 255)).all(axis=3)
+        hidden = 0
+        for img, label, mask in zip(imgs, labels, bright, strict=True):
+            if not mask.any():  # wholly hidden (only with occlusion)
+                assert occlusion
+                hidden += 1
+                continue
+            ys, xs = np.nonzero(mask)
+            found = None
+            for g in (glyphs[label], glyphs[label][:, ::-1]):
+                for y in range(max(0, ys.max() - g.shape[0] + 1), min(ys.min(), 32 - g.shape[0]) + 1):
+                    for x in range(max(0, xs.max() - g.shape[1] + 1), min(xs.min(), 32 - g.shape[1]) + 1):
+                        window = np.zeros_like(mask)
+                        window[y : y + g.shape[0], x : x + g.shape[1]] = g
+                        if not (mask & ~window).any() and (occlusion or (mask == window).all()):
+                            found = window
+            assert found is not None, (label, occlusion)
+            hidden += int((found & ~mask).sum())
+            assert img[~mask].max() <= round(embedded.DISTRACTOR_COLOUR[1] * 255)  # all else is dimmer
+        assert (hidden > 0) == (occlusion > 0)  # occluded objects lose pixels; unoccluded ones never do

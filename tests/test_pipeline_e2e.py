@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import shlex
 import subprocess
@@ -71,12 +72,15 @@ def test_outputs_and_report(project) -> None:
 
 
 def test_verdicts_follow_from_the_numbers(project) -> None:
-    """Each comparison's difference, CI and p-value recomputed with scipy from the per-seed values in
-    tables.csv; its verdict is the one its interval implies; the report's verdict line says the same."""
+    """Each comparison's difference, CI and p-value recomputed from the per-seed values in tables.csv: scipy's
+    paired t-test for the seeds' part, the test set's sampling error added (pipeline/verdicts.py:RULES); its
+    verdict is the one its interval and Holm-adjusted p imply, with what qualifies it; the report's verdict line
+    and tables.csv say the same words."""
     proj, _ = project
     md = (proj / "reports" / "tables.md").read_text()
     summary = json.loads((proj / "reports" / "summary.json").read_text())["embedded"]
     rows = {(r["track"], r["method"]): r for r in _csv(proj)}
+    n_test = sum(json.loads((proj / "data/processed/embedded/manifest.json").read_text())["class_counts"]["test"])
     for track in ("recipe", "searched"):
         ours = [float(v) for v in rows[(track, "attn_resnet")]["test_top1_values"].split()]
         for other in ("resnet", "no_attention"):
@@ -84,19 +88,30 @@ def test_verdicts_follow_from_the_numbers(project) -> None:
             c = summary[track][f"ours_vs_{other}"]
             assert c["test"] == "paired"  # same seed, same data order, same backbone at the start
             diffs = [a - b for a, b in zip(ours, theirs, strict=True)]
-            assert abs(c["diff"] - sum(diffs) / len(diffs)) < 1e-2
+            diff = sum(diffs) / len(diffs)
+            assert abs(c["diff"] - diff) < 1e-2
+            qa, qb = sum(ours) / len(ours) / 100, sum(theirs) / len(theirs) / 100
+            se_test = 100 * math.sqrt((qa * (1 - qa) + qb * (1 - qb)) / n_test)
+            assert c["test_set_se"] == pytest.approx(se_test, abs=1e-4)
             if len(set(diffs)) > 1:
                 ref = sp.ttest_rel(ours, theirs)
-                assert abs(c["p_value"] - ref.pvalue) < 1e-3
-                ci = ref.confidence_interval()
-                assert abs(c["ci_low"] - ci.low) < 1e-2 and abs(c["ci_high"] - ci.high) < 1e-2
-            word = c["verdict"]["gain"]
-            expected = "reproduced" if c["ci_low"] > 0 else "not reproduced" if c["ci_high"] <= 0 else "inconclusive"
+                se_seeds = diff / ref.statistic
+                se = math.sqrt(se_seeds**2 + se_test**2)
+                df = se**4 / (se_seeds**4 / ref.df)
+                half = sp.t.ppf(0.975, df) * se
+                assert abs(c["ci_low"] - (diff - half)) < 1e-2 and abs(c["ci_high"] - (diff + half)) < 1e-2
+                assert abs(c["p_value"] - 2 * sp.t.sf(abs(diff) / se, df)) < 1e-3
+            word, label = c["word"]["gain"], c["verdict"]["gain"]
+            shown = c["ci_low"] > 0 and c["p_holm"]["gain"] < 0.05
+            expected = "reproduced" if shown else "not reproduced" if c["ci_high"] <= 0 else "inconclusive"
             assert word == expected, c
-            assert rows[(track, other)]["verdicts"] == f"gain > 0: {word}"
+            assert label.startswith(word)
+            converged = {summary[track][m]["convergence"]["converged"] for m in ("attn_resnet", other)}
+            assert ("before" in label and "converged" in label) == (False in converged), label
+            assert rows[(track, other)]["verdicts"] == f"gain > 0: {label}"
             if track == "recipe":
-                label = {"resnet": "ResNet", "no_attention": "CNN without attention"}[other]
-                assert f"- **Attention CNN (ours) vs {label}**: **{word}**: {c['diff']:+.2f} points" in md
+                name = {"resnet": "ResNet", "no_attention": "CNN without attention"}[other]
+                assert f"- **Attention CNN (ours) vs {name}**: **{label}**: {c['diff']:+.2f} points" in md
 
 
 def test_searches_are_equal_and_start_from_the_recipe(project) -> None:
@@ -320,16 +335,17 @@ def test_dvc_repro_ends_with_the_headline(project) -> None:
     assert own[0].startswith(
         f"report: embedded (not a paper benchmark: direction only): Attention CNN (ours) {h['ours']['mean']:.2f} %"
     )
-    assert own[1].startswith(f"report:   vs its ablation, {h['vs_ablation']['label']}") and own[1].endswith(
+    assert own[1].startswith("report:   convergence: ")
+    assert own[2].startswith(f"report:   vs its ablation, {h['vs_ablation']['label']}") and own[2].endswith(
         h["vs_ablation"]["verdict"]["gain"]
     )
-    assert own[2].startswith(f"report:   vs the best baseline, {h['vs_best']['label']}")
-    assert own[3] == "report: tables, verdicts and figures: reports/index.html"
+    assert own[3].startswith(f"report:   vs the best baseline, {h['vs_best']['label']}")
+    assert own[4] == "report: tables, verdicts and figures: reports/index.html"
     c = mlflow_client(proj)
     rexp = c.get_experiment_by_name("attncnn-report").experiment_id
     # the first run's report run (later tests of this module change a method, and the report runs again)
     report = min(c.search_runs([rexp], "tags.dataset = 'embedded'"), key=lambda r: r.info.start_time)
-    assert own[4].startswith(
+    assert own[5].startswith(
         f"report: MLflow, report run of embedded: http://127.0.0.1:5000/#/experiments/{rexp}/runs/{report.info.run_id}"
     )
     after = lines[lines.index(own[-1]) + 1 :]

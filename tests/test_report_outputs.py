@@ -6,6 +6,7 @@ offline. The DVC checks run the real `dvc` on a throw-away repository with this 
 from __future__ import annotations
 
 import csv
+import html
 import html.parser
 import json
 import os
@@ -181,7 +182,7 @@ def test_confusion_matrix_is_in_label_order_with_class_names(made) -> None:
 
 def test_one_curves_figure_per_data_set_overlays_every_method(made) -> None:
     params, root = made["params"], made["root"]
-    fig = figures.curves_figure(params, "embedded", read.read_curves(root / "results", params, "embedded"))
+    fig = figures.curves_figure(params, "embedded", read.read_curves(root / "results", params, "embedded")["recipe"])
     ax = fig.axes[0]
     assert [line.get_label() for line in ax.get_lines()] == [params.method(m).label for m in METHODS]
     assert ax.get_ylabel() == "test top-1 (%)" and "test split" in ax.get_title()
@@ -217,7 +218,7 @@ def test_delta_vs_paper_and_top5_only_with_more_than_ten_classes(made) -> None:
                    diverged=False)
         for s in SEEDS
     }  # fmt: skip
-    results = {m: method_result(params, m, units, 10) for m in METHODS}
+    results = {m: method_result(params, m, units, 10, None) for m in METHODS}
     for column, classes in (("CIFAR-10", 10), ("CIFAR-100", 100)):
         lines = markdown.method_table(params, results, markdown.MAIN_ROWS, column, {}, classes)
         rows = [dict(zip(html_page._cells(lines[0]), html_page._cells(x), strict=True)) for x in lines[2:]]
@@ -305,12 +306,20 @@ def test_the_report_ends_with_its_headline(made, caplog) -> None:
     assert lines[0].startswith(
         f"embedded (not a paper benchmark: direction only): Attention CNN (ours) {h['ours']['mean']:.2f} %"
     )
+    converged = {True: "converged", False: "NOT converged"}[h["ours"]["converged"]]
+    assert f"seeds ({converged}, " in lines[0]
+    late = h["unconverged"]
+    assert lines[1].startswith(
+        f"  convergence: NOT plateaued by epoch {h['epochs']}: {', '.join(late)}"
+        if late
+        else f"  convergence: every method's curves had plateaued by epoch {h['epochs']}"
+    )
     ab = h["vs_ablation"]
-    assert lines[1] == (
+    assert lines[2] == (
         f"  vs its ablation, {ab['label']} ({ab['mean']:.2f} %): {ab['diff']:+.2f} points (95 % CI "
         f"{ab['ci_low']:+.2f} to {ab['ci_high']:+.2f}): {ab['verdict']['gain']}"
     )
-    assert lines[2].startswith(f"  vs the best baseline, {h['vs_best']['label']}")
+    assert lines[3].startswith(f"  vs the best baseline, {h['vs_best']['label']}")
 
 
 def test_the_report_run_names_its_source(made) -> None:
@@ -342,7 +351,9 @@ def test_html_page_has_the_tables_and_its_pictures_offline(made) -> None:
     assert srcs == re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md) and len(srcs) == len(DATASETS) * (2 + len(METHODS))
     assert all((reports / s).is_file() for s in srcs)  # relative to the page, all there
     assert "script" not in parsed.tags and "link" not in parsed.tags and not re.search(r"https?://", page)
-    assert "<strong>reproduced</strong>" in page or "<strong>inconclusive</strong>" in page
+    summary = json.loads((reports / "summary.json").read_text())["embedded"]["recipe"]
+    labels = {v for k, c in summary.items() if k.startswith("ours_vs_") for v in c["verdict"].values()}
+    assert labels and all(f"<strong>{html.escape(label, quote=False)}</strong>" in page for label in labels)
     assert "<td>Attention CNN (ours)</td>" in page and "<code>embedded</code>" in page
     assert "<em>reproduced</em>" in page  # the statistics line's italics
 

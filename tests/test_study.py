@@ -5,6 +5,7 @@ one scaling added trains only the new cells; the report's section is built from 
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 
@@ -114,8 +115,14 @@ def test_the_report_section_follows_from_the_numbers(studied, tmp_path) -> None:
         assert c.test == "paired"  # for each seed: the same backbone start and data order in every cell
         assert c.diff == pytest.approx(sum(diffs) / len(diffs))
         if len(set(diffs)) > 1:  # equal differences have no spread: scipy gives no interval to compare
-            ci = sp.ttest_rel(list(cell.top1.values()), [ref.top1[s] for s in cell.top1]).confidence_interval()
-            assert (c.ci_low, c.ci_high) == pytest.approx((ci.low, ci.high), abs=1e-6)
+            # scipy's paired t-test for the seeds' part, then the test set's error added (pipeline.verdicts.RULES)
+            t = sp.ttest_rel(list(cell.top1.values()), [ref.top1[s] for s in cell.top1])
+            qa, qb = cell.summary.mean / 100, ref.summary.mean / 100
+            se_test = 100 * math.sqrt((qa * (1 - qa) + qb * (1 - qb)) / study["num_test"])
+            se_seeds = c.diff / t.statistic
+            se = math.sqrt(se_seeds**2 + se_test**2)
+            half = sp.t.ppf(0.975, se**4 / (se_seeds**4 / t.df)) * se
+            assert (c.ci_low, c.ci_high) == pytest.approx((c.diff - half, c.diff + half), abs=1e-6)
             intervals_checked += 1
         expected = "better" if c.ci_low > 0 else "worse" if c.ci_high < 0 else "no difference shown"
         assert word == expected and summary["cells"][name]["vs_final"] == word

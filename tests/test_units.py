@@ -36,12 +36,12 @@ def test_methods_of_one_network_share_one_search(raw_params, data) -> None:
 
 def test_the_searched_track_retrains_only_what_a_search_adopted(raw_params, data) -> None:
     params = validate_params(raw_params)
-    tuned = {"attn_resnet": {"chosen": {"train.lr": 0.05}}, "resnet": {"chosen": {}}}
+    tuned = {"attn_resnet": {"chosen": {"train.lr": 0.02}}, "resnet": {"chosen": {}}}
     work = units.Work(params, data, tuned)
     recipe = {(r.name, r.seed): r.key for r in work.recipe}
     changed = {(r.name, r.seed) for r in work.searched if r.key != recipe[(r.name, r.seed)]}
     assert changed == {("attn_resnet", s) for s in params.grid.seeds}
-    assert {r.unit.train.lr for r in work.searched if r.name == "attn_resnet"} == {0.05}
+    assert {r.unit.train.lr for r in work.searched if r.name == "attn_resnet"} == {0.02}
     assert list(work.tracks) == ["recipe", "searched"] and work.adopted
     before = units.Work(params, data)  # the plan, before any search ran
     assert before.searched == () and not before.adopted and list(before.tracks) == ["recipe"]

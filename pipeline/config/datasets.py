@@ -12,13 +12,15 @@ from pipeline.config.base import Float, Frozen, Int, NotBool, PosInt, Seed
 
 
 class EmbeddedFetchCfg(Frozen):
-    """The cluttered-glyphs set made locally from a seed (see ``pipeline.data.embedded``)."""
+    """The embedded glyphs set made locally from a seed (see ``pipeline.data.embedded``)."""
 
     seed: Seed = 0
     num_train: Annotated[Int, Field(gt=0, le=50_000)] = 4000  # at most CIFAR-10's size: the archive is CIFAR-10's
     num_test: Annotated[Int, Field(gt=0, le=10_000)] = 1000
     clutter: Annotated[Int, Field(ge=0, le=64)] = 6  # distractor fragments per image
     noise: Annotated[Float, Field(ge=0, le=1)] = 0.25  # background noise amplitude
+    distractors: Annotated[Int, Field(ge=0, le=16)] = 1  # whole glyphs of other digits, dimmer than the object
+    occlusion: Annotated[Float, Field(ge=0, le=1)] = 0.5  # chance that a distractor lies over the object
 
 
 def _check_checksum(v: str | None) -> str | None:

@@ -1,6 +1,6 @@
 """The fetch stage: a data set's raw data put under ``data/raw/<d>`` with ``source.json`` saying what it is.
 
-- embedded: the cluttered-glyphs set made from its seed (``pipeline.data.embedded``), as a CIFAR-10 binary
+- embedded: the glyphs set made from its seed (``pipeline.data.embedded``), as a CIFAR-10 binary
   archive;
 - CIFAR-10/100: the official *binary* archive (fixed-size records, so no pickle is ever loaded), downloaded
   (``pipeline.data.download``) and verified against its published MD5, then member by member and in its

@@ -20,6 +20,7 @@ from pipeline.report import figures, markdown, record
 from pipeline.report.page import markdown_to_html
 from pipeline.report.read import Inputs, read_inputs, read_study
 from pipeline.report.runs import log_report_runs
+from pipeline.report.setting import paper_setting
 from pipeline.report.study import study_section
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,12 @@ class Section:
         return record.csv_rows(self.record)
 
 
-def dataset_report(params: Params, dataset: str, results: Path, data_root: Path) -> Section:
-    """The record, text and inputs of one data set."""
+def dataset_report(params: Params, dataset: str, results: Path, data_root: Path, paper: Params | None) -> Section:
+    """The record, text and inputs of one data set; ``paper``: the paper's setting (``paper_setting``)."""
     inputs = read_inputs(params, results, data_root, dataset)
-    rec = record.record_of(params, dataset, inputs.kind, inputs.manifest, inputs.rows, inputs.tuned)
+    rec = record.record_of(
+        params, dataset, inputs.kind, inputs.manifest, inputs.rows, inputs.tuned, curves=inputs.curves, paper=paper
+    )
     return Section(inputs, rec, markdown.dataset_text(params, inputs, rec))
 
 
@@ -63,7 +66,8 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
     """Write ``out_dir``/{tables.md, index.html, tables.csv, summary.json, metrics.json, provenance.json,
     study.json, figures/} and log them to MLflow; the report ends with each data set's headline."""
     results, data_root, out_dir = Path(results_dir), Path(data_root), Path(out_dir)
-    sections = {d: dataset_report(params, d, results, data_root) for d in params.grid.datasets}
+    paper = paper_setting(params)
+    sections = {d: dataset_report(params, d, results, data_root, paper) for d in params.grid.datasets}
     prov = provenance(datasets={d: _provenance(s.inputs) for d, s in sections.items()})
     summary = {d: s.summary for d, s in sections.items()}
     rows = [r for s in sections.values() for r in s.rows]

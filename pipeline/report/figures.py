@@ -15,10 +15,7 @@ from matplotlib.ticker import MaxNLocator
 
 from pipeline.config import Params
 from pipeline.plots import plt, save
-from pipeline.report.read import Inputs
-
-CURVE_KEY = "val_top1"  # the training loop's per-epoch top-1; the train stage measures it on the test split
-
+from pipeline.report.read import VAL_TOP1, Inputs
 
 CLASS_NAMES_UP_TO = 20  # a confusion matrix names each class on its axes up to this many; beyond, index ticks
 CELL_VALUES_UP_TO = 12  # and writes each cell's percentage up to this many
@@ -32,7 +29,7 @@ def curves_figure(params: Params, dataset: str, per_method: dict[str, dict[int, 
         runs = list(by_seed.values())
         n = max(n, len(runs))
         epochs = [r["epoch"] for r in runs[0]]
-        vals = [[run[i][CURVE_KEY] for run in runs] for i in range(len(epochs))]
+        vals = [[run[i][VAL_TOP1] for run in runs] for i in range(len(epochs))]
         line = ax.plot(epochs, [statistics.fmean(v) for v in vals], marker=".", label=params.method(m).label)[0]
         ax.fill_between(epochs, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.15)
     ax.set(xlabel="epoch", ylabel="test top-1 (%)")
@@ -72,7 +69,7 @@ def write_figures(params: Params, inputs: Inputs, fig_dir: Path) -> list[str]:
     """Draw a data set's pictures into ``fig_dir`` (curves, a confusion matrix per method, the attention maps);
     return the markdown that shows them, paths relative to the report."""
     dataset, seeds = inputs.dataset, list(params.grid.seeds)
-    save(curves_figure(params, dataset, inputs.curves), fig_dir / f"curves-{dataset}.png")
+    save(curves_figure(params, dataset, inputs.curves["recipe"]), fig_dir / f"curves-{dataset}.png")
     lines = [
         "### Figures",
         "",

@@ -13,7 +13,7 @@ from pipeline.config import Params, split_key
 from pipeline.data.manifest import Manifest
 from pipeline.paper import TABLE_NAMES
 from pipeline.report.page import md_row
-from pipeline.report.read import Inputs
+from pipeline.report.read import VAL_TOP1, Curve, Inputs
 from pipeline.report.record import (
     ABLATION,
     COLUMNS,
@@ -29,7 +29,9 @@ from pipeline.report.record import (
     same_units,
     show_top5,
 )
-from pipeline.stats import Summary, chance_level, compare, format_diff, verdict_definitions
+from pipeline.stats import Summary, chance_level, compare, format_diff
+from pipeline.verdicts import RULES as VERDICT_RULES
+from pipeline.verdicts import rules_text, verdict_definitions
 
 MAIN_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours")
 ABLATION_ROWS = (ABLATION, "ours")
@@ -45,8 +47,8 @@ def data_line(dataset: str, kind: str, man: Manifest) -> str:
     origin = man.source_origin
     if kind == "embedded":
         what = (
-            "the embedded cluttered-glyphs set (synthetic, made from a seed; NOT CIFAR or ImageNet, so its "
-            "numbers are not comparable with the paper's)"
+            "the embedded glyphs set (synthetic, made from a seed: the class is the bright digit among dimmer "
+            "digits of other classes; NOT CIFAR or ImageNet, so its numbers are not comparable with the paper's)"
         )
     elif kind in ("cifar10", "cifar100"):
         name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100 (fine labels)"}[kind]
@@ -134,9 +136,9 @@ def gate_rules(params: Params, specs: Mapping[str, Mapping[str, Any]]) -> str:
 
 STATS_LINE = (
     "Statistics: test top-1 %, mean ± sample std over n seeds, with a Student-t 95 % CI. Differences are ours "
-    "minus the baseline: a paired t-test over seeds where both runs of a seed share its data order and initial "
-    "backbone weights, Welch's t-test otherwise. Verdicts (a gain's size is tested only where the paper claims one "
-    f"on its own benchmark; elsewhere only its direction): {verdict_definitions()}. Runs at or near "
+    f"minus the baseline. Rules: {rules_text()}. Verdicts (a gain's size is tested only where the paper's own "
+    "experiment was run: its benchmark, its nets and its recipe; elsewhere only its direction): "
+    f"{verdict_definitions()}. Runs at or near "
     "chance (below 1.5 x chance or within 3 binomial standard errors of it) or diverged (NaN loss) are flagged. "
     "Δ vs paper = the measured mean minus the paper's claim for that row on this data set (n/a off the paper's "
     f"benchmarks). Test top-5 is shown only for data sets of more than {TOP5_ABOVE} classes."
@@ -194,16 +196,52 @@ def method_table(
 
 
 def verdict_lines(comps: list[ComparisonResult]) -> list[str]:
-    """One line per comparison: the verdict (per claims version) and the numbers behind it."""
+    """One line per comparison: the verdict (per claims version) with what qualifies it, the numbers behind it,
+    the bootstrap's view, and why no size was tested where the data set is the paper's benchmark."""
     out = []
     for c in comps:
         parts = []
         for version, v in c.verdicts.items():
             claim = f"vs {TABLE_NAMES[version]}'s claimed {c.claimed[version]:+.1f}: " if version else ""
-            parts.append(f"{claim}**{v.word}**: {v.reason}")
+            parts.append(f"{claim}**{v.label}**: {v.reason}")
+        b = c.bootstrap
+        boot = (
+            f" Bootstrap: 95 % CI {b.ci_low:+.2f} to {b.ci_high:+.2f}; P(ours > {c.other.label}) = {b.poi:.2f} "
+            f"(95 % CI {b.poi_low:.2f} to {b.poi_high:.2f})."
+            if b
+            else ""
+        )
+        off = f" No size tested: not the paper's setting ({c.size_off})." if c.size_off else ""
         flags = f" Flagged: {'; '.join(c.flags)}." if c.flags else ""
-        out.append(f"- **{c.ours.label} vs {c.other.label}**: {' '.join(parts)}{flags}")
+        out.append(f"- **{c.ours.label} vs {c.other.label}**: {' '.join(parts)}{boot}{off}{flags}")
     return out
+
+
+def convergence_lines(t: TrackRecord) -> list[str]:
+    """Per method: whether its learning curves had plateaued (``pipeline.verdicts.RULES["convergence"]``)."""
+    head = ["Method", "epochs", "mean rise over the last k epochs", "test-set margin", "converged"]
+    lines = [md_row(head), "|" + "---|" * len(head)]
+    for r in t.results.values():
+        p = r.plateau
+        if p is None:
+            lines.append(md_row([r.label, "-", "-", "-", "no curves"]))
+            continue
+        rise = "-" if p.gain is None else f"{p.gain:+.2f} (k = {p.k})"
+        lines.append(md_row([r.label, str(p.epochs), rise, f"{p.noise:.2f}", "yes" if p.converged else "**NO**"]))
+    return lines
+
+
+def epoch_lines(params: Params, curves: Mapping[str, Mapping[int, Curve]]) -> list[str]:
+    """Test top-1 after each epoch, mean over seeds, one column per method (the recipe track)."""
+    if not curves:
+        return []
+    labels = [params.method(m).label for m in curves]
+    epochs = min(len(c) for by_seed in curves.values() for c in by_seed.values())
+    lines = [md_row(["epoch", *labels]), "|" + "---|" * (len(labels) + 1)]
+    for e in range(epochs):
+        means = [statistics.fmean(c[e][VAL_TOP1] for c in by_seed.values()) for by_seed in curves.values()]
+        lines.append(md_row([str(e + 1), *(f"{x:.2f}" for x in means)]))
+    return lines
 
 
 def search_lines(params: Params, tuned: dict[str, Any], num_classes: int) -> list[str]:
@@ -253,6 +291,7 @@ def track_lines(params: Params, t: TrackRecord, num_classes: int, column: str | 
     lines += [f"### Ablation {title}: the same network without attention (paper Tables 2 and 4)", ""]
     lines += [*method_table(params, t.results, ABLATION_ROWS, column, t.marks, num_classes), ""]
     lines += [*verdict_lines(ablation), *_twins(t.results), ""]
+    lines += [f"Convergence {title} (rule: {VERDICT_RULES['convergence']}):", "", *convergence_lines(t), ""]
     return lines
 
 
@@ -268,7 +307,7 @@ def backbone_lines(results: dict[str, MethodResult]) -> list[str]:
         return []
     out = [f"Each attention-family baseline against its own backbone ({base.label}), a sanity check:", ""]
     for r in gated:
-        c = compare(r.top1, base.top1, paired=paired(r, base))
+        c = compare(r.top1, base.top1, paired=paired(r, base), n_test=min(r.num_test, base.num_test))
         out.append(f"- {r.label} minus {base.label}: {format_diff(c)}")
     return [*out, ""]
 
@@ -340,6 +379,8 @@ def dataset_text(params: Params, inputs: Inputs, rec: DatasetRecord) -> str:
             f"so no Δ vs paper and no published numbers. {DIRECTION_ONLY}",
             "",
         ]
+    lines += ["### Test top-1 after each epoch at the shared recipe, mean over seeds", ""]
+    lines += [*epoch_lines(params, inputs.curves.get("recipe", {})), ""]
     if inputs.tuned:
         lines += ["### The search: budget and outcome (Ray Tune, ASHA; held-out part of train)", ""]
         lines += [*search_lines(params, inputs.tuned, man.num_classes), ""]
@@ -353,7 +394,17 @@ def headline_lines(dataset: str, h: dict[str, Any], bench: dict[str, Any]) -> li
         return [f"{dataset}: no attention CNN in grid.methods, no headline"]
     what = "the paper's benchmark" if bench["is_benchmark"] else "not a paper benchmark: direction only"
     o = h["ours"]
-    out = [f"{dataset} ({what}): {o['label']} {o['mean']:.2f} % test top-1, mean of {o['n']} seeds"]
+    state = {True: "converged", False: "NOT converged", None: "convergence unknown"}[o["converged"]]
+    at = f"AT THE {o['bound'].upper()}" if o["bound"] else "below the ceiling"
+    out = [f"{dataset} ({what}): {o['label']} {o['mean']:.2f} % test top-1, mean of {o['n']} seeds ({state}, {at})"]
+    if h.get("epochs"):
+        late = h.get("unconverged", [])
+        out.append(
+            f"  convergence: every method's curves had plateaued by epoch {h['epochs']}"
+            if not late
+            else f"  convergence: NOT plateaued by epoch {h['epochs']}: {', '.join(late)} (verdicts on them compare "
+            "learning speed, not final accuracy)"
+        )
     for key, title in (("vs_ablation", "vs its ablation"), ("vs_best", "vs the best baseline")):
         if key in h:
             c = h[key]

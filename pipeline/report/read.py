@@ -16,10 +16,11 @@ import numpy as np
 from pipeline.config import STUDY_HOW_TO_RUN, Params
 from pipeline.data.manifest import Manifest, load_manifest
 from pipeline.io import read_json
-from pipeline.records import HISTORY_FILE, RowEval, read_row_eval, read_trained, unit_dir
+from pipeline.records import HISTORY_FILE, ROWS_FILE, RowEval, read_row_eval, read_trained, unit_dir
 
 Rows = dict[str, dict[str, dict[int, RowEval]]]  # track -> method -> seed -> the evaluated row
 Curve = list[dict[str, float]]  # one unit's epochs
+VAL_TOP1 = "val_top1"  # a history's per-epoch top-1 on the split it was scored on (a row's unit: the test split)
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,8 +37,8 @@ class Inputs:
     rows: Rows
 
     @cached_property
-    def curves(self) -> dict[str, dict[int, Curve]]:
-        """The recipe track's learning curves: method -> seed -> epochs."""
+    def curves(self) -> dict[str, dict[str, dict[int, Curve]]]:
+        """Every track's learning curves: track -> method -> seed -> epochs."""
         return read_curves(self.results, self.params, self.dataset)
 
     @cached_property
@@ -84,16 +85,19 @@ def collect(results: Path, params: Params, dataset: str) -> Rows:
     return out
 
 
-def read_curves(results: Path, params: Params, dataset: str) -> dict[str, dict[int, Curve]]:
-    """The recipe track's learning curves: {method: {seed: [per-epoch record]}}, each read from its unit's
-    history (rows of one unit read one file)."""
+def read_curves(results: Path, params: Params, dataset: str) -> dict[str, dict[str, dict[int, Curve]]]:
+    """Every track's learning curves: {track: {method: {seed: [per-epoch record]}}}, each read from its unit's
+    history once (rows of one unit share it); none without the train stage's rows (results made otherwise)."""
     train = results / dataset / "train"
-    keys = {(r.method, r.seed): r.key for r in read_trained(train).rows if r.track == "recipe"}
-    out: dict[str, dict[int, Curve]] = {}
-    for m in params.grid.methods:
-        for s in params.grid.seeds:
-            with open(unit_dir(train, keys[(m, s)]) / HISTORY_FILE) as f:
-                out.setdefault(m, {})[s] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    if not (train / ROWS_FILE).is_file():
+        return {}
+    read: dict[str, Curve] = {}
+    out: dict[str, dict[str, dict[int, Curve]]] = {}
+    for r in read_trained(train).rows:
+        if r.key not in read:
+            with open(unit_dir(train, r.key) / HISTORY_FILE) as f:
+                read[r.key] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        out.setdefault(r.track, {}).setdefault(r.method, {})[r.seed] = read[r.key]
     return out
 
 

@@ -10,10 +10,15 @@ Inputs are the evaluate stage's row records (``pipeline.report.read``); nothing 
 - a method's score is its per-seed test top-1: mean, sample std, n and a Student-t 95 % CI;
 - a run is flagged when its test top-1 is at or near chance (``stats.near_chance`` on the test split) or it
   diverged (a non-finite loss); flagged runs stay in the statistics but are never shown as plain numbers;
-- ours minus a baseline is a paired t-test over seeds when every seed's two runs share the data order and
-  the initial backbone weights (the ``pairing`` digests recorded at training), else Welch's t-test;
-- each claimed gain gets a verdict (``stats.VERDICTS``): against the size the paper claims when the data set is
-  one of its benchmarks (``pipeline.paper.benchmark_of``), against "better" (a gain above 0) otherwise.
+- ours minus a baseline is a paired t-test over seeds when both have the same seeds and every seed's two runs
+  share the data order and the initial backbone weights (the ``pairing`` digests recorded at training), else
+  Welch's t-test; the test set's sampling error is part of the interval (``pipeline.verdicts.RULES``);
+- each claimed gain gets a verdict (``pipeline.verdicts.VERDICTS``), its p Holm-adjusted within the gains of its
+  track and claims version: against the size the paper claims only where the paper's experiment was run (the
+  data set is its benchmark, ``pipeline.paper.benchmark_of``, and both nets and the recipe are the paper's, as
+  ``configs/paper.yaml`` sets them: ``setting_gaps``), against "better" (a gain above 0) otherwise;
+- each method's learning curves say whether it had converged (``stats.plateau``); a verdict where a side had not
+  says so, as it does where the bootstrap's interval disagrees with the t-interval.
 """
 
 from __future__ import annotations
@@ -28,7 +33,23 @@ from pipeline.config import Params
 from pipeline.data.manifest import Manifest
 from pipeline.paper import CLAIMS, COLUMNS, PUBLISHED, TABLE_NAMES, Benchmark, benchmark_of, claimed_gain
 from pipeline.records import RowEval
-from pipeline.stats import Comparison, Summary, Verdict, compare, near_chance, same_start, summarize, verdict
+from pipeline.report.read import VAL_TOP1, Curve
+from pipeline.report.setting import setting_gaps
+from pipeline.stats import (
+    Bootstrap,
+    Comparison,
+    Plateau,
+    Summary,
+    bootstrap,
+    bound,
+    compare,
+    holm,
+    near_chance,
+    plateau,
+    same_start,
+    summarize,
+)
+from pipeline.verdicts import Verdict, bootstrap_caveat, convergence_caveat, verdict
 
 OURS = "ours"
 BASELINE_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet")
@@ -52,6 +73,9 @@ class MethodResult:
     params: int
     flops: float | None
     speed: float | None  # measured training images/s per device, mean over seeds
+    num_test: int  # the test images each seed was scored on
+    spec: dict[str, Any]  # the first seed's resolved settings (model, model_args, train)
+    plateau: Plateau | None  # whether its learning curves had stopped rising (None: no curves)
 
     @property
     def flags(self) -> list[str]:
@@ -67,16 +91,21 @@ class ComparisonResult:
     ours: MethodResult
     other: MethodResult
     comparison: Comparison
+    bootstrap: Bootstrap | None
     claimed: dict[str, float | None]
     verdicts: dict[str, Verdict]
+    size_off: str  # why no size is tested although the data set is the paper's benchmark ("" where it is)
 
     @property
     def flags(self) -> list[str]:
         return [f"{r.label}: {f}" for r in (self.ours, self.other) for f in r.flags]
 
 
-def method_result(params: Params, method: str, units: Mapping[int, RowEval], num_classes: int) -> MethodResult:
-    """``units``: seed -> the evaluate stage's record of the row (metrics, num_test, pairing, diverged)."""
+def method_result(
+    params: Params, method: str, units: Mapping[int, RowEval], num_classes: int, curves: Mapping[int, Curve] | None
+) -> MethodResult:
+    """``units``: seed -> the evaluate stage's record of the row (metrics, num_test, pairing, diverged);
+    ``curves``: seed -> its unit's epochs (``pipeline.report.read``), each scored on the test split."""
     cfg = params.method(method)
     top1 = {s: u.metrics["test_top1"] for s, u in units.items()}
     speeds = [u.metrics.get("train_images_per_s_per_device") for u in units.values()]
@@ -95,7 +124,16 @@ def method_result(params: Params, method: str, units: Mapping[int, RowEval], num
         params=first["params"],
         flops=first.get("flops_per_image"),
         speed=None if None in speeds else round(sum(speeds) / len(speeds), 1),
+        num_test=min(u.num_test for u in units.values()),
+        spec=next(iter(units.values())).spec,
+        plateau=_plateau(curves, min(u.num_test for u in units.values())),
     )
+
+
+def _plateau(curves: Mapping[int, Curve] | None, n: int) -> Plateau | None:
+    if not curves or not all(curves.values()):
+        return None
+    return plateau({s: [e[VAL_TOP1] for e in c] for s, c in curves.items()}, n)
 
 
 def paired(a: MethodResult, b: MethodResult) -> bool:
@@ -103,25 +141,50 @@ def paired(a: MethodResult, b: MethodResult) -> bool:
     return same_start(a.pairing, b.pairing)
 
 
-def compare_with(params: Params, ours: MethodResult, other: MethodResult, column: str | None) -> ComparisonResult:
-    """Ours minus ``other``, judged against each claims version's gain on ``column`` (None: not a benchmark)."""
-    c = compare(ours.top1, other.top1, paired=paired(ours, other))
+def _claims(params: Params, other: MethodResult, column: str | None) -> dict[str, float | None]:
+    """Each claims version's claimed gain over ``other`` on ``column``; {"": None} where none is tested."""
     if column is None:
-        claimed: dict[str, float | None] = {"": None}
-    else:
-        claimed = {v: claimed_gain(v, other.paper_row, column) for v in params.report.claims}
-        claimed = {v: g for v, g in claimed.items() if g is not None} or {"": None}
-    verdicts = {v: verdict(c, g, a=ours.top1, b=other.top1) for v, g in claimed.items()}
-    return ComparisonResult(ours, other, c, claimed, verdicts)
+        return {"": None}
+    claimed = {v: claimed_gain(v, other.paper_row, column) for v in params.report.claims}
+    return {v: g for v, g in claimed.items() if g is not None} or {"": None}
 
 
-def comparisons(params: Params, results: dict[str, MethodResult], column: str | None) -> list[ComparisonResult]:
-    """The paper's method against every baseline of the grid, then against its ablation (grid order)."""
+def _caveats(ours: MethodResult, other: MethodResult, c: Comparison, boot: Bootstrap | None) -> list[str | None]:
+    sides = [(r.label if r is not ours else "ours", r.plateau) for r in (ours, other)]
+    unconverged = [name for name, p in sides if p is not None and not p.converged]
+    epochs = max((p.epochs for _, p in sides if p is not None), default=0)
+    return [convergence_caveat(epochs, unconverged), bootstrap_caveat(c, boot)]
+
+
+def comparisons(
+    params: Params, results: dict[str, MethodResult], column: str | None, gaps: Mapping[str, list[str]], classes: int
+) -> list[ComparisonResult]:
+    """The paper's method against every baseline of the grid, then against its ablation (grid order): each
+    claims version's gains are one family (Holm). ``gaps``: per method, how its setting differs from the paper's
+    (``setting_gaps``); a size is tested only where neither side's differs."""
     ours = next((r for r in results.values() if r.paper_row == OURS), None)
     if ours is None:
         return []
-    rows = (*BASELINE_ROWS, ABLATION)
-    return [compare_with(params, ours, r, column) for r in results.values() if r.paper_row in rows]
+    others = [r for r in results.values() if r.paper_row in (*BASELINE_ROWS, ABLATION)]
+    comps = {r.method: compare(ours.top1, r.top1, paired=paired(ours, r), n_test=ours.num_test) for r in others}
+    size_off = {r.method: "; ".join(dict.fromkeys(gaps.get(ours.method, []) + gaps.get(r.method, []))) for r in others}
+    claimed = {r.method: _claims(params, r, column if not size_off[r.method] else None) for r in others}
+    adjusted: dict[tuple[str, str], float | None] = {}
+    for v in dict.fromkeys(v for cl in claimed.values() for v in cl):
+        family = [m for m in comps if v in claimed[m]]
+        adjusted |= {(m, v): p for m, p in zip(family, holm([comps[m].p_value for m in family]), strict=True)}
+    out = []
+    for r in others:
+        c, m = comps[r.method], r.method
+        boot = bootstrap(c, ours.top1, r.top1)
+        caveats = _caveats(ours, r, c, boot)
+        verdicts = {
+            v: verdict(c, g, a=ours.top1, b=r.top1, p_adjusted=adjusted[(m, v)],
+                       family=sum(v in cl for cl in claimed.values()), num_classes=classes, caveats=caveats)
+            for v, g in claimed[m].items()
+        }  # fmt: skip
+        out.append(ComparisonResult(ours, r, c, boot, claimed[m], verdicts, size_off[m] if column else ""))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -193,15 +256,29 @@ class DatasetRecord:
     tracks: dict[str, TrackRecord]
 
 
-def record_of(params: Params, dataset: str, kind: str, man: Manifest, rows, tuned: Mapping[str, Any]) -> DatasetRecord:
+def record_of(
+    params: Params,
+    dataset: str,
+    kind: str,
+    man: Manifest,
+    rows,
+    tuned: Mapping[str, Any],
+    *,
+    curves,
+    paper: Params | None,
+) -> DatasetRecord:
     """``rows``: {track: {method: {seed: RowEval}}} (``pipeline.report.read.collect``); ``tuned``: the searches'
-    outcome per method (a method missing from it on the searched track is marked NOT SEARCHED)."""
+    outcome per method (a method missing from it on the searched track is marked NOT SEARCHED); ``curves``:
+    {track: {method: {seed: epochs}}}; ``paper``: the paper's setting (``setting_gaps``)."""
     bench = benchmark(kind, man)
     tracks = {}
     for track, by_method in rows.items():
-        results = {m: method_result(params, m, u, man.num_classes) for m, u in by_method.items()}
+        got = curves.get(track, {})
+        results = {m: method_result(params, m, u, man.num_classes, got.get(m)) for m, u in by_method.items()}
         marks = {m: "NOT SEARCHED" for m in params.grid.methods if track == "searched" and m not in tuned}
-        tracks[track] = TrackRecord(track, results, comparisons(params, results, bench.column), marks)
+        gaps = {m: setting_gaps(paper, dataset, m, r.label, r.spec) for m, r in results.items()}
+        comps = comparisons(params, results, bench.column, gaps, man.num_classes)
+        tracks[track] = TrackRecord(track, results, comps, marks)
     return DatasetRecord(dataset, bench, man.num_classes, tracks)
 
 
@@ -221,8 +298,22 @@ def _per_version(c: ComparisonResult, field: str) -> dict[str, Any]:
     return {v or "gain": getattr(x, field) for v, x in c.verdicts.items()}
 
 
+def convergence(p: Plateau | None) -> dict[str, Any]:
+    """A method's plateau (``stats.plateau``) as summary.json has it."""
+    if p is None:
+        return {"converged": None}
+    return {"converged": p.converged, "epochs": p.epochs, "k": p.k, "gain": rounded(p.gain), "noise": rounded(p.noise)}
+
+
+def _bootstrap(b: Bootstrap | None) -> dict[str, Any]:
+    fields = ("ci_low", "ci_high", "poi", "poi_low", "poi_high")
+    return dict.fromkeys(fields) if b is None else {f: rounded(getattr(b, f), 5) for f in fields}
+
+
 def track_summary(t: TrackRecord) -> dict[str, Any]:
-    """One track as ``summary.json`` (and the MLflow report run) has it: per method, and ours minus each other."""
+    """One track as ``summary.json`` (and the MLflow report run) has it: per method, and ours minus each other.
+    A comparison's ``verdict`` is the verdict's words with what qualifies them (``Verdict.label``), ``word`` the
+    bare word, per claims version."""
     out: dict[str, Any] = {}
     for m, r in t.results.items():
         s = r.summary
@@ -234,6 +325,7 @@ def track_summary(t: TrackRecord) -> dict[str, Any]:
             "ci_high": rounded(s.ci_high, 5),
             "at_chance": len(r.at_chance),
             "diverged": len(r.diverged),
+            "convergence": convergence(r.plateau),
         }
     for c in t.comparisons:
         k = c.comparison
@@ -243,9 +335,15 @@ def track_summary(t: TrackRecord) -> dict[str, Any]:
             "ci_high": rounded(k.ci_high, 5),
             "p_value": rounded(k.p_value, 5),
             "test": k.test,
-            "verdict": _per_version(c, "word"),
+            "test_set_se": rounded(k.se_test, 5),
+            "seeds_only_in": {"ours": list(k.only_a), c.other.method: list(k.only_b)},
+            "bootstrap": _bootstrap(c.bootstrap),
+            "size_not_tested_because": c.size_off or None,
+            "verdict": _per_version(c, "label"),
+            "word": _per_version(c, "word"),
+            "p_holm": {v or "gain": rounded(x.p_adjusted, 5) for v, x in c.verdicts.items()},
             **{f: _per_version(c, f) for f in ("claimed_gain", "size_tested", "direction", "seeds_needed")},
-            **{f: _per_version(c, f) for f in ("seeds_for_direction", "seeds_for_size")},
+            **{f: _per_version(c, f) for f in ("seeds_for_direction", "seeds_for_size", "family")},
         }
     return out
 
@@ -257,9 +355,14 @@ def headline(rec: DatasetRecord) -> dict[str, Any]:
     if not comps:
         return {}
     ours = comps[0].ours
+    at = bound(ours.summary.mean, rec.num_classes, ours.num_test)
     out: dict[str, Any] = {
-        "ours": {"method": ours.method, "label": ours.label, "mean": rounded(ours.summary.mean), "n": ours.summary.n}
-    }
+        "ours": {"method": ours.method, "label": ours.label, "mean": rounded(ours.summary.mean), "n": ours.summary.n,
+                 "converged": convergence(ours.plateau)["converged"], "bound": at}
+    }  # fmt: skip
+    rs = rec.tracks["recipe"].results.values()
+    out["unconverged"] = [r.label for r in rs if r.plateau is not None and not r.plateau.converged]
+    out["epochs"] = max((r.plateau.epochs for r in rs if r.plateau is not None), default=None)
     ablation = [c for c in comps if c.other.paper_row == ABLATION]
     baselines = [c for c in comps if c.other.paper_row != ABLATION]
     best = max(baselines, key=lambda c: c.other.summary.mean) if baselines else None
@@ -267,8 +370,9 @@ def headline(rec: DatasetRecord) -> dict[str, Any]:
         if c is not None:
             k = c.comparison
             out[key] = {"method": c.other.method, "label": c.other.label, "mean": rounded(c.other.summary.mean),
+                        "converged": convergence(c.other.plateau)["converged"],
                         "diff": rounded(k.diff), "ci_low": rounded(k.ci_low, 5), "ci_high": rounded(k.ci_high, 5),
-                        "verdict": _per_version(c, "word")}  # fmt: skip
+                        "verdict": _per_version(c, "label"), "word": _per_version(c, "word")}  # fmt: skip
     return out
 
 
@@ -311,6 +415,7 @@ def csv_rows(rec: DatasetRecord) -> list[dict[str, Any]]:
                 "test_top1_values": " ".join(f"{r.top1[k]:.2f}" for k in sorted(r.top1)),
                 "test_top5_mean": rounded(statistics.fmean(r.top5.values())) if show_top5(rec.num_classes) else "",
                 "flags": "; ".join(r.flags),
+                "converged": "" if r.plateau is None else r.plateau.converged,
                 "params": r.params,
                 "flops_per_image": r.flops,
                 "train_images_per_s_per_device": r.speed,
@@ -330,6 +435,6 @@ def _comparison_fields(c: ComparisonResult | None) -> dict[str, Any]:
     if c is None:
         return dict.fromkeys(keys, "")
     k = c.comparison
-    words = "; ".join(f"{TABLE_NAMES.get(v, 'gain > 0')}: {x.word}" for v, x in c.verdicts.items())
+    words = "; ".join(f"{TABLE_NAMES.get(v, 'gain > 0')}: {x.label}" for v, x in c.verdicts.items())
     values = (rounded(k.diff), rounded(k.ci_low), rounded(k.ci_high), rounded(k.p_value, 5), k.test, words)
     return dict(zip(keys, values, strict=True))

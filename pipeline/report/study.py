@@ -37,6 +37,7 @@ class Cell:
     params: int
     speed: float
     units: dict[int, dict[str, Any]]
+    num_test: int  # the test images each seed was scored on
 
     @property
     def placement(self) -> str:
@@ -81,6 +82,7 @@ def cells(study: dict[str, Any]) -> dict[str, Cell]:
             params=c["params"],
             speed=statistics.fmean(u["images_per_s"] for u in units.values()),
             units=units,
+            num_test=study["num_test"],
         )
     return out
 
@@ -91,7 +93,7 @@ def reference(cs: dict[str, Cell], cell: Cell) -> Cell | None:
 
 
 def versus(cell: Cell, ref: Cell) -> tuple[Comparison, str]:
-    c = compare(cell.top1, ref.top1, paired=same_start(cell.pairing, ref.pairing))
+    c = compare(cell.top1, ref.top1, paired=same_start(cell.pairing, ref.pairing), n_test=cell.num_test)
     if c.ci_low is None:
         return c, "one seed: no interval"
     word = "better" if c.ci_low > 0 else "worse" if c.ci_high < 0 else "no difference shown"
