@@ -438,3 +438,10 @@ def test_attention_picture_title_fits(tmp_path) -> None:
     assert " ".join(fig.get_suptitle().split()) == title  # wrapped, not cut
     save(fig, tmp_path / "attention.png")
     assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_report_says_what_repeats_and_what_drifts(made) -> None:
+    """The report, like the README, says its numbers are one machine's: bit for bit on the same CPU model, moving
+    within their intervals on another."""
+    md = (made["reports"] / "tables.md").read_text()
+    assert build.REPEATABLE in md and "bit for bit" in build.REPEATABLE and "another CPU" in build.REPEATABLE

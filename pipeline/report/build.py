@@ -100,6 +100,13 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
     return {"rows": rows, "summary": summary}
 
 
+REPEATABLE = (
+    "These numbers are this machine's: the same commit and settings on the same CPU model, thread count and torch "
+    "build give them again bit for bit; on another CPU the arithmetic rounds differently and the means move, "
+    'within their intervals (docs/report.md, "Exactly repeatable, and what drifts").'
+)
+
+
 def _header(prov: dict[str, Any]) -> list[str]:
     git, hw = prov["git"], prov["hardware"]
     return [
@@ -109,6 +116,8 @@ def _header(prov: dict[str, Any]) -> list[str]:
         f"{' (uncommitted changes)' if git['dirty'] else ''} on {hw['host']} "
         f"({hw['cpu_count']} CPUs, GPUs: {', '.join(hw['gpus']) or 'none'}). "
         "Full provenance: `provenance.json`.",
+        "",
+        REPEATABLE,
         "",
     ]
 
