@@ -110,6 +110,7 @@ def method_result(
     top1 = {s: u.metrics["test_top1"] for s, u in units.items()}
     speeds = [u.metrics.get("train_images_per_s_per_device") for u in units.values()]
     first = next(iter(units.values())).metrics
+    num_test = min(u.num_test for u in units.values())
     return MethodResult(
         method=method,
         label=cfg.label,
@@ -124,9 +125,9 @@ def method_result(
         params=first["params"],
         flops=first.get("flops_per_image"),
         speed=None if None in speeds else round(sum(speeds) / len(speeds), 1),
-        num_test=min(u.num_test for u in units.values()),
+        num_test=num_test,
         spec=next(iter(units.values())).spec,
-        plateau=_plateau(curves, min(u.num_test for u in units.values())),
+        plateau=_plateau(curves, num_test),
     )
 
 
@@ -170,17 +171,19 @@ def comparisons(
     size_off = {r.method: "; ".join(dict.fromkeys(gaps.get(ours.method, []) + gaps.get(r.method, []))) for r in others}
     claimed = {r.method: _claims(params, r, column if not size_off[r.method] else None) for r in others}
     adjusted: dict[tuple[str, str], float | None] = {}
+    size: dict[str, int] = {}  # claims version -> the gains in its family
     for v in dict.fromkeys(v for cl in claimed.values() for v in cl):
         family = [m for m in comps if v in claimed[m]]
         adjusted |= {(m, v): p for m, p in zip(family, holm([comps[m].p_value for m in family]), strict=True)}
+        size[v] = len(family)
     out = []
     for r in others:
         c, m = comps[r.method], r.method
         boot = bootstrap(c, ours.top1, r.top1)
         caveats = _caveats(ours, r, c, boot)
         verdicts = {
-            v: verdict(c, g, a=ours.top1, b=r.top1, p_adjusted=adjusted[(m, v)],
-                       family=sum(v in cl for cl in claimed.values()), num_classes=classes, caveats=caveats)
+            v: verdict(c, g, a=ours.top1, b=r.top1, p_adjusted=adjusted[(m, v)], family=size[v],
+                       num_classes=classes, caveats=caveats)
             for v, g in claimed[m].items()
         }  # fmt: skip
         out.append(ComparisonResult(ours, r, c, boot, claimed[m], verdicts, size_off[m] if column else ""))
@@ -341,7 +344,7 @@ def track_summary(t: TrackRecord) -> dict[str, Any]:
             "size_not_tested_because": c.size_off or None,
             "verdict": _per_version(c, "label"),
             "word": _per_version(c, "word"),
-            "p_holm": {v or "gain": rounded(x.p_adjusted, 5) for v, x in c.verdicts.items()},
+            "p_holm": {v: rounded(p, 5) for v, p in _per_version(c, "p_adjusted").items()},
             **{f: _per_version(c, f) for f in ("claimed_gain", "size_tested", "direction", "seeds_needed")},
             **{f: _per_version(c, f) for f in ("seeds_for_direction", "seeds_for_size", "family")},
         }
