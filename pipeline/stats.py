@@ -12,7 +12,8 @@ yields NaN: a zero standard error gives the interval [diff, diff] and p = 1 (dif
 ``bootstrap`` is the second view: a seeded percentile bootstrap over seeds of the gain and of the probability
 of improvement P(a > b) (Agarwal et al. 2021), the test set's error drawn into each resample. ``holm`` adjusts
 a family of p-values (Holm 1979); ``plateau`` says whether a learning curve had stopped rising; ``bound``
-whether an accuracy sits at the ceiling or at chance.
+whether an accuracy sits at the ceiling or at chance; ``tuning_curve`` is a search's expected best after k
+trials (Dodge et al. 2019) with a bootstrap band, and whether it had flattened.
 """
 
 from __future__ import annotations
@@ -355,3 +356,81 @@ def binomial_margin(p1: float, p2: float, n: int, z: float = Z) -> float:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     return z * sampling_se(p1, p2, n)
+
+
+# ---------------------------------------------------------------------------------------------- tuning curves
+
+
+@dataclass(frozen=True)
+class TuningCurve:
+    """The expected best of k trials, k = 1..n (``expected``), with its ``level`` band (``low``, ``high``),
+    from ``n`` trial scores (percent), and whether it had flattened at n (``flattened``)."""
+
+    n: int
+    expected: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    half: int  # ⌈n/2⌉: the budget the last doubling started from
+    gain: float | None  # expected[n] - expected[half]; None below 2 trials
+    margin: float | None  # the held-out margin the gain is held against
+    resamples: int
+    seed: int
+    level: float = LEVEL
+
+    @property
+    def flattened(self) -> bool | None:
+        """Doubling the trials from ⌈n/2⌉ to n gained no more than the held-out margin; None below 2 trials."""
+        return None if self.gain is None or self.margin is None else self.gain <= self.margin
+
+
+def _max_weights(n: int, ks: Sequence[int]) -> np.ndarray:
+    """(len(ks), n): the weight of the i-th smallest of n scores in the expected max of k draws with replacement,
+    (i/n)^k - ((i-1)/n)^k (Dodge et al. 2019, eq. 1)."""
+    i = np.arange(1, n + 1, dtype=float)
+    k = np.asarray(ks, dtype=float)[:, None]
+    return (i / n) ** k - ((i - 1) / n) ** k
+
+
+def expected_max(scores: Sequence[float], k: int) -> float:
+    """Dodge et al.'s expected best of ``k`` trials drawn with replacement from ``scores`` (their empirical
+    distribution): Σ_i v_(i) [(i/n)^k - ((i-1)/n)^k], v sorted ascending."""
+    v = np.sort(np.asarray(_check(scores, "expected_max"), float))
+    return float(_max_weights(len(v), [k])[0] @ v)
+
+
+def tuning_curve(
+    scores: Sequence[float],
+    n_val: int,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = LEVEL,
+) -> TuningCurve:
+    """``scores``: each trial's held-out top-1 (percent) on ``n_val`` images. The expected best after k = 1..n
+    trials (``expected_max``) with a seeded percentile bootstrap band (the trials resampled with replacement,
+    the curve recomputed on each resample); flattened when the expected best at n exceeds that at ⌈n/2⌉ by no
+    more than ``binomial_margin`` of the two on ``n_val`` images -- the margin a searched setting must beat to
+    be adopted (``pipeline.tune.decide``)."""
+    v = np.asarray(_check(scores, "tuning_curve"), float)
+    n, ks = len(v), list(range(1, len(v) + 1))
+    w = _max_weights(n, ks)
+    curve = w @ np.sort(v)
+    boot = np.sort(v[np.random.default_rng(seed).integers(0, n, (resamples, n))], axis=1) @ w.T
+    low, high = np.quantile(boot, [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0)
+    half = math.ceil(n / 2)
+    gain = margin = None
+    if n >= 2:
+        gain = float(curve[n - 1] - curve[half - 1])
+        margin = binomial_margin(float(curve[n - 1]), float(curve[half - 1]), n_val)
+    return TuningCurve(
+        n,
+        tuple(float(x) for x in curve),
+        tuple(float(x) for x in low),
+        tuple(float(x) for x in high),
+        half,
+        gain,
+        margin,
+        resamples,
+        seed,
+        level,
+    )

@@ -17,7 +17,7 @@ from pipeline import tracking, units
 from pipeline.config import Params, SearchDim, split_key
 from pipeline.spec import DataRef
 from pipeline.train.job import dataset_input
-from pipeline.train.worker import tune_trial
+from pipeline.train.worker import SESSION, tune_trial
 
 log = logging.getLogger("pipeline.tune")  # the search's lines, as its stage logs them
 
@@ -90,7 +90,9 @@ class SearchRecord:
                 tracking.finish(c, r.info.run_id, "FAILED")
 
 
-def make_trainable(params: Params, record: SearchRecord, uri: str):
+def make_trainable(params: Params, record: SearchRecord, uri: str, session: str):
+    """The trainable of one search, for this stage run (``session``: what its trials' results are marked with,
+    so a resumed search tells the trials it trained from those it kept)."""
     threads = params.compute.cpus_per_worker
 
     def trainable(config: dict[str, Any]) -> None:
@@ -99,7 +101,7 @@ def make_trainable(params: Params, record: SearchRecord, uri: str):
         c = tracking.client(uri)
         run_id = record.trial_run(c, tune.get_context().get_trial_id(), chosen, {"unit": spec.model_dump()})
         try:
-            tune_trial(spec, threads, uri, run_id, params.compute.fast_path)  # ends the run at its last epoch
+            tune_trial(spec, threads, uri, run_id, params.compute.fast_path, session=session)  # ends the run
         except Exception as e:  # not ASHA's stop (SystemExit, or the process killed): the search reads Tune's error
             c.set_tag(run_id, "error", error_line(e))
             tracking.finish(c, run_id, "FAILED")
@@ -136,6 +138,8 @@ def trial_progress(method: str, dataset: str, planned: int, chosen_keys: list[st
             reached = (trial.last_result or {}).get("epoch", 0)
             if reached < planned:
                 log.info("%s stopped by ASHA after epoch %d of %d", name(trials, trial), reached, planned)
+            else:
+                log.info("%s finished its %d epochs", name(trials, trial), planned)
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
             err = trial.get_pickled_error() or trial.get_error()
@@ -181,10 +185,12 @@ def trial_status(error: str | None, epochs_reached: int, planned: int) -> tuple[
 
 
 def trials_of(grid, space: dict[str, SearchDim]) -> list[dict[str, Any]]:
-    """Every trial's Tune id, configuration, held-out top-1 per epoch and error (one line; ``error_detail``:
-    Ray's full text), from Tune's results. A trial that reported nothing without an error counts as failed."""
+    """Every trial's Tune id, configuration, held-out top-1 per epoch, error (one line; ``error_detail``: Ray's
+    full text), seconds trained (``time_s``: Tune's ``time_total_s``) and the stage run that trained it
+    (``session``), from Tune's results, in the order the trials were created. A trial that reported nothing
+    without an error counts as failed."""
     out = []
-    for r in grid:
+    for r in sorted(grid, key=lambda r: _creation_order((r.metrics or {}).get("experiment_tag"))):
         df = r.metrics_dataframe
         if df is not None and METRIC in df:
             hist = [float(v) for v in df.sort_values("training_iteration")[METRIC]]
@@ -200,6 +206,15 @@ def trials_of(grid, space: dict[str, SearchDim]) -> list[dict[str, Any]]:
                 METRIC: hist[-1] if hist else None,
                 "error": error,
                 "error_detail": _ANSI.sub("", str(r.error))[-4000:] if r.error else None,
+                "time_s": float((r.metrics or {}).get("time_total_s") or 0.0),
+                "session": (r.metrics or {}).get(SESSION),
             }
         )
     return out
+
+
+def _creation_order(tag: str | None) -> tuple[int, str]:
+    """A trial's ``experiment_tag`` starts with its creation index (``3_train_lr=0.1``); a trial that reported
+    nothing has none and comes last."""
+    head = (tag or "").partition("_")[0]
+    return (int(head), "") if head.isdigit() else (1 << 30, tag or "")

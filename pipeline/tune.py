@@ -1,4 +1,5 @@
-"""The search track: seeded random search with ASHA early stopping (Ray Tune), the same for every method.
+"""The search track: a seeded search (``tune.searcher``: random, or Optuna's TPE) with ASHA early stopping (Ray
+Tune), the same for every method.
 
 Every searched method gets the same budget -- ``tune.num_samples`` trials of up to ``tune.epochs`` epochs --
 over the same recipe space (``tune.space``: lr, weight decay), plus its own architecture choices
@@ -25,7 +26,9 @@ stage exits 1 naming the trial and its error; the parent run is FAILED) unless `
 ``exclude``: then it stays recorded FAILED, is left out of the decision, and tune.json lists it under
 ``excluded``. A search that ends this way is cached under its content key in the run storage: a rerun with
 unchanged inputs reuses it (a search that failed is never cached, and one that excluded crashed trials is not
-reused under ``fail``).
+reused under ``fail``). A search interrupted before it finished is restored from Tune's state in the run
+storage (``Tuner.restore``): the trials it had ended are kept, and ASHA's rungs rebuilt from them
+(``ResumableASHA``); its record says how many trials were kept, and what every search consumed (``consumed``).
 """
 
 from __future__ import annotations
@@ -33,15 +36,20 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
 
 from pipeline import tracking, units
 from pipeline.compute import check_workers_before_start, keep_credentials_out_of_trials, ray_session, storage_path
@@ -55,6 +63,7 @@ from pipeline.spec import DataRef, data_ref, shared
 from pipeline.stats import binomial_margin, near_chance
 from pipeline.train.job import dataset_input
 from pipeline.train.store import KeyedStore
+from pipeline.train.worker import HISTORY
 from pipeline.trials import (
     METRIC,
     SearchRecord,
@@ -156,12 +165,15 @@ def search(
     params: Params, method: str, data: DataRef, key: str, exp: str, c, uri: str, *, n_val: int, also: list[str]
 ) -> dict[str, Any]:
     """Run the ASHA search for one method (and for the methods ``also``, whose search it is as well: one
-    network, recipe and space); return its trials and the adoption decision."""
+    network, recipe and space), or resume it where an interrupted stage left it; return its trials, the
+    budget it consumed and the adoption decision."""
     t = params.tune
     space = t.space_of(method)
     record = _open_search(params, method, data, key, exp, c, also)
+    session, t0 = uuid.uuid4().hex, time.time()
     try:
-        grid = _tuner(params, record, uri, space).fit()
+        tuner, resumed = _tuner_or_restored(params, record, uri, space, session)
+        grid = tuner.fit()
     except BaseException:
         tracking.finish(c, record.parent, "FAILED")
         raise
@@ -178,6 +190,11 @@ def search(
         "trials": trials,
         "excluded": [{k: tr[k] for k in ("trial_id", "config", "error")} for tr in crashed],
         "budget": {"trials": t.num_samples, "epochs_per_trial": t.epochs, "space": list(space)},
+        "searcher": t.searcher,
+        "consumed": consumed(trials, devices=_per_trial(params)),
+        "wall_s": round(time.time() - t0, 1),  # this stage run's part (a resumed search: since it resumed)
+        "resumed": _kept(trials, session) if resumed else None,
+        "side_by_side": _concurrent_trials(t, _per_trial(params)),  # trials at a time
         "val_images": n_val,
         "mlflow_parent_run": record.parent,
         "key": key,
@@ -209,35 +226,101 @@ def _open_search(params: Params, method: str, data: DataRef, key: str, exp: str,
     return SearchRecord(exp, parent, key, method, data, recipe, source)
 
 
-def _tuner(params: Params, record: SearchRecord, uri: str, space: dict[str, SearchDim]) -> tune.Tuner:
-    """Seeded random search with ASHA, the recipe as its first trial, as many trials side by side as fit."""
-    t, data = params.tune, record.dataset
+def _per_trial(params: Params) -> dict[str, int]:
+    """What one trial holds: ``compute.cpus_per_worker`` CPUs, or one GPU where the search uses GPUs."""
     use_gpu = params.compute.use_gpu is True or (
         params.compute.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0
     )
-    per_trial = {"cpu": params.compute.cpus_per_worker, "gpu": 1 if use_gpu else 0}
+    return {"cpu": params.compute.cpus_per_worker, "gpu": 1 if use_gpu else 0}
+
+
+def consumed(trials: list[dict[str, Any]], *, devices: dict[str, int]) -> dict[str, Any]:
+    """The budget a search used: trials run, epochs trained over all trials (after ASHA's stops) and
+    device-seconds (each trial's seconds times the GPUs, else the CPUs, it held; a restored trial's seconds are
+    those of the run that trained it)."""
+    device, count = ("GPU", devices["gpu"]) if devices["gpu"] else ("CPU", devices["cpu"])
+    return {
+        "trials": len(trials),
+        "trial_epochs": sum(tr["epochs"] for tr in trials),
+        "device_seconds": round(count * math.fsum(tr["time_s"] for tr in trials), 1),
+        "device": device,
+    }
+
+
+def _kept(trials: list[dict[str, Any]], session: str) -> dict[str, int]:
+    """Of a resumed search's trials: those kept from the interrupted run, and those this run trained."""
+    here = sum(1 for tr in trials if tr["session"] == session)
+    return {"kept": len(trials) - here, "trained": here}
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rungs a restored search rebuilds from the trials it kept. Ray does not restore a scheduler's
+    state with its experiment (ray-project/ray#30838): the restored ASHA starts with empty rungs, so the trials
+    after the interruption would be held against none of the trials before it, and fewer stopped. Each kept
+    (finished or stopped) trial's held-out top-1 after every epoch (its ``HISTORY``) is replayed into its
+    bracket, as the uninterrupted search recorded it; trials that were running restart from epoch 1 and record
+    their rungs as they reach them."""
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        history = (trial.last_result or {}).get(HISTORY)
+        if trial.status == trial.TERMINATED and history:
+            bracket = self._trial_info[trial.trial_id]
+            for epoch, value in enumerate(history, 1):
+                bracket.on_result(trial, epoch, self._metric_op * value)
+
+
+def _searcher(t: TuneCfg, recipe: dict[str, Any], concurrent: int):
+    """The search algorithm: seeded, the recipe its first point (one of the ``num_samples`` trials), at most
+    ``concurrent`` trials at a time. random: Ray's seeded random search. tpe: Optuna's TPE (its first
+    ``tpe_startup_trials`` trials random; ``constant_liar``: a trial still running counts as a poor result, so
+    side-by-side suggestions spread instead of repeating one point)."""
+    if t.searcher == "random":  # its concurrency limit must live here (TuneConfig's ignores generators)
+        return BasicVariantGenerator(points_to_evaluate=[recipe], max_concurrent=concurrent, random_state=t.seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study: the pipeline logs its own
+    sampler = optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=t.tpe_startup_trials, constant_liar=True)
+    return ConcurrencyLimiter(OptunaSearch(points_to_evaluate=[recipe], sampler=sampler), max_concurrent=concurrent)
+
+
+def _tuner_or_restored(
+    params: Params, record: SearchRecord, uri: str, space: dict[str, SearchDim], session: str
+) -> tuple[tune.Tuner, bool]:
+    """The search's Tuner, and whether it is an interrupted one restored (``Tuner.restore``: the trials Tune
+    recorded as ended -- finished, stopped by ASHA or crashed -- are kept, crashed ones trained again; those
+    that were running restart; the searcher continues from its saved state; ``ResumableASHA`` its rungs).
+    The search's directory is named by its content key, so only the same search is ever restored."""
+    per_trial = _per_trial(params)
     keep_credentials_out_of_trials()
     # Tune's new console output prints a configuration box, the results path and a TensorBoard hint for every
     # search whatever `verbose` says; the legacy reporter honours verbose=0. The pipeline prints its own lines.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    trainable = tune.with_resources(make_trainable(params, record, uri, session), per_trial)
+    name = f"{record.dataset.name}-tune-{record.method}-{record.key}"
+    path = f"{storage_path(params.compute).rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(path):
+        log.info("tune@%s: %s: resuming the interrupted search (%s)", record.dataset.name, record.method, path)
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True), True
+    return _tuner(params, record, trainable, space, name, per_trial), False
+
+
+def _tuner(
+    params: Params, record: SearchRecord, trainable, space: dict[str, SearchDim], name: str, per_trial: dict[str, int]
+) -> tune.Tuner:
+    """The search (``tune.searcher``) with ASHA, the recipe as its first trial, as many trials side by side as
+    fit."""
+    t, data = params.tune, record.dataset
     return tune.Tuner(
-        tune.with_resources(make_trainable(params, record, uri), per_trial),
+        trainable,
         param_space=_space(space),
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode="max",
             num_samples=t.num_samples,
-            scheduler=ASHAScheduler(max_t=t.epochs, grace_period=t.grace_period, reduction_factor=t.reduction_factor),
-            # seeded random search, the recipe first (it takes one of the num_samples trials); the concurrency
-            # limit must live here (TuneConfig's ignores generators)
-            search_alg=BasicVariantGenerator(
-                points_to_evaluate=[record.recipe],
-                max_concurrent=_concurrent_trials(t, per_trial),
-                random_state=t.seed,
-            ),
+            scheduler=ResumableASHA(max_t=t.epochs, grace_period=t.grace_period, reduction_factor=t.reduction_factor),
+            search_alg=_searcher(t, record.recipe, _concurrent_trials(t, per_trial)),
         ),
         run_config=tune.RunConfig(
-            name=f"{data.name}-tune-{record.method}-{record.key}",
+            name=name,
             storage_path=storage_path(params.compute),
             verbose=0,
             callbacks=[trial_progress(record.method, data.name, t.epochs, list(space), t.num_samples)],

@@ -135,8 +135,10 @@ def trial(params: Params, method: str, data: DataRef, chosen: Mapping[str, Any])
 
 def search_key(params: Params, method: str, data: DataRef) -> str:
     """Content key of one method's search: its base unit (the trial at the recipe), its budget and space, and
-    the search's code (not ``on_trial_error``, which decides only what a crash does)."""
-    t = params.tune.model_dump(exclude={"methods", "allow_unequal", "arch_space", "on_trial_error"})
+    the search's code (not ``on_trial_error``, which decides only what a crash does, nor TPE's start-up under
+    random search)."""
+    unused = {"tpe_startup_trials"} if params.tune.searcher == "random" else set()
+    t = params.tune.model_dump(exclude={"methods", "allow_unequal", "arch_space", "on_trial_error", *unused})
     space = {k: d.model_dump() for k, d in params.tune.space_of(method).items()}
     return config_hash(trial(params, method, data, {}).identity(), t, space, code_digest(SEARCH_CODE))
 

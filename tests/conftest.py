@@ -23,6 +23,17 @@ def pipeline_logging() -> None:
     setup_logging()
 
 
+@pytest.fixture(scope="session")
+def search_data(tmp_path_factory) -> Path:
+    """An embedded data set of 200 train / 20 test images for real searches (tests/test_tune_trials.py,
+    tests/test_search_resume.py), made once per session."""
+    d = tmp_path_factory.mktemp("search-data")
+    cfg = EmbeddedDataCfg(kind="embedded", fetch=EmbeddedFetchCfg(seed=3, num_train=200, num_test=20))
+    fetch_dataset("embedded", cfg, d / "raw")
+    preprocess_dataset(d / "raw", d / "proc")
+    return d / "proc"
+
+
 @pytest.fixture
 def processed(tmp_path: Path) -> Path:
     """A tiny embedded data set (60 train / 20 test images), fetched and preprocessed for real."""

@@ -27,8 +27,16 @@ TINY: dict[str, Any] = {
     "grid": {"datasets": ["embedded"], "methods": ["resnet", "attn_resnet", "no_attention"], "seeds": [0, 1]},
     "datasets": {"embedded": {"fetch": {"seed": 0, "num_train": 1200, "num_test": 400, "clutter": 4, "noise": 0.08}}},
     "train": {"epochs": 2},
-    # the search track on: every method searched with the same budget (the recipe is the first trial)
-    "tune": {"methods": "all", "num_samples": 2, "epochs": 2, "grace_period": 1},
+    # the search track on: every method searched with the same budget (the recipe is the first trial), by TPE
+    # (random search runs in tests/test_tune_trials.py and tests/test_search_resume.py)
+    "tune": {
+        "methods": "all",
+        "num_samples": 2,
+        "epochs": 2,
+        "grace_period": 1,
+        "searcher": "tpe",
+        "tpe_startup_trials": 1,
+    },
     # one worker per unit: on 2 cores the grid then trains as two jobs side by side (compute.concurrency: auto)
     "compute": {"num_workers": 1},
 }

@@ -128,6 +128,34 @@ def test_searches_are_equal_and_start_from_the_recipe(project) -> None:
     assert tuned["resnet"]["recipe"] == {"train.lr": shipped["lr"], "train.weight_decay": shipped["weight_decay"]}
 
 
+def test_the_searches_show_their_budget_and_tuning_curves(project) -> None:
+    """TPE at the same budget for every search; what each consumed is the sum over its trials as Tune recorded
+    them; the report's tuning curve per search is Dodge et al.'s estimator over the trials' last held-out top-1,
+    with a sentence per search, a figure, and the curve in summary.json and the MLflow report run."""
+    proj, _ = project
+    tuned = json.loads((proj / "results/embedded/tune.json").read_text())["methods"]
+    summary = json.loads((proj / "reports" / "summary.json").read_text())["embedded"]["search"]
+    md = (proj / "reports" / "tables.md").read_text()
+    assert set(summary) == {"resnet", "attn_resnet"}  # no_attention's search is resnet's
+    for m, s in summary.items():
+        r = tuned[m]
+        assert r["searcher"] == s["searcher"] == "tpe" and r["resumed"] is None
+        assert r["consumed"]["trials"] == s["consumed_trials"] == TINY["tune"]["num_samples"]
+        assert s["consumed_trial_epochs"] == sum(len(tr["history"]) for tr in r["trials"]) <= s["budget_trial_epochs"]
+        assert s["device_seconds"] == pytest.approx(sum(tr["time_s"] for tr in r["trials"]), abs=0.2)
+        assert s["device_seconds"] > 0 and s["device"] == "CPU"
+        last = sorted(tr["history"][-1] for tr in r["trials"])
+        n = len(last)
+        dodge = sum(v * ((i + 1) ** n - i**n) / n**n for i, v in enumerate(last))  # Dodge et al.'s eq. 1 at k = n
+        assert s["expected_best"][-1] == pytest.approx(dodge)
+        assert s["expected_best"][0] == pytest.approx(sum(last) / n)
+        label = {"resnet": "ResNet = CNN without attention", "attn_resnet": "Attention CNN (ours)"}[m]
+        word = "AT CHANCE" if s["at_chance"] else f"{'flattened' if s['flattened'] else 'still climbing'} at {n} trials"
+        assert f"- **{label}** (tpe): **{word}**" in md
+    assert "![tuning curves on embedded](figures/tuning-embedded.png)" in md
+    assert (proj / "reports" / "figures" / "tuning-embedded.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_dvc_metrics_plots_and_experiments(project) -> None:
     proj, _ = project
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], proj).stdout)
@@ -273,6 +301,11 @@ def test_mlflow_records(project) -> None:
         )
     assert summary["ours_vs_no_attention"]["size_tested"] == {"gain": False}  # the embedded set: direction only
     assert {a.path for a in c.list_artifacts(report.info.run_id)} >= {"tables.md", "tables.csv", "summary.json"}
+    searched = json.loads((proj / "reports" / "summary.json").read_text())["embedded"]["search"]["attn_resnet"]
+    curve = c.get_metric_history(report.info.run_id, "search.attn_resnet.expected_best")
+    curve.sort(key=lambda m: m.step)
+    assert [m.step for m in curve] == list(range(1, len(searched["expected_best"]) + 1))
+    assert [m.value for m in curve] == pytest.approx(searched["expected_best"])
 
 
 def test_second_repro_does_nothing(project) -> None:

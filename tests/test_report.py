@@ -15,6 +15,7 @@ from pipeline.data.fetch import fetch_dataset
 from pipeline.data.manifest import Manifest
 from pipeline.data.preprocess import preprocess_dataset
 from pipeline.records import RowEval
+from pipeline.report import search
 from pipeline.report.build import dataset_report, paper_setting
 from pipeline.report.markdown import (
     MAIN_ROWS,
@@ -27,6 +28,7 @@ from pipeline.report.markdown import (
 )
 from pipeline.report.page import _cells, markdown_to_html
 from pipeline.report.record import BENCHMARK, comparisons, method_result, paired
+from pipeline.report.runs import _report_run_fields
 from pipeline.settings import validate_params
 from tests.archives import cifar10_archive
 from tests.servers import file_server
@@ -238,3 +240,67 @@ def test_each_gated_baseline_is_shown_against_its_own_backbone(raw_params) -> No
     rules = gate_rules(params, specs)
     assert "SE-ResNet C/16 rounded to a multiple of 8, at least 8 (timm's rule)" in rules and "; ResNet" not in rules
     assert rules.startswith(" Channel-gate widths: SE-ResNet ")
+
+
+def _search(key: str, scores: list[float], *, searcher: str = "random", shared_with: str | None = None) -> dict:
+    trials = [{"history": [s - 5.0, s], "error": None, "epochs": 2, "at_chance": False} for s in scores]
+    trials.append({"history": [], "error": "RuntimeError: boom", "epochs": 0, "at_chance": False})
+    return {
+        "key": key,
+        "trials": trials,
+        "val_images": 2000,
+        "searcher": searcher,
+        "budget": {"trials": len(trials), "epochs_per_trial": 2, "space": ["train.lr"]},
+        "consumed": {"trials": len(trials), "trial_epochs": 2 * len(scores), "device_seconds": 12.0, "device": "CPU"},
+        "wall_s": 30.0,
+        "resumed": {"kept": 3, "trained": 6},
+        "side_by_side": 2,
+        "adopted": False,
+        "chosen": {},
+        "best": None,
+        "reason": "r",
+        "recipe_val_top1": scores[0],
+        **({"shared_with": shared_with} if shared_with else {}),
+    }
+
+
+def test_tuning_curves_say_whether_each_searchs_budget_sufficed(params) -> None:
+    """One curve per search (methods sharing a search share it), crashed trials left out of the curve but in
+    the budget consumed; the sentence follows the rule; summary.json and the MLflow report run carry the curve."""
+    climbing = [20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
+    flat = [80.0, 80.5, 79.5, 80.2, 80.1, 79.9, 80.3, 80.0]
+    tuned = {
+        "resnet": _search("k1", flat),
+        "no_attention": _search("k1", flat, shared_with="resnet"),
+        "attn_resnet": _search("k2", climbing, searcher="tpe"),
+        "densenet_bc": _search("k3", [10.0, 11.0, 9.0, 12.0]),
+    }
+    for tr in tuned["densenet_bc"]["trials"]:
+        tr["at_chance"] = True
+    curves = search.curves_of(params, tuned)
+    assert [s.methods for s in curves] == [("resnet", "no_attention"), ("densenet_bc",), ("attn_resnet",)]
+    dense = search.verdict_sentence(params, curves[1])
+    assert "**AT CHANCE**: none of its 4 trials left chance in 2 epochs" in dense and "flattened" not in dense
+    assert search.search_summary(curves)["densenet_bc"]["flattened"] is None
+    curves = [curves[0], curves[2]]
+    del tuned["densenet_bc"]
+    assert curves[1].scores == tuple(climbing) and curves[1].best_so_far == climbing  # the crash left out
+    text = "\n".join(search.curve_lines(params, "embedded", curves))
+    assert "- **ResNet = CNN without attention** (random): **flattened at 8 trials**: the last doubling (4 -> 8" in text
+    assert "- **Attention CNN (ours)** (tpe): **still climbing at 8 trials**" in text
+    assert search.FLAT_RULE in text and search.BAND in text
+    assert "after at most 2 epochs of the recipe's 14 (the schedule compressed)" in text
+    outcome = "\n".join(search.outcome_lines(params, tuned, 10))
+    assert "9 trials x 2 epochs over train.lr (at most 18 trial-epochs; random)" in outcome
+    kept = "9 trials, 16 trial-epochs, 12 CPU-s (resumed: 3 trials kept from the interrupted run; with 2 trials"
+    assert kept in outcome
+    assert "side by side its ASHA stops depended on which trial reported first" in outcome
+    assert "**NOT SEARCHED**" in outcome  # densenet_bc
+    summary = search.search_summary(curves)
+    assert summary["attn_resnet"]["flattened"] is False and summary["resnet"]["flattened"] is True
+    assert summary["attn_resnet"]["expected_best"] == list(curves[1].curve.expected)
+    tags, metrics = _report_run_fields({BENCHMARK: {}, search.SEARCH: summary})
+    steps = [(step, v) for k, v, step in metrics if k == "search.attn_resnet.expected_best"]
+    assert steps == list(enumerate(curves[1].curve.expected, 1))
+    assert ("search.resnet.flattened", "True") in tags and ("search.resnet.searcher", "random") in tags
+    assert ("search.resnet.consumed_trial_epochs", 16.0, 0) in metrics

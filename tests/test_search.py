@@ -9,6 +9,8 @@ import signal
 import sys
 
 import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler
 
 from pipeline import tracking
 from pipeline.cli import run_stage
@@ -16,8 +18,9 @@ from pipeline.config import TrainCfg, TuneCfg
 from pipeline.settings import validate_params
 from pipeline.spec import DataRef
 from pipeline.stats import binomial_margin
-from pipeline.trials import SearchRecord, error_line, trial_status
-from pipeline.tune import SearchError, _reusable, decide, recipe_point
+from pipeline.train.worker import HISTORY
+from pipeline.trials import METRIC, SearchRecord, error_line, trial_status
+from pipeline.tune import ResumableASHA, SearchError, _kept, _reusable, consumed, decide, recipe_point
 from pipeline.units import compressed
 
 RECIPE = {"train.lr": 0.1, "train.weight_decay": 1e-4}
@@ -166,3 +169,71 @@ def test_a_failed_search_fails_its_stage_with_one_message(monkeypatch, capsys) -
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: tune@embedded: 1 of 2 search trials") and "Traceback" not in err
+
+
+def _rungs(sched) -> list[tuple[float, dict[str, float]]]:
+    return [(milestone, dict(recorded)) for b in sched._brackets for milestone, recorded in b._rungs]
+
+
+def test_a_restored_search_rebuilds_ashas_rungs_from_the_trials_it_kept() -> None:
+    """Ray does not save a scheduler's state (ray-project/ray#30838): ``ResumableASHA`` replays each kept trial's
+    per-epoch history, so a restored search's rungs are the uninterrupted search's, and the next trial is
+    stopped as it would have been. Plain ASHA restored holds it against nothing."""
+    histories = {"a": [50.0, 60.0, 70.0, 75.0], "b": [40.0], "c": [55.0, 65.0], "d": [45.0]}
+
+    def live(sched) -> None:  # the uninterrupted search: every epoch reported as it was trained
+        for tid, hist in histories.items():
+            t = Trial("__fake", config={}, stub=True, trial_id=tid)
+            sched.on_trial_add(None, t)
+            for epoch, v in enumerate(hist, 1):
+                sched.on_trial_result(None, t, {"training_iteration": epoch, METRIC: v})
+            sched.on_trial_complete(None, t, {"training_iteration": len(hist), METRIC: hist[-1]})
+
+    def restored(sched) -> None:  # Tuner.restore: the kept trials added back TERMINATED with their last result
+        for tid, hist in histories.items():
+            t = Trial("__fake", config={}, stub=True, trial_id=tid)
+            t.update_last_result({"training_iteration": len(hist), METRIC: hist[-1], HISTORY: hist})
+            t.set_status(Trial.TERMINATED)
+            sched.on_trial_add(None, t)
+
+    def asha(cls):
+        return cls(metric=METRIC, mode="max", max_t=4, grace_period=1, reduction_factor=2)
+
+    uninterrupted, resumed, plain = asha(ResumableASHA), asha(ResumableASHA), asha(ASHAScheduler)
+    live(uninterrupted)
+    restored(resumed)
+    restored(plain)
+    assert _rungs(resumed) == _rungs(uninterrupted)
+    assert any(recorded for _, recorded in _rungs(uninterrupted))
+    nxt = Trial("__fake", config={}, stub=True, trial_id="e")  # the first trial after the interruption
+    decisions = []
+    for sched in (uninterrupted, resumed, plain):
+        sched.on_trial_add(None, nxt)
+        decisions.append(sched.on_trial_result(None, nxt, {"training_iteration": 1, METRIC: 42.0}))
+    assert decisions == ["STOP", "STOP", "CONTINUE"]
+
+
+def test_the_budget_consumed_and_what_a_resumed_search_kept() -> None:
+    trials = [
+        {"epochs": 4, "time_s": 10.0, "session": "old"},
+        {"epochs": 1, "time_s": 2.5, "session": "old"},
+        {"epochs": 2, "time_s": 5.0, "session": "new"},
+    ]
+    assert consumed(trials, devices={"cpu": 2, "gpu": 0}) == {
+        "trials": 3,
+        "trial_epochs": 7,
+        "device_seconds": 35.0,
+        "device": "CPU",
+    }
+    assert consumed(trials, devices={"cpu": 2, "gpu": 1})["device_seconds"] == 17.5
+    assert consumed(trials, devices={"cpu": 2, "gpu": 1})["device"] == "GPU"
+    assert _kept(trials, "new") == {"kept": 2, "trained": 1}
+
+
+def test_tpe_needs_trials_after_its_random_start() -> None:
+    TuneCfg(searcher="tpe", num_samples=8, tpe_startup_trials=3)
+    TuneCfg(searcher="random", num_samples=2, tpe_startup_trials=3)  # unused under random search
+    with pytest.raises(ValueError, match=r"tpe_startup_trials=8 must be < num_samples=8"):
+        TuneCfg(searcher="tpe", num_samples=8, tpe_startup_trials=8)
+    with pytest.raises(ValueError, match="searcher"):
+        TuneCfg(searcher="grid")

@@ -18,12 +18,14 @@ from pipeline.stats import (
     bootstrap,
     chance_level,
     compare,
+    expected_max,
     format_diff,
     holm,
     near_chance,
     plateau,
     sampling_se,
     summarize,
+    tuning_curve,
 )
 from pipeline.verdicts import (
     RULES,
@@ -498,3 +500,42 @@ def test_binomial_margin_by_hand() -> None:
     # 1.0 * 100 * sqrt(2 * 0.25 / 100) = 100 * 0.0707107 = 7.07107
     assert binomial_margin(50.0, 50.0, 100, z=1.0) == pytest.approx(7.071068, abs=1e-6)
     assert binomial_margin(100.0, 0.0, 50) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- tuning curves
+
+
+def _brute_expected_max(scores: list[float], k: int) -> float:
+    """The mean of max over every ordered k-tuple drawn with replacement: the definition, enumerated."""
+    import itertools
+
+    tuples = list(itertools.product(scores, repeat=k))
+    return sum(max(t) for t in tuples) / len(tuples)
+
+
+@pytest.mark.parametrize("scores", [[50.0, 60.0, 55.0], [10.0, 10.0, 90.0, 40.0], [70.0]])
+def test_expected_max_is_dodges_estimator(scores: list[float]) -> None:
+    for k in range(1, 5):
+        assert expected_max(scores, k) == pytest.approx(_brute_expected_max(scores, k), abs=1e-9)
+    assert expected_max(scores, 1) == pytest.approx(sum(scores) / len(scores))
+
+
+def test_tuning_curve_band_and_the_flattened_rule() -> None:
+    climbing = [20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
+    c = tuning_curve(climbing, n_val=2000)
+    assert c.n == 8 and c.half == 4
+    assert list(c.expected) == sorted(c.expected)  # more trials never lower the expected best
+    assert c.expected == tuple(expected_max(climbing, k) for k in range(1, 9))
+    assert all(lo <= hi for lo, hi in zip(c.low, c.high, strict=True)) and max(c.high) <= max(climbing)
+    assert c.gain == pytest.approx(c.expected[7] - c.expected[3])
+    assert c.margin == pytest.approx(binomial_margin(c.expected[7], c.expected[3], 2000))
+    assert c.flattened is False  # +7 points from 4 to 8 trials on 2,000 images: beyond the noise
+    assert tuning_curve(climbing, n_val=2000) == c  # seeded
+    # the same spread on 20 held-out images is within their noise: flattened
+    assert tuning_curve(climbing, n_val=20).flattened is True
+    flat = tuning_curve([80.0, 80.5, 79.5, 80.2, 80.1, 79.9, 80.3, 80.0], n_val=1000)
+    assert flat.flattened is True and flat.gain < flat.margin
+    one = tuning_curve([55.0], n_val=100)
+    assert one.flattened is None and one.gain is None and one.expected == (55.0,)
+    with pytest.raises(ValueError, match="no values"):
+        tuning_curve([], n_val=100)

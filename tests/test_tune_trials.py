@@ -18,9 +18,6 @@ import pytest
 
 from pipeline import tracking
 from pipeline.compute import ray_session, storage_path
-from pipeline.config import EmbeddedDataCfg, EmbeddedFetchCfg
-from pipeline.data.fetch import fetch_dataset
-from pipeline.data.preprocess import preprocess_dataset
 from pipeline.settings import validate_params
 from pipeline.spec import data_ref
 from pipeline.trials import trial_status
@@ -32,13 +29,9 @@ pytestmark = pytest.mark.slow
 EPOCHS = 2
 
 
-@pytest.fixture(scope="module")
-def processed(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    cfg = EmbeddedDataCfg(kind="embedded", fetch=EmbeddedFetchCfg(seed=3, num_train=200, num_test=20))
-    fetch_dataset("embedded", cfg, d / "raw")
-    preprocess_dataset(d / "raw", d / "proc")
-    return d / "proc"
+@pytest.fixture
+def processed(search_data):
+    return search_data
 
 
 @pytest.fixture

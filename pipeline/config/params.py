@@ -172,6 +172,10 @@ class TuneCfg(Frozen):
     val_fraction: Annotated[Float, Field(gt=0, lt=1)] = 0.2
     train_subset: PosInt | None = None  # train on the first N of the non-validation images
     seed: Seed = 0
+    # random: seeded random search (Ray's BasicVariantGenerator); tpe: Optuna's Tree-structured Parzen Estimator
+    # (Ray Tune's OptunaSearch), seeded, its first tpe_startup_trials trials (the recipe's among them) random
+    searcher: Literal["random", "tpe"] = "random"
+    tpe_startup_trials: PosInt = 3
     space: dict[str, SearchDim] = {}
     arch_space: dict[Name, dict[str, SearchDim]] = {}
     # fail: a crashed trial fails the stage with its error; exclude: recorded FAILED (error tag), not in the decision
@@ -185,6 +189,12 @@ class TuneCfg(Frozen):
     def _grace(self) -> TuneCfg:
         if self.grace_period > self.epochs:
             raise ValueError(f"grace_period={self.grace_period} must be <= epochs={self.epochs}")
+        if self.searcher == "tpe" and self.tpe_startup_trials >= self.num_samples:
+            raise ValueError(
+                f"tpe_startup_trials={self.tpe_startup_trials} must be < num_samples={self.num_samples}: TPE models "
+                "only the trials after its random start-up, so with these settings every trial would be random "
+                "(set searcher: random, or more num_samples)"
+            )
         bad = [k for k in self.space if _section(k) != "train"]
         if bad:
             raise ValueError(

@@ -16,7 +16,7 @@ from pipeline import tracking
 from pipeline.config import Params
 from pipeline.io import write_json
 from pipeline.provenance import provenance
-from pipeline.report import figures, markdown, record
+from pipeline.report import figures, markdown, record, search
 from pipeline.report.page import markdown_to_html
 from pipeline.report.read import Inputs, read_inputs, read_study
 from pipeline.report.runs import log_report_runs
@@ -42,11 +42,15 @@ class Section:
 
     inputs: Inputs
     record: record.DatasetRecord
+    searches: list[search.SearchCurve]  # the searches' tuning curves; [] when no search ran
     text: str
 
     @property
     def summary(self) -> dict[str, Any]:
-        return record.summary(self.record)
+        out = record.summary(self.record)
+        if self.searches:
+            out[search.SEARCH] = search.search_summary(self.searches)
+        return out
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -59,7 +63,8 @@ def dataset_report(params: Params, dataset: str, results: Path, data_root: Path,
     rec = record.record_of(
         params, dataset, inputs.kind, inputs.manifest, inputs.rows, inputs.tuned, curves=inputs.curves, paper=paper
     )
-    return Section(inputs, rec, markdown.dataset_text(params, inputs, rec))
+    searches = search.curves_of(params, inputs.tuned)
+    return Section(inputs, rec, searches, markdown.dataset_text(params, inputs, rec, searches))
 
 
 def make_report(params: Params, results_dir: str | Path, data_root: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -76,7 +81,10 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
         tmp = Path(tmp_s)
         (tmp / "figures" / "confusion").mkdir(parents=True)
         fig_dir = tmp / "figures"
-        texts = ["\n".join([s.text, *figures.write_figures(params, s.inputs, fig_dir)]) for s in sections.values()]
+        texts = [
+            "\n".join([s.text, *figures.write_figures(params, s.inputs, s.searches, fig_dir)])
+            for s in sections.values()
+        ]
         study_text, study_summary = study_section(read_study(params, results), fig_dir)
         md = "\n".join(_header(prov) + texts + study_text)
         (tmp / "tables.md").write_text(md)

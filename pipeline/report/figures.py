@@ -1,7 +1,8 @@
 """The report's pictures (``reports/figures/``, also DVC image plots, in the order ``dvc plots show`` sorts
 them): ``curves-<d>.png``, every method's test top-1 per epoch on one axis; ``confusion/<d>-<method>.png``,
 each method's confusion matrix summed over seeds, classes in label order; ``maps/attention-<d>.png``, the
-paper's attention maps. Here, not in ``pipeline.plots``, which the train stage imports: a change to a report
+paper's attention maps; ``tuning-<d>.png``, the searches' tuning curves (``pipeline.report.search``).
+Here, not in ``pipeline.plots``, which the train stage imports: a change to a report
 picture re-runs only the report. What they show is read by ``pipeline.report.read``."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from pipeline.config import Params
 from pipeline.plots import plt, save
 from pipeline.report.read import VAL_TOP1, Inputs
+from pipeline.report.search import SearchCurve, tuning_figure
 
 CLASS_NAMES_UP_TO = 20  # a confusion matrix names each class on its axes up to this many; beyond, index ticks
 CELL_VALUES_UP_TO = 12  # and writes each cell's percentage up to this many
@@ -65,9 +67,9 @@ def confusion_figure(counts: np.ndarray, classes: list[str], title: str):
     return fig
 
 
-def write_figures(params: Params, inputs: Inputs, fig_dir: Path) -> list[str]:
-    """Draw a data set's pictures into ``fig_dir`` (curves, a confusion matrix per method, the attention maps);
-    return the markdown that shows them, paths relative to the report."""
+def write_figures(params: Params, inputs: Inputs, searches: list[SearchCurve], fig_dir: Path) -> list[str]:
+    """Draw a data set's pictures into ``fig_dir`` (curves, the searches' tuning curves, a confusion matrix per
+    method, the attention maps); return the markdown that shows them, paths relative to the report."""
     dataset, seeds = inputs.dataset, list(params.grid.seeds)
     save(curves_figure(params, dataset, inputs.curves["recipe"]), fig_dir / f"curves-{dataset}.png")
     lines = [
@@ -78,6 +80,17 @@ def write_figures(params: Params, inputs: Inputs, fig_dir: Path) -> list[str]:
         "",
         f"![test top-1 per epoch on {dataset}](figures/curves-{dataset}.png)",
         "",
+    ]
+    if searches:
+        save(tuning_figure(params, dataset, searches, inputs.manifest.num_classes), fig_dir / f"tuning-{dataset}.png")
+        lines += [
+            "Tuning curves: each search's expected best held-out top-1 after k trials (the table and rule in "
+            '"The search: tuning curves" above):',
+            "",
+            f"![tuning curves on {dataset}](figures/tuning-{dataset}.png)",
+            "",
+        ]
+    lines += [
         f"Confusion matrices (recipe track, test split, the {len(seeds)} seeds summed; each row is a true class, in "
         "label order, as % of its test images):",
         "",

@@ -9,7 +9,7 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.config import Params, split_key
+from pipeline.config import Params
 from pipeline.data.manifest import Manifest
 from pipeline.paper import TABLE_NAMES
 from pipeline.report.page import md_row
@@ -29,7 +29,8 @@ from pipeline.report.record import (
     same_units,
     show_top5,
 )
-from pipeline.stats import Summary, chance_level, compare, format_diff
+from pipeline.report.search import SearchCurve, curve_lines, outcome_lines
+from pipeline.stats import Summary, compare, format_diff
 from pipeline.verdicts import RULES as VERDICT_RULES
 from pipeline.verdicts import rules_text, verdict_definitions
 
@@ -244,41 +245,6 @@ def epoch_lines(params: Params, curves: Mapping[str, Mapping[int, Curve]]) -> li
     return lines
 
 
-def search_lines(params: Params, tuned: dict[str, Any], num_classes: int) -> list[str]:
-    """The search's budget and outcome per method: what the recipe and the best trial reached on the held-out
-    split, what was adopted and why, and the trials that never left chance."""
-    head = ["Method", "budget", "recipe (held-out top-1)", "best trial", "trials at chance", "outcome"]
-    lines = [md_row(head), "|" + "---|" * len(head)]
-    for m in params.grid.methods:
-        if m not in tuned:
-            lines.append(f"| {params.method(m).label} | **NOT SEARCHED** | - | - | - | trained at the recipe |")
-            continue
-        r = tuned[m]
-        b = r["budget"]
-        best = r.get("best_val_top1")
-        at_chance = sum(1 for tr in r["trials"] if tr.get("at_chance"))
-        outcome = f"adopted {_values(r['chosen'])}" if r["adopted"] else "kept the recipe"
-        cells = [
-            params.method(m).label,
-            f"{b['trials']} trials x {b['epochs_per_trial']} epochs over {', '.join(b['space'])}",
-            "-" if r.get("recipe_val_top1") is None else f"{r['recipe_val_top1']:.1f}",
-            "-" if best is None else f"{best:.1f} ({_values(r['best'])})",
-            f"{at_chance} of {len(r['trials'])}" + (" (**all at chance**)" if at_chance == len(r["trials"]) else ""),
-            f"{outcome}: {r['reason']}",
-        ]
-        lines.append(md_row(cells))
-    chance = chance_level(num_classes)
-    return [*lines, "", f"Held-out split: {next(iter(tuned.values()))['val_images']} images; chance {chance:.1f} %."]
-
-
-def _values(config: dict[str, Any] | None) -> str:
-    if not config:
-        return "-"
-    return ", ".join(
-        f"{split_key(k)[1]} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in config.items()
-    )
-
-
 def track_lines(params: Params, t: TrackRecord, num_classes: int, column: str | None) -> list[str]:
     """One track's tables (paper Tables 1-4), each comparison's verdict, and the gated baselines' sanity check."""
     main = [c for c in t.comparisons if c.other.paper_row != ABLATION]
@@ -356,8 +322,8 @@ def registry_lines(params: Params, models: Mapping[str, list[dict[str, Any]]]) -
 # One data set
 
 
-def dataset_text(params: Params, inputs: Inputs, rec: DatasetRecord) -> str:
-    """The Markdown section of one data set (without its figures)."""
+def dataset_text(params: Params, inputs: Inputs, rec: DatasetRecord, searches: list[SearchCurve]) -> str:
+    """The Markdown section of one data set (without its figures); ``searches``: its searches' tuning curves."""
     man, bench = inputs.manifest, rec.benchmark
     specs = {m: next(iter(by_seed.values())).spec for m, by_seed in inputs.rows["recipe"].items()}
     lines = [f"## Data set `{rec.dataset}`", "", data_line(rec.dataset, inputs.kind, man), ""]
@@ -383,7 +349,9 @@ def dataset_text(params: Params, inputs: Inputs, rec: DatasetRecord) -> str:
     lines += [*epoch_lines(params, inputs.curves.get("recipe", {})), ""]
     if inputs.tuned:
         lines += ["### The search: budget and outcome (Ray Tune, ASHA; held-out part of train)", ""]
-        lines += [*search_lines(params, inputs.tuned, man.num_classes), ""]
+        lines += [*outcome_lines(params, inputs.tuned, man.num_classes), ""]
+        lines += ["### The search: tuning curves (did the budget suffice?)", ""]
+        lines += curve_lines(params, rec.dataset, searches)
     lines += registry_lines(params, inputs.models)
     return "\n".join(lines)
 

@@ -1,6 +1,7 @@
 """The report's MLflow runs: one per data set (``report | <dataset>``, tag ``stage=report``) in the report
-experiment (``<prefix>-report``, apart from the training runs), with the figures as metrics, the verdicts as
-tags and the report's files as artifacts; linked both ways with the data set's training experiment."""
+experiment (``<prefix>-report``, apart from the training runs), with the figures as metrics (a search's tuning
+curve one step per trial count), the verdicts as tags and the report's files as artifacts; linked both ways
+with the data set's training experiment."""
 
 from __future__ import annotations
 
@@ -13,25 +14,36 @@ from mlflow.entities import Metric, RunTag
 from pipeline import tracking
 from pipeline.config import Params, config_hash
 from pipeline.report.record import BENCHMARK, HEADLINE
+from pipeline.report.search import SEARCH
 
 ARTIFACTS = ("tables.md", "index.html", "tables.csv", "summary.json", "metrics.json", "study.json")
 
 
-def _report_run_fields(per_track: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, float]]]:
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _report_run_fields(per_track: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, float, int]]]:
     """The summary as tags (per claims version: verdict, claimed gain, whether the size was tested, direction,
-    seeds) and metrics (the numbers), named ``<track>.<method or ours_vs_x>.<field>[.<version>]``."""
+    seeds; a search's words) and metrics (the numbers; a list of numbers, as a tuning curve, one step per entry
+    from 1), named ``<track or search>.<method or ours_vs_x>.<field>[.<version>]``."""
     bench = per_track[BENCHMARK]
     tags = [(f"{BENCHMARK}.{k}", str(v)) for k, v in bench.items()]
-    metrics: list[tuple[str, float]] = []
+    metrics: list[tuple[str, float, int]] = []
     for track, entries in per_track.items():
         if track in (BENCHMARK, HEADLINE):  # the headline repeats the recipe track's figures
             continue
         for name, fields in entries.items():
             for k, v in fields.items():
+                key = f"{track}.{name}.{k}"
                 if isinstance(v, dict):
-                    tags += [(f"{track}.{name}.{k}.{version}", str(x)) for version, x in v.items()]
-                elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                    metrics.append((f"{track}.{name}.{k}", float(v)))
+                    tags += [(f"{key}.{version}", str(x)) for version, x in v.items()]
+                elif _number(v):
+                    metrics.append((key, float(v), 0))
+                elif isinstance(v, list) and v and all(_number(x) for x in v):
+                    metrics += [(key, float(x), step) for step, x in enumerate(v, 1)]
+                elif isinstance(v, (str, bool)) and track == SEARCH:
+                    tags.append((key, str(v)))
     return tags, metrics
 
 
@@ -62,7 +74,7 @@ def log_report_runs(params: Params, summary: dict[str, Any], tmp: Path, commit: 
         for i in range(0, len(tags), 100):  # MLflow takes at most 100 tags per batch
             c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags[i : i + 100]])
         for i in range(0, len(metrics), 1000):
-            c.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics[i : i + 1000]])
+            c.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v, step in metrics[i : i + 1000]])
         for name in ARTIFACTS:
             c.log_artifact(run_id, str(tmp / name))
         c.log_artifacts(run_id, str(tmp / "figures"), "figures")

@@ -172,9 +172,17 @@ def train_worker(config: dict[str, Any]) -> None:
             emit.flush()  # the last lines reach the driver before this worker goes
 
 
-def tune_trial(spec: RunSpec, threads: int, mlflow_uri: str, run_id: str, fast_path: FastPathCfg) -> None:
+# What a search trial reports beside the loop's metrics: its held-out top-1 after every epoch so far (a restored
+# search rebuilds ASHA's rungs from it: ``pipeline.tune.ResumableASHA``), and the stage run that trained it
+HISTORY, SESSION = "val_top1_history", "search_session"
+
+
+def tune_trial(
+    spec: RunSpec, threads: int, mlflow_uri: str, run_id: str, fast_path: FastPathCfg, *, session: str
+) -> None:
     """Ray Tune entry point: train one unit in the trial's own process, reporting each epoch to Tune
-    (ASHA stops weak trials between epochs). Nothing is checkpointed: a search trial is cheap to redo.
+    (ASHA stops weak trials between epochs) with ``HISTORY`` and ``SESSION``. Nothing is checkpointed: a trial
+    that was running when its search was interrupted trains again from its first epoch.
 
     The trial's MLflow run ``run_id`` is ended FINISHED just before its last epoch is reported: Tune stops a
     trial that reached ``max_t`` right after that report, so later work in this process may never run. (The
@@ -183,11 +191,13 @@ def tune_trial(spec: RunSpec, threads: int, mlflow_uri: str, run_id: str, fast_p
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     c = tracking.client(mlflow_uri)
+    history: list[float] = []
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         if metrics.get("epoch") == spec.train.epochs:  # logged already (the loop logs before it reports)
             tracking.finish(c, run_id)
-        tune.report(metrics)
+        history.append(metrics["val_top1"])
+        tune.report({**metrics, HISTORY: list(history), SESSION: session})
 
     train_units(
         [spec],
