@@ -171,8 +171,10 @@ def search(
     space = t.space_of(method)
     record = _open_search(params, method, data, key, exp, c, also)
     session, t0 = uuid.uuid4().hex, time.time()
+    per_trial = _per_trial(params)
+    side_by_side = _concurrent_trials(t, per_trial)
     try:
-        tuner, resumed = _tuner_or_restored(params, record, uri, space, session)
+        tuner, resumed = _tuner_or_restored(params, record, uri, space, session, per_trial, side_by_side)
         grid = tuner.fit()
     except BaseException:
         tracking.finish(c, record.parent, "FAILED")
@@ -191,10 +193,10 @@ def search(
         "excluded": [{k: tr[k] for k in ("trial_id", "config", "error")} for tr in crashed],
         "budget": {"trials": t.num_samples, "epochs_per_trial": t.epochs, "space": list(space)},
         "searcher": t.searcher,
-        "consumed": consumed(trials, devices=_per_trial(params)),
+        "consumed": consumed(trials, devices=per_trial),
         "wall_s": round(time.time() - t0, 1),  # this stage run's part (a resumed search: since it resumed)
         "resumed": _kept(trials, session) if resumed else None,
-        "side_by_side": _concurrent_trials(t, _per_trial(params)),  # trials at a time
+        "side_by_side": side_by_side,  # trials at a time
         "val_images": n_val,
         "mlflow_parent_run": record.parent,
         "key": key,
@@ -283,13 +285,18 @@ def _searcher(t: TuneCfg, recipe: dict[str, Any], concurrent: int):
 
 
 def _tuner_or_restored(
-    params: Params, record: SearchRecord, uri: str, space: dict[str, SearchDim], session: str
+    params: Params,
+    record: SearchRecord,
+    uri: str,
+    space: dict[str, SearchDim],
+    session: str,
+    per_trial: dict[str, int],
+    side_by_side: int,
 ) -> tuple[tune.Tuner, bool]:
     """The search's Tuner, and whether it is an interrupted one restored (``Tuner.restore``: the trials Tune
     recorded as ended -- finished, stopped by ASHA or crashed -- are kept, crashed ones trained again; those
     that were running restart; the searcher continues from its saved state; ``ResumableASHA`` its rungs).
     The search's directory is named by its content key, so only the same search is ever restored."""
-    per_trial = _per_trial(params)
     keep_credentials_out_of_trials()
     # Tune's new console output prints a configuration box, the results path and a TensorBoard hint for every
     # search whatever `verbose` says; the legacy reporter honours verbose=0. The pipeline prints its own lines.
@@ -300,14 +307,14 @@ def _tuner_or_restored(
     if tune.Tuner.can_restore(path):
         log.info("tune@%s: %s: resuming the interrupted search (%s)", record.dataset.name, record.method, path)
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True), True
-    return _tuner(params, record, trainable, space, name, per_trial), False
+    return _tuner(params, record, trainable, space, name, side_by_side), False
 
 
 def _tuner(
-    params: Params, record: SearchRecord, trainable, space: dict[str, SearchDim], name: str, per_trial: dict[str, int]
+    params: Params, record: SearchRecord, trainable, space: dict[str, SearchDim], name: str, side_by_side: int
 ) -> tune.Tuner:
-    """The search (``tune.searcher``) with ASHA, the recipe as its first trial, as many trials side by side as
-    fit."""
+    """The search (``tune.searcher``) with ASHA, the recipe as its first trial, ``side_by_side`` trials at a
+    time."""
     t, data = params.tune, record.dataset
     return tune.Tuner(
         trainable,
@@ -317,7 +324,7 @@ def _tuner(
             mode="max",
             num_samples=t.num_samples,
             scheduler=ResumableASHA(max_t=t.epochs, grace_period=t.grace_period, reduction_factor=t.reduction_factor),
-            search_alg=_searcher(t, record.recipe, _concurrent_trials(t, per_trial)),
+            search_alg=_searcher(t, record.recipe, side_by_side),
         ),
         run_config=tune.RunConfig(
             name=name,

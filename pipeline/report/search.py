@@ -16,6 +16,7 @@ the best of the first k trials in the order they were created (``best_so_far``) 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,10 +54,7 @@ class SearchCurve:
 
     @property
     def best_so_far(self) -> list[float]:
-        out: list[float] = []
-        for s in self.scores:
-            out.append(max(s, out[-1]) if out else s)
-        return out
+        return list(itertools.accumulate(self.scores, max))
 
 
 def curves_of(params: Params, tuned: Mapping[str, Mapping[str, Any]]) -> list[SearchCurve]:
@@ -91,13 +89,11 @@ def _values(config: Mapping[str, Any] | None) -> str:
 
 def budget_text(r: Mapping[str, Any]) -> tuple[str, str]:
     """The budget set and the budget consumed, as the table shows them."""
-    b, c = r["budget"], r.get("consumed")
+    b, c = r["budget"], r["consumed"]
     where = f"{b['trials']} trials x {b['epochs_per_trial']} epochs over {', '.join(b['space'])}"
-    ceiling = f" (at most {b['trials'] * b['epochs_per_trial']} trial-epochs; {r.get('searcher', 'random')})"
-    if c is None:
-        return where + ceiling, "-"
+    ceiling = f" (at most {b['trials'] * b['epochs_per_trial']} trial-epochs; {r['searcher']})"
     used = f"{c['trials']} trials, {c['trial_epochs']} trial-epochs, {c['device_seconds']:.0f} {c['device']}-s"
-    if r.get("resumed"):
+    if r["resumed"]:
         used += f" (resumed: {r['resumed']['kept']} trials kept from the interrupted run{_timing(r)})"
     return where + ceiling, used
 
@@ -105,7 +101,7 @@ def budget_text(r: Mapping[str, Any]) -> tuple[str, str]:
 def _timing(r: Mapping[str, Any]) -> str:
     """Why a resumed search may adopt another setting than an uninterrupted one: only when trials ran side by
     side (then which trial reached an ASHA rung first, and what TPE had seen when it suggested, were timing)."""
-    n = r.get("side_by_side", 1)
+    n = r["side_by_side"]
     if n <= 1:
         return "; one trial at a time, so its trials and decision are an uninterrupted search's"
     return (
@@ -143,7 +139,7 @@ def outcome_lines(params: Params, tuned: Mapping[str, Mapping[str, Any]], num_cl
 
 def verdict_sentence(params: Params, s: SearchCurve) -> str:
     """Flattened or still climbing at N (``FLAT_RULE``), with the numbers."""
-    c, who = s.curve, f"**{_label(params, s.methods)}** ({s.result.get('searcher', 'random')})"
+    c, who = s.curve, f"**{_label(params, s.methods)}** ({s.result['searcher']})"
     if c is None or c.flattened is None:
         return (
             f"- {who}: fewer than 2 trials trained without crashing: no tuning curve, the budget's sufficiency unknown."
@@ -222,7 +218,7 @@ def short_budget_line(params: Params, dataset: str, curves: list[SearchCurve]) -
 def tuning_figure(params: Params, dataset: str, curves: list[SearchCurve], num_classes: int):
     """Every search's expected best held-out top-1 after k trials on one axis, with its band, and chance."""
     fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
-    searchers = sorted({s.result.get("searcher", "random") for s in curves})
+    searchers = sorted({s.result["searcher"] for s in curves})
     for s in curves:
         if s.curve is None:
             continue
@@ -247,18 +243,17 @@ def search_summary(curves: list[SearchCurve]) -> dict[str, Any]:
     out = {}
     for s in curves:
         r, c = s.result, s.curve
-        consumed = r.get("consumed") or {}
         out[s.methods[0]] = {
             "methods": ",".join(s.methods),
-            "searcher": r.get("searcher", "random"),
+            "searcher": r["searcher"],
             "budget_trials": r["budget"]["trials"],
             "budget_trial_epochs": r["budget"]["trials"] * r["budget"]["epochs_per_trial"],
-            "consumed_trials": consumed.get("trials"),
-            "consumed_trial_epochs": consumed.get("trial_epochs"),
-            "device_seconds": consumed.get("device_seconds"),
-            "device": consumed.get("device"),
-            "wall_s": r.get("wall_s"),
-            "trials_kept_from_interrupted_run": (r.get("resumed") or {}).get("kept"),
+            "consumed_trials": r["consumed"]["trials"],
+            "consumed_trial_epochs": r["consumed"]["trial_epochs"],
+            "device_seconds": r["consumed"]["device_seconds"],
+            "device": r["consumed"]["device"],
+            "wall_s": r["wall_s"],
+            "trials_kept_from_interrupted_run": r["resumed"]["kept"] if r["resumed"] else None,
             "expected_best": None if c is None else list(c.expected),
             "band_low": None if c is None else list(c.low),
             "band_high": None if c is None else list(c.high),
