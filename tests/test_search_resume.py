@@ -114,7 +114,6 @@ def test_a_killed_search_resumes_with_the_trials_it_had_finished(tmp_path, proce
     reference = _start(whole, processed)
     kept = _kill_when_trials_ended(_start(cut, processed), cut)
     assert reference.wait(timeout=600) == 0, (whole / "stage.log").read_text()[-4000:]
-    subprocess.run(["ray", "stop", "--force"], env=env(), capture_output=True)  # what the killed driver started
     ref = json.loads((whole / "tune.json").read_text())["methods"]["resnet"]
     assert KEEP <= kept < SAMPLES and not (cut / "tune.json").exists()
     again = _run(cut, processed)
