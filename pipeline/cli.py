@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -14,6 +15,7 @@ from typing import NoReturn
 from pipeline.config import ConfigError, Params, format_errors
 from pipeline.data.errors import DataError
 from pipeline.errors import StageError
+from pipeline.redact import redact
 from pipeline.settings import load_params
 
 PARAMS_FILE = "params.yaml"
@@ -122,5 +124,8 @@ def run_stage(main: Callable[[Params, list[str]], object], *, checks: Check | Se
         sys.exit(2)
     except (DataError, StageError) as e:  # bad input data, a failed job: the message says what to do
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Exception:  # a bug or a library's error: its traceback helps, but may quote a URL with its password
+        sys.stderr.write(redact(traceback.format_exc()))
         sys.exit(1)
     sys.exit(0)

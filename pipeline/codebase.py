@@ -156,6 +156,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("pipeline.models",),  # the nets (``models.checks`` checks them against the settings)
     ("pipeline.spec", "pipeline.units"),  # a unit, and the work of a data set
     ("pipeline.serving", "pipeline.plan"),  # a trained net as a model; the estimate before the spend
+    ("pipeline.devices",),  # the plan priced for a GPU not at hand
     ("pipeline.train",),  # the training loop, its Ray workers and the train stage
     ("pipeline.trials", "pipeline.tune", "pipeline.study", "pipeline.evaluate"),  # stages training through it
     ("pipeline.report",),  # the report stage

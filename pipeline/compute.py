@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 
 import pipeline
 from pipeline.config import ComputeCfg, ConfigError
-from pipeline.redact import is_secret_name, safe_env
+from pipeline.errors import StageError
+from pipeline.redact import is_secret_name, redact, safe_env
 
 # Settings the workers need that Ray does not forward by itself (the tracking URI, the S3 endpoint and region):
 # passed explicitly through the job's runtime_env. Credentials never are: Ray writes runtime_env variables
@@ -75,6 +77,23 @@ def check_workers_before_start(cfg: ComputeCfg) -> Workers | None:
     return resolve_workers(cfg, cpus, gpus, "this machine")
 
 
+def world_size(cfg: ComputeCfg) -> int:
+    """The data-parallel workers a unit trains on (``compute.num_workers`` resolved): part of every unit's key,
+    so it is known before the units are. ``auto`` on a cluster (``RAY_ADDRESS``) asks the cluster for its GPUs
+    (one short connection); the train stage checks again once its session runs (``train_on_ray``)."""
+    local = check_workers_before_start(cfg)
+    if local is not None:
+        return local.num_workers
+    if cfg.num_workers != "auto":
+        return cfg.num_workers
+    with seen_resources() as res:
+        if res is None:
+            raise StageError(
+                f"compute.num_workers = 'auto': the Ray cluster at {os.environ['RAY_ADDRESS']} is not reachable"
+            )
+        return resolve_workers(cfg, res.get("CPU", 0), res.get("GPU", 0), "the Ray cluster").num_workers
+
+
 def forwardable(env: dict[str, str]) -> dict[str, str]:
     """The one filter of what this process hands to Ray: the variables of ``env`` that are not credentials,
     by name or by value (``pipeline.redact``); a variable left out for its value is named in a warning."""
@@ -122,6 +141,29 @@ def _leave_job_env() -> None:
     os.environ.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
 
 
+RAY_OWN_DEPRECATION = "`ExecutionOptions.exclude_resources` is deprecated"  # the start of Ray 2.60's message
+
+
+@contextlib.contextmanager
+def _ray_start(what: str) -> Iterator[None]:
+    """Ray failing to start or connect as one ``StageError`` (exit 1, no traceback): the cause's first line and
+    what to try. A loaded machine ("GCS has become overloaded"), a full /tmp, a stale session or a wrong address
+    all land here, before any work of the stage has started."""
+    try:
+        yield
+    except Exception as e:  # ray.init raises RuntimeError, ConnectionError, TimeoutError, ...
+        import ray  # already imported by the caller; here only to shut down what half started
+
+        ray.shutdown()
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StageError(
+            f"{what} ({type(e).__name__}: {redact(first)}). Nothing of this stage ran; run it again. If it "
+            "fails again: free memory or CPUs (a loaded machine makes Ray's GCS time out), check that Ray's "
+            f"temporary directory ({os.environ.get('RAY_TMPDIR', '/tmp/ray')}) is writable and not full, and read "
+            "its logs (session_latest/logs); on a cluster, check RAY_ADDRESS and `ray status` there"
+        ) from None
+
+
 @contextlib.contextmanager
 def ray_session(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
     """Connect to ``RAY_ADDRESS`` or start a local Ray (``num_cpus`` logical CPUs); yield cluster resources."""
@@ -135,15 +177,22 @@ def ray_session(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
     # Ray's log dedup folds forwarded worker lines that differ only in their numbers ("[repeated 3x across
     # cluster]"): on a cluster, where worker output is forwarded, show each as written.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray Train's state tracking (on where a dashboard runs: clusters) builds Ray Data's default options, which set
+    # a field Ray itself deprecates: two lines of RayDeprecationWarning per job that no setting of ours can avoid
+    warnings.filterwarnings("ignore", message=RAY_OWN_DEPRECATION, category=DeprecationWarning)
     import ray
 
     env: dict[str, Any] = {"env_vars": worker_env()}
+    # the same filter in Ray's own processes (the controller may run as an actor): -W syntax, message prefix
+    quiet = f"ignore:{RAY_OWN_DEPRECATION}:DeprecationWarning"
+    env["env_vars"]["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), quiet)))
     address = os.environ.get("RAY_ADDRESS")
     if address:
         # workers on other nodes need this package: ship it (inside a job too, see _leave_job_env)
         env["py_modules"] = [str(Path(pipeline.__file__).parent)]
         _leave_job_env()
-        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
+        with _ray_start(f"could not connect to the Ray cluster at RAY_ADDRESS={address}"):
+            ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
     else:
         # A local Ray's workers are this machine's processes: their output is not forwarded here. Progress comes
         # as events through the driver (pipeline.progress), errors as the exceptions Ray raises here, and what
@@ -154,14 +203,15 @@ def ray_session(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
         # preemption watcher: a local Ray's node is never drained, and it is one more actor per job. On a cluster
         # (RAY_ADDRESS, above) worker output, Ray's warnings and the watcher stay on.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            runtime_env=env,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            logging_config=ray.LoggingConfig(log_level="ERROR"),
-        )
+        with _ray_start("could not start a local Ray on this machine"):
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                runtime_env=env,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                logging_config=ray.LoggingConfig(log_level="ERROR"),
+            )
     try:
         yield ray.cluster_resources()
     finally:

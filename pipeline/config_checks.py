@@ -79,7 +79,7 @@ def _dataset_recipe_checks(p: Params, d: str, errs: list[str]) -> list[str]:
             continue
         if p.compute.num_workers != "auto" and r.batch_size % p.compute.num_workers:
             out.append(
-                f"{_batch_setting(p, d, name)} = {r.batch_size}: must be divisible by "
+                f"{batch_setting(p, d, name)} = {r.batch_size}: must be divisible by "
                 f"compute.num_workers = {p.compute.num_workers}"
             )
     out += [
@@ -89,7 +89,7 @@ def _dataset_recipe_checks(p: Params, d: str, errs: list[str]) -> list[str]:
     return out
 
 
-def _batch_setting(p: Params, d: str, method: str) -> str:
+def batch_setting(p: Params, d: str, method: str) -> str:
     """The setting a method's batch size on data set ``d`` comes from: the last layer of its recipe that sets it
     (``Params.recipe_layers``)."""
     name = next(n for n, layer in reversed(p.recipe_layers(method, d)) if "batch_size" in layer)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import csv
 import functools
-import json
 import logging
 import math
 import statistics
@@ -44,7 +43,7 @@ from pipeline.records import CHECKPOINT_FILE, ROWS_FILE, RowEval, TrainedRow, re
 from pipeline.spec import RunSpec, code_digest
 from pipeline.train.checkpoint import read_checkpoint
 from pipeline.train.engine import TensorData, predict
-from pipeline.train.store import KeyedStore
+from pipeline.train.store import CorruptEntry, KeyedStore
 from pipeline.units import group
 
 log = logging.getLogger(__name__)
@@ -107,13 +106,38 @@ class UnitEval:
 
     @classmethod
     def load(cls, d: dict[str, Any]) -> UnitEval:
-        png = d.get("attention_png")
-        return cls(**{**d, "attention_png": base64.b64decode(png) if png else None})
+        """The evaluation ``dump`` gave; ``CorruptEntry`` naming the field if ``d`` has other fields or types."""
+        if unknown := sorted(d.keys() - _FIELDS.keys()):
+            raise CorruptEntry(f"unknown field {', '.join(map(repr, unknown))}")
+        if missing := sorted(_FIELDS.keys() - d.keys()):
+            raise CorruptEntry(f"missing field {', '.join(map(repr, missing))}")
+        for name, types in _FIELDS.items():
+            if not isinstance(d[name], types):
+                want = " or ".join(t.__name__ for t in types if t is not type(None))
+                raise CorruptEntry(f"field {name!r} is a {type(d[name]).__name__}, not a {want}")
+        try:
+            png = base64.b64decode(d["attention_png"], validate=True) if d["attention_png"] else None
+        except ValueError as e:  # binascii.Error
+            raise CorruptEntry(f"field 'attention_png' is not base64 ({e})") from None
+        return cls(**{**d, "attention_png": png})
 
     def summary(self, spec: dict[str, Any]) -> RowEval:
         """``summary.json`` of one row: the row's own settings (``spec``) beside the unit's results."""
         return RowEval(key=self.key, spec=spec, metrics=self.metrics, num_test=self.num_test, pairing=self.pairing,
                        diverged=self.diverged)  # fmt: skip
+
+
+# each field of a stored ``UnitEval.dump()`` and the JSON types it may have, checked on load: a matching checksum
+# says the entry is as some writer left it, not that the writer was this code
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "key": (str,),
+    "metrics": (dict,),
+    "num_test": (int,),
+    "pairing": (dict, type(None)),
+    "diverged": (bool,),
+    "pred": (list,),
+    "attention_png": (str, type(None)),
+}
 
 
 def score_unit(
@@ -217,16 +241,26 @@ def _diverged(history: list[dict[str, Any]], metrics: dict[str, Any]) -> bool:
 class EvalStore(KeyedStore):
     """Finished evaluations in the run storage, keyed by the unit, the test data, the evaluate settings and
     the evaluation code (``eval_key``): a unit whose evaluation exists is not evaluated again, whichever row
-    or run of the stage asks."""
+    or run of the stage asks. Each entry carries the sha256 of its content (``KeyedStore.write_entry``): one
+    cut short, changed since it was written (a hand edit, another writer of a shared s3:// store), written
+    with no checksum (before entries had one) or with fields this code does not know is set aside as
+    ``<key>.json.unreadable`` with a warning, and its unit evaluated again."""
 
     def __init__(self, storage_path: str, dataset: str):
         super().__init__(storage_path, "eval", dataset, ".json")
 
     def get(self, key: str) -> UnitEval | None:
-        return UnitEval.load(json.loads(self.read(key))) if self.has(key) else None
+        """The evaluation stored under ``key``; None if there is none, or none that can be trusted."""
+        if not self.has(key):
+            return None
+        try:
+            return UnitEval.load(self.read_entry(key))
+        except CorruptEntry as e:
+            self.set_aside(key, str(e), "the unit is evaluated again", what="eval-store entry")
+            return None
 
     def put(self, key: str, ev: UnitEval) -> None:
-        self.write(key, json.dumps(ev.dump()).encode())
+        self.write_entry(key, ev.dump())
 
 
 def eval_key(unit_key: str, man: Manifest, cfg: EvaluateCfg) -> str:
@@ -351,7 +385,10 @@ def _publish(
         entry: dict[str, Any] = {"model_id": model_id, "model_uri": f"models:/{model_id}", "aliases": aliases[r.rel]}
         if aliases[r.rel]:
             name = serving.registered_name(c.get_experiment(exp).name, r.method)
-            what = f"{r.method} on {name}, lowest seed per track (pipeline.serving)"
+            what = (
+                f"{r.method} (model {r.spec['model']}) trained on the data set {r.spec['dataset']['name']}; each "
+                "track's alias (recipe, searched) points at its lowest seed (pipeline.serving)"
+            )
             entry["registered"] = {
                 "name": name,
                 "version": serving.register(c, name, model_id, r.run_id, aliases[r.rel], what),

@@ -48,6 +48,21 @@ def remove_stale(path: str | Path) -> list[Path]:
 
 
 @contextlib.contextmanager
+def scratch_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a new temporary directory beside ``path`` (``.<name>.<host>-<pid>-*.tmp``), removed on exit. A
+    process killed outright leaves it behind; the next ``scratch_dir`` or ``atomic_path`` of the same ``path``
+    removes it (``remove_stale``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` (file or directory).
 
@@ -56,17 +71,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ``path`` removes it (``remove_stale``). The names (``.<name>.*.tmp``) are git- and DVC-ignored.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp", dir=path.parent))
-    target = tmp / path.name
-    try:
+    with scratch_dir(path) as tmp:
+        target = tmp / path.name
         yield target
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

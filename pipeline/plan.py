@@ -6,7 +6,8 @@ without reading it (the preprocessed manifest, else the data set's kind), has ev
 the device the training workers would use (a ``Prober``: ``pipeline.train.probe``, the engine's own training
 step), and turns that into device-hours and wall time on the resources it sees. ``format_plan`` gives the
 result as a few lines; ``plan_lines`` does both. The train and study stages log the plan of their own work
-before they train; ``python -m pipeline.profiles ... --plan`` prints it for settings not yet run.
+before they train; ``python -m pipeline.profiles ... --plan`` prints it for settings not yet run, and with
+``--device h100`` prices it for a device that is not here (``pipeline.devices``: a prober that probes nothing).
 
 What the estimate cannot see, and says so: data loading and augmentation, checkpoints, Ray start-up, and how
 far data-parallel training falls short of a linear speed-up.
@@ -23,16 +24,10 @@ from typing import Any, Literal
 from pipeline.compute import Workers, local_resources, resolve_workers
 from pipeline.config import DatasetCfg, FastPathCfg, Params, TrainCfg
 from pipeline.data.manifest import MANIFEST, load_manifest
-from pipeline.data.subset import take_per_class
+from pipeline.data.sizes import expected_size, kind_size
 from pipeline.spec import DataRef, RunSpec
 from pipeline.units import Row, Work, group
 
-# Image counts of a data set not preprocessed yet, by kind: (train, test, image side, classes)
-KIND_SIZES: dict[str, tuple[int, int, int, int]] = {
-    "cifar10": (50_000, 10_000, 32, 10),
-    "cifar100": (50_000, 10_000, 32, 100),
-    "imagenet": (1_281_167, 50_000, 224, 1000),
-}
 NOT_SEEN = "data loading, checkpoints, start-up"
 Stage = Literal["train", "search", "searched", "study"]
 
@@ -94,7 +89,8 @@ class Rate:
     eval: float
     batch: int  # the training batch it was measured at
     eval_batch: int
-    scaled: bool  # measured at a smaller batch than training runs; time per image taken as the same
+    scaled: bool  # measured at another batch than training runs (a smaller one, here); time per image the same
+    source: str = ""  # where a priced rate came from when not every net's came from the same place
 
 
 @dataclass(frozen=True)
@@ -103,6 +99,10 @@ class Probe:
     rates: Mapping[Net, Rate]
     seconds: float
     notes: tuple[str, ...] = ()
+    # a device priced from elsewhere (``pipeline.devices``), not probed here: its short name names the hours
+    priced: str = ""
+    basis: str = "measured probe"  # what the hours rest on, as the total line says it
+    estimated: bool = False  # some rate is an estimate, not a measurement: every hours figure says so
 
 
 Prober = Callable[[Sequence[Net], Workers, FastPathCfg], Probe]
@@ -149,22 +149,11 @@ def data_size(name: str, cfg: DatasetCfg, data_dir: str | Path | None = None) ->
     if data_dir is not None and (Path(data_dir) / MANIFEST).is_file():
         man = load_manifest(data_dir)
         if man.preprocess == cfg.preprocess.model_dump():
-            side = man.image_shape[0] if man.image_shape else _kind_size(cfg)[2]
+            side = man.image_shape[0] if man.image_shape else kind_size(cfg)[2]
             return DataSize(name, man.num_train, man.num_test, side, man.num_classes, "manifest")
-    train, test, side, classes = _kind_size(cfg)
-    p = cfg.preprocess
-    kept = classes if p.classes is None else min(classes, p.classes if isinstance(p.classes, int) else len(p.classes))
-    n_train = kept * take_per_class(train // classes, p.subset.train)
-    n_test = kept * take_per_class(test // classes, p.subset.test)
-    exact = kept == classes and p.subset.train is None and p.subset.test is None
-    return DataSize(name, n_train, n_test, side, kept, f"{cfg.kind}'s size" + ("" if exact else ", approximate"))
-
-
-def _kind_size(cfg: DatasetCfg) -> tuple[int, int, int, int]:
-    if cfg.kind == "embedded":
-        return cfg.fetch.num_train, cfg.fetch.num_test, 32, 10
-    train, test, side, classes = KIND_SIZES[cfg.kind]
-    return train, test, (cfg.preprocess.image_size if cfg.kind == "imagenet" else side), classes
+    e = expected_size(cfg)
+    how = f"{cfg.kind}'s size" + ("" if e.exact else ", approximate")
+    return DataSize(name, e.num_train, e.num_test, e.image_size, e.num_classes, how)
 
 
 def unfetched(d: DataSize) -> DataRef:
@@ -311,20 +300,20 @@ def make_plan(
     *,
     prober: Prober,
     data_dirs: Mapping[str, str | Path] | None = None,
-    resources: Mapping[str, float] | None = None,
+    resources: Mapping[str, float] | Resources | None = None,
     stages: Collection[Stage] | None = None,
     works: Sequence[Work] | None = None,
 ) -> Plan:
     """The plan of ``params`` on ``datasets`` (default: ``grid.datasets``, or those of ``works``), their
     preprocessed data looked for in ``data_dirs`` (default: ``data/processed/<d>``), on ``resources``
-    (default: this machine), of the work of ``stages`` (default: all: ``train``, ``search``, ``searched``,
-    ``study``), timed by ``prober``. ``works``: the work as a stage resolved it (default: resolved here, before
-    any data or search exists)."""
+    (default: this machine; a ``Resources``: devices priced from elsewhere), of the work of ``stages``
+    (default: all: ``train``, ``search``, ``searched``, ``study``), timed by ``prober``. ``works``: the work
+    as a stage resolved it (default: resolved here, before any data or search exists)."""
     given = {w.data.name: w for w in works or ()}
     names = list(datasets if datasets is not None else given or params.grid.datasets)
     dirs = {d: Path("data/processed") / d for d in names} | dict(data_dirs or {})
     data = tuple(data_size(d, params.dataset(d), dirs.get(d)) for d in names)
-    r = resources_of(resources)
+    r = resources if isinstance(resources, Resources) else resources_of(resources)
     w = resolve_workers(params.compute, r.cpus, r.gpus, r.where)
     todo = set(stages) if stages is not None else {"train", "search", "searched", "study"}
     blocks = [b for d in data for b in blocks_of(params, given.get(d.name) or Work(params, unfetched(d)), d, w, todo)]
@@ -364,9 +353,15 @@ def _epochs(b: Block) -> str:
     return f"{e[0]} epochs each" if len(e) == 1 else f"{e[0]}-{e[-1]} epochs"
 
 
-def _block_line(b: Block, c: Cost, d: DataSize) -> str:
+def _hours_of(p: Probe, seconds: float) -> str:
+    """``about 12 device-hours``, or for a priced device ``about 12 H100-hours``, ``(estimate)`` after it
+    where any rate is one."""
+    return f"about {_hours(seconds)} {p.priced or 'device'}-hours" + " (estimate)" * p.estimated
+
+
+def _block_line(b: Block, c: Cost, d: DataSize, p: Probe) -> str:
     up = "up to " if b.upper_bound else ""
-    cost = f"{up}about {_hours(c.device_s)} device-hours"
+    cost = f"{up}{_hours_of(p, c.device_s)}"
     shape = b.shape + (f"; {b.shared_rows} rows share a unit" if b.shared_rows else "")
     size = f"{d.num_train:,} train / {d.num_test:,} test images of {d.image_size}x{d.image_size} ({d.source})"
     if b.stage == "search":
@@ -394,14 +389,18 @@ def _probe_line(plan: Plan) -> str:
         r = p.rates[net]
         label = names[0] + (f" +{len(names) - 1}" if len(names) > 1 else "")
         at = f" at batch {r.batch}/{r.eval_batch}" if r.scaled else ""
-        each.append(f"{label} {_num(r.train)}/{_num(r.eval)}{at}")
+        each.append(f"{label} {_num(r.train)}/{_num(r.eval)}{at}" + (f" ({r.source})" if r.source else ""))
+    per = f"train/eval img/s per device: {', '.join(each)}"
+    if p.priced:  # nothing ran here: say so, and what the rates are instead
+        return f"plan: rates for {p.device}, not probed here ({'; '.join(p.notes)}); {per}"
     notes = "".join(f", {n}" for n in p.notes)
-    return f"plan: probe on {p.device}{notes} ({p.seconds:.1f} s); train/eval img/s per device: {', '.join(each)}"
+    return f"plan: probe on {p.device}{notes} ({p.seconds:.1f} s); {per}"
 
 
 def _on(plan: Plan) -> str:
     w, n = plan.workers, plan.devices
-    what = f"{n} GPU{'s' * (n > 1)}" if w.use_gpu else f"{n} CPU worker{'s' * (n > 1)} of {w.cpus_per_worker} core"
+    gpu = f"{plan.probe.priced} GPU" if plan.probe.priced else "GPU"
+    what = f"{n} {gpu}{'s' * (n > 1)}" if w.use_gpu else f"{n} CPU worker{'s' * (n > 1)} of {w.cpus_per_worker} core"
     what += "s" * (not w.use_gpu and w.cpus_per_worker > 1)
     return what + (f", {w.num_workers} per unit, linear speed-up assumed" if w.num_workers > 1 else "")
 
@@ -410,7 +409,8 @@ def format_plan(plan: Plan) -> list[str]:
     """The plan as a few lines: per data set and stage its units, epochs and device-hours; the probe's rates;
     the total, with the wall time on the devices usable at once."""
     sizes = {d.name: d for d in plan.data}
-    lines = [_block_line(b, c, sizes[b.dataset]) for b, c in zip(plan.blocks, plan.costs, strict=True)]
+    p = plan.probe
+    lines = [_block_line(b, c, sizes[b.dataset], p) for b, c in zip(plan.blocks, plan.costs, strict=True)]
     lines.append(_probe_line(plan))
     units = [b for b in plan.blocks if b.stage != "search"]
     trials = sum(b.rows for b in plan.blocks if b.stage == "search")
@@ -418,9 +418,8 @@ def format_plan(plan: Plan) -> list[str]:
     up = any(b.upper_bound for b in plan.blocks)
     more = f" (+ up to {trials:,} search trials)" if trials else ""
     lines.append(
-        f"plan: total {_count(n, 'unit')}{more}, {ue:,} unit-epochs, {'up to ' * up}about {_hours(plan.device_s)} "
-        f"device-hours; about {_duration(plan.wall_s)} wall on {_on(plan)} (measured probe, +/- what it cannot "
-        f"see: {NOT_SEEN})"
+        f"plan: total {_count(n, 'unit')}{more}, {ue:,} unit-epochs, {'up to ' * up}{_hours_of(p, plan.device_s)}; "
+        f"about {_duration(plan.wall_s)} wall on {_on(plan)} ({p.basis}, +/- what it cannot see: {NOT_SEEN})"
     )
     return lines
 

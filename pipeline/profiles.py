@@ -20,11 +20,18 @@ temporary copy of params.yaml, validated the same way, and prints the plan of th
 network on the device training would use, and the device-hours and wall time it adds up to on this machine
 (or on the Ray cluster in ``RAY_ADDRESS``). Without a profile it plans params.yaml as it is.
 
+``--device h100`` (or h200, a100, v100, l4, a10) prices the plan for that GPU instead, probing nothing here
+(``pipeline.devices``), on ``--gpus N`` of them (default 1): each net's rate measured by
+``benchmarks/fast_path.py`` on that GPU where its output is saved in benchmarks/results/, else estimated from
+the net's FLOPs at ``--utilisation`` (default ``pipeline.devices.UTILISATION``) of the GPU's dense peak, and
+labelled an estimate.
+
     python -m pipeline.profiles configs/paper.yaml [params.yaml]
     python -m pipeline.profiles --set compute.storage_path=s3://bucket/runs compute.max_failures=3
     python -m pipeline.profiles configs/paper.yaml [params.yaml] --plan
     python -m pipeline.profiles --plan
     python -m pipeline.profiles --set train.epochs=50 --plan
+    python -m pipeline.profiles configs/paper.yaml --plan --device h100 [--gpus 8] [--utilisation 0.2]
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +50,7 @@ from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from pipeline import plan
+from pipeline import devices, plan
 from pipeline.compute import seen_resources
 from pipeline.config import ConfigError, Params
 from pipeline.io import atomic_path
@@ -184,17 +192,72 @@ def planned(profile: str | Path | None, overrides: list[str], params: str | Path
             raise ConfigError(str(e).replace(str(copy), str(params))) from None
 
 
-def plan_of(p: Params, params: str | Path = "params.yaml") -> list[str]:
-    """The plan's lines (``pipeline.plan``) for ``p``, its data looked for beside ``params``, on the Ray cluster
-    in ``RAY_ADDRESS`` or this machine, its nets timed by the training engine's probe."""
+PRICING = ("--device", "--gpus", "--utilisation")  # the options that price the plan for a device
+
+
+def plan_of(p: Params, params: str | Path = "params.yaml", *, price: Pricing | None = None) -> list[str]:
+    """The plan's lines (``pipeline.plan``) for ``p``, its data looked for beside ``params``: priced for
+    ``price``'s device without probing, else on the Ray cluster in ``RAY_ADDRESS`` or this machine, its nets
+    timed by the training engine's probe."""
     root = Path(params).parent / "data" / "processed"
-    with seen_resources() as res:
-        dirs = {d: root / d for d in p.grid.datasets}
-        return plan.plan_lines(p, data_dirs=dirs, resources=res, prober=probe)
+    dirs = {d: root / d for d in p.grid.datasets}
+    if price is not None:
+        res = devices.resources(price.device, price.gpus, p.compute)
+        return plan.plan_lines(p, data_dirs=dirs, resources=res, prober=price.prober)
+    with seen_resources() as seen:
+        return plan.plan_lines(p, data_dirs=dirs, resources=seen, prober=probe)
+
+
+@dataclass(frozen=True)
+class Pricing:
+    device: devices.Device
+    gpus: int
+    prober: plan.Prober
+
+
+def split_options(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The ``PRICING`` options (``--device h100`` or ``--device=h100``) out of ``argv``, and the rest in order."""
+    opts, rest, it = {}, [], iter(argv)
+    for a in it:
+        name, eq, value = a.partition("=")
+        if name not in PRICING:
+            rest.append(a)
+            continue
+        v = value if eq else next(it, None)
+        if v is None or v.startswith("--"):
+            raise ConfigError(f"{name}: needs a value")
+        opts[name] = v
+    return opts, rest
+
+
+def _number(opts: dict[str, str], name: str, kind: type[int] | type[float], default: float) -> Any:
+    try:
+        return kind(opts[name]) if name in opts else default
+    except ValueError:
+        raise ConfigError(f"{name} {opts[name]!r}: not a number; allowed: {kind.__name__}") from None
+
+
+def pricing(opts: dict[str, str], planning: bool) -> Pricing | None:
+    """What ``opts`` price the plan for, checked before anything is probed or applied; None without them."""
+    if not opts:
+        return None
+    if not planning or "--device" not in opts:
+        allowed = ", ".join(devices.DEVICES)
+        raise ConfigError(f"{', '.join(opts)}: prices a plan; allowed only with --plan --device ({allowed})")
+    d, gpus = devices.device(opts["--device"]), _number(opts, "--gpus", int, 1)
+    if gpus < 1:
+        raise ConfigError(f"--gpus {gpus}: how many {d.short} GPUs to plan for; allowed: 1 or more")
+    return Pricing(d, gpus, devices.pricer(d, utilisation=_number(opts, "--utilisation", float, devices.UTILISATION)))
 
 
 def main(argv: list[str]) -> int:
     planning = "--plan" in argv
+    try:
+        opts, argv = split_options(argv)
+        price = pricing(opts, planning)
+    except ConfigError as e:  # before the profile is applied, or anything probed
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     args = [a for a in argv if a != "--plan"]
     setting = bool(args) and args[0] == "--set"
     if any(a in ("-h", "--help") for a in argv):
@@ -207,7 +270,7 @@ def main(argv: list[str]) -> int:
     try:
         if planning:
             profile = None if setting or not args else args[0]
-            lines = plan_of(planned(profile, args[1:] if setting else [], target), target)
+            lines = plan_of(planned(profile, args[1:] if setting else [], target), target, price=price)
         elif setting:
             keys, source = apply_overrides(args[1:], "--set"), "the command line"
         else:

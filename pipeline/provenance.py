@@ -11,14 +11,22 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+# What `dvc repro` itself writes into tracked files while it runs (the lock file, the .gitignore entries of its
+# outputs, the committed headline: docs/report.md, "What the committed dvc.lock promises"): not a change of the
+# code or settings a result came from
+RUN_WRITES = (":(exclude)dvc.lock", ":(exclude,glob)**/.gitignore", ":(exclude)reports/metrics.json")
+
 
 @cache
 def git_commit() -> dict[str, Any]:
+    """HEAD, and whether tracked files differ from it (staged or not), apart from what a run writes itself."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", *RUN_WRITES)
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed)}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": "unknown", "dirty": None}
 

@@ -3,16 +3,18 @@
 A value carries a credential when it holds one of three things, and only then:
 
 - a URL's userinfo (``https://user:password@host/...``, ``postgresql://u:p@host/db``);
-- a secret-bearing query parameter (a presigned URL's ``X-Amz-Signature``/``X-Amz-Credential``/
-  ``X-Amz-Security-Token``, an Azure SAS ``sig``, an ``access_token``: names in ``SECRET_QUERY``);
-- a known secret pattern in the text itself (``SECRET_PATTERNS``: AWS access key ids, GitHub and Slack tokens,
-  an ``Authorization: Bearer`` value).
+- a secret-bearing query (or fragment) parameter (a presigned URL's ``X-Amz-Signature``/``X-Amz-Credential``/
+  ``X-Amz-Security-Token``, an Azure SAS ``sig``, CloudFront's ``Policy``/``Signature``/``Key-Pair-Id``, an
+  ``access_token``): a name that is one of ``SECRET_QUERY_NAMES`` or has a word in ``SECRET_QUERY_WORDS``,
+  never a name that merely contains one (``design``, ``monkey``, ``keyword`` are no credentials);
+- a known secret pattern in the text itself (``SECRET_PATTERNS``: AWS access key ids, GitHub, GitLab, Slack and
+  OpenAI tokens, JWTs, PEM private keys, an ``Authorization: Bearer`` value).
 
 ``redact`` replaces exactly those parts with ``***`` by editing the text in place -- never by parsing and
 re-assembling a URL, which rewrites harmless values (``sqlite:////abs/mlflow.db`` came back as
 ``sqlite:/abs/mlflow.db``) and made them look like credentials. Text without a secret comes back byte for
 byte, so ``carries_credentials(v)`` is ``redact(v) != v``. An environment variable is a credential by its name
-(``SECRET_MARKERS``) or by its value.
+(a word in ``SECRET_MARKERS``: ``is_secret_name``) or by its value.
 """
 
 from __future__ import annotations
@@ -21,26 +23,59 @@ import re
 from collections.abc import Mapping
 from urllib.parse import unquote
 
-# variable names that hold credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, MLFLOW_TRACKING_PASSWORD, ...)
-SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "KEY", "SESSION", "CREDENTIAL", "AUTH")
-# query parameters that hold credentials (matched lower-case, as substrings of the decoded name)
-SECRET_QUERY = ("sig", "token", "key", "secret", "password", "credential", "auth", "session", "policy")
+# Words of variable names that hold credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, MLFLOW_TRACKING_PASSWORD,
+# DB_PASS, LDAP_PASSWD, SMTP_PWD, GCP_CREDS, ...), matched as whole ``_``-separated words (a plural too), never as
+# substrings: PATH, MONKEY_MODE, PIPELINE_BYPASS_CACHE are settings.
+SECRET_MARKERS = (
+    "SECRET", "TOKEN", "PASSWORD", "PASSWD", "PASS", "PWD", "PASSPHRASE", "KEY", "SESSION", "CREDENTIAL", "CREDS",
+    "AUTH", "AUTHORIZATION", "COOKIE",
+)  # fmt: skip
+# ... and as the end of a word that is a compound (APIKEY, GITLABTOKEN, DBPASSWORD, CLIENTSECRET): only these,
+# which end no harmless word (KEY would take MONKEY, PASS would take BYPASS, PWD the shell's OLDPWD)
+SECRET_SUFFIXES = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "APIKEY", "ACCESSKEY", "PRIVATEKEY", "CREDENTIAL")
+# The shell's own variables named like a secret: PWD and OLDPWD are the working directories, not passwords
+# (``*_PWD`` is one).
+NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD"})
+# Query parameter names (decoded, lower-case) that hold credentials: a name with one of these among its words
+# (split at ``_``, ``-``, ``.`` and camelCase: access_token, X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token,
+# api_key, apiKey, Key-Pair-Id, client_secret, sig), ...
+SECRET_QUERY_WORDS = frozenset({"sig", "signature", "token", "key", "apikey", "password", "passwd", "pwd",
+                                "secret", "credential", "credentials", "auth", "session", "sessionid"})  # fmt: skip
+# ... or one of these as the whole name (CloudFront's Policy; a word of other names: privacy_policy, first_pass)
+SECRET_QUERY_NAMES = frozenset({"policy", "pass"})
 # secrets recognisable by their shape wherever they appear
 SECRET_PATTERNS = (
+    # a PEM private key: the whole block, or from a BEGIN line without its END (cut off) to the end of the text
+    re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*\Z)", re.DOTALL),
     re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key id
     re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),  # GitHub token
+    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}"),  # GitHub fine-grained token
+    re.compile(r"\bgl(?:pat|dt|rt|ptt|oas|cbt|soat|ft)-[A-Za-z0-9_.-]{20,}"),  # GitLab tokens
+    re.compile(r"\bsk-(?:proj|svcacct|admin|ant)-[A-Za-z0-9_-]{20,}"),  # OpenAI project/service, Anthropic keys
+    re.compile(r"\bsk-[A-Za-z0-9]{32,}\b"),  # OpenAI legacy key
     re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),  # Slack token
+    re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),  # a JWT: header.payload.signature
     re.compile(r"(?<=\bBearer )[A-Za-z0-9._~+/=-]{8,}"),  # an Authorization header's value
 )
 HIDDEN = "***"
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
 
 
+def _query_words(name: str) -> list[str]:
+    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", unquote(name))  # apiKey, accessToken: words of their own
+    return [w for w in re.split(r"[_\-.\s]+", name.lower()) if w]
+
+
+def is_secret_query_name(name: str) -> bool:
+    """Whether a query parameter called ``name`` holds a credential: the name itself, or one of its words."""
+    words = _query_words(name)
+    return (len(words) == 1 and words[0] in SECRET_QUERY_NAMES) or any(w in SECRET_QUERY_WORDS for w in words)
+
+
 def _redact_query(query: str) -> str:
     def one(pair: str) -> str:
         name, eq, _ = pair.partition("=")
-        secret = eq and any(s in unquote(name).lower() for s in SECRET_QUERY)
-        return f"{name}={HIDDEN}" if secret else pair
+        return f"{name}={HIDDEN}" if eq and is_secret_query_name(name) else pair
 
     return "&".join(one(p) for p in query.split("&"))
 
@@ -57,6 +92,8 @@ def redact_url(url: str) -> str:
         authority = HIDDEN + "@" + authority.rpartition("@")[2]
     if qmark:
         query = _redact_query(query)
+    if hash_:  # OAuth's implicit flow puts the token in the fragment: #access_token=...
+        fragment = _redact_query(fragment)
     return f"{scheme}://{authority}{slash}{path}{qmark}{query}{hash_}{fragment}"
 
 
@@ -74,7 +111,16 @@ def carries_credentials(value: str) -> bool:
 
 
 def is_secret_name(name: str) -> bool:
-    return any(m in name.upper() for m in SECRET_MARKERS)
+    """Whether an environment variable called ``name`` holds a credential by its name: a word of it (split at
+    ``_``) is a marker or its plural, or ends in an unambiguous one (``SECRET_SUFFIXES``); never the shell's
+    ``PWD``/``OLDPWD``."""
+    upper = name.upper()
+    if upper in NOT_SECRET_NAMES:
+        return False
+    words = [w for w in re.split(r"[_\-.]+", upper) if w]
+    return any(w in SECRET_MARKERS or w.removesuffix("S") in SECRET_MARKERS for w in words) or any(
+        w.removesuffix("S").endswith(SECRET_SUFFIXES) for w in words
+    )
 
 
 def safe_env(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:

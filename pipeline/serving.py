@@ -132,6 +132,8 @@ def register(c, name: str, model_id: str, run_id: str, aliases: list[str], descr
     except MlflowException as e:
         if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
+        if c.get_registered_model(name).description != description:  # one a run of older code described
+            c.update_registered_model(name, description=description)
     existing = c.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         version = max(int(v.version) for v in existing)

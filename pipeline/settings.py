@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.config import DATASET_KINDS, ConfigError, Params, did_you_mean, fmt_loc, format_errors
 from pipeline.config_checks import cross_checks
+from pipeline.redact import redact
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,7 +104,7 @@ def _schema_errors(raw: dict, e: ValidationError, said: set[tuple]) -> list[str]
         if x["type"] == "value_error" and field and isinstance(_lookup(raw, loc), dict):
             loc = (*loc, field.group(1))
             msg = msg.split(": ", 1)[-1] if ": " in msg else msg
-        shown = "" if x["type"] == "missing" else f" = {_lookup(raw, loc)!r}"
+        shown = "" if x["type"] == "missing" else f" = {redact(repr(_lookup(raw, loc)))}"  # a refused secret too
         grouped.setdefault((loc, shown), []).append(msg)
     # a union gives one message per alternative: join them into one line
     return [f"{fmt_loc(loc)}{shown}: {' or '.join(dict.fromkeys(msgs))}" for (loc, shown), msgs in grouped.items()]
@@ -231,7 +232,10 @@ def read_yaml(path: str | Path) -> Any:
         text = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # reads the first bytes already: a NUL or a control byte fails here
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not readable as YAML: {_reader_problem(e)}") from None
     try:
         node = loader.get_single_node()
         dups = _duplicate_keys(node) if node is not None else []
@@ -246,6 +250,16 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: nested too deeply to be settings") from None
     finally:
         loader.dispose()
+
+
+def _reader_problem(e: yaml.YAMLError) -> str:
+    """A reader error (a byte YAML does not allow) as the byte, its place, and what is allowed."""
+    allowed = "allowed: printable UTF-8 text (tabs and newlines included)"
+    if not isinstance(e, yaml.reader.ReaderError) or not isinstance(e.character, int):
+        return str(e)
+    if e.encoding != "unicode":  # the bytes do not decode
+        return f"byte {e.position} (0x{e.character:02x}) is not {e.encoding} text; {allowed}"
+    return f"character {e.position} is the control character U+{e.character:04X}; {allowed}"
 
 
 def _yaml_problem(e: yaml.MarkedYAMLError) -> str:

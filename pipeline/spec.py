@@ -18,6 +18,7 @@ from pipeline import codebase
 from pipeline.config import Frozen, Overrides, Params, TrainCfg, config_hash
 from pipeline.data.manifest import load_manifest
 from pipeline.data.shared import publish
+from pipeline.data.subset import held_out
 from pipeline.models import create_model
 from pipeline.models.digest import network_digest
 
@@ -47,17 +48,21 @@ class RunSpec(Frozen):
     train_subset: int | None = None
     tuned: dict[str, Any] = Field(default_factory=dict)  # what a search chose, for the record
     diagnostics: int = Field(default=0, ge=0)  # probe images for the attention diagnostics each epoch (0: off)
+    # data-parallel workers it trains on: each rank normalises its own BatchNorm batch and draws its own crops
+    # (seeded by rank), so 1 and 2 workers are different runs (``compute.num_workers``, resolved)
+    workers: int = Field(default=1, ge=1)
 
     def identity(self) -> dict[str, Any]:
         """Everything that decides the result, and nothing else: the network as built from the seed (its
         structure, settings and initial weights: ``network_key``), the recipe, the data (its checksum, not
-        where it is read from) and the data order (seed, held-out part, subset), and whether the diagnostics
-        run. Not the method's name or model name, nor what a search chose (``tuned``, a record): two methods
-        or tracks that resolve to the same network, recipe and start are one unit, trained once."""
+        where it is read from) and the data order (seed, held-out part, subset, the workers it is split over),
+        and whether the diagnostics run. Not the method's name or model name, nor what a search chose
+        (``tuned``, a record): two methods or tracks that resolve to the same network, recipe and start are one
+        unit, trained once."""
         return {
             "network": network_key(self.model, self.model_args, self.seed),
             "dataset": self.dataset.model_dump(exclude={"path", "source"}),
-            **self.model_dump(include={"train", "seed", "val_fraction", "train_subset", "diagnostics"}),
+            **self.model_dump(include={"train", "seed", "val_fraction", "train_subset", "diagnostics", "workers"}),
         }
 
     def key(self) -> str:
@@ -73,12 +78,6 @@ class RunSpec(Frozen):
             val = held_out(num_train, self.val_fraction)
             train = num_train - val
         return (min(train, self.train_subset) if self.train_subset else train), val
-
-
-def held_out(num_train: int, fraction: float) -> int:
-    """The images a unit holds out of the train split to validate on (a search trial): ``fraction`` of them,
-    rounded down, at least one. The one rule: the training loop splits by it, the search and the plan count by it."""
-    return max(1, int(num_train * fraction))
 
 
 @functools.cache
@@ -103,6 +102,7 @@ def build_spec(
     val_fraction: float | None = None,
     train_subset: int | None = None,
     diagnostics: int = 0,
+    workers: int = 1,
 ) -> RunSpec:
     """Resolve the method's model and recipe, with tuned values (``train.<f>``/``args.<a>`` keys) applied."""
     over = tuned if isinstance(tuned, Overrides) else Overrides.parse(tuned)
@@ -120,6 +120,7 @@ def build_spec(
         train_subset=train_subset,
         tuned=over.flat(),
         diagnostics=diagnostics,
+        workers=workers,
     )
 
 

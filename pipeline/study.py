@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tracking, units
-from pipeline.compute import check_workers_before_start, storage_path
+from pipeline.compute import storage_path, world_size
 from pipeline.config import STUDY_HOW_TO_RUN, Params
 from pipeline.data.manifest import load_manifest
 from pipeline.io import write_json
@@ -110,8 +110,7 @@ def run_study(params: Params, dataset: str, data_dir: str | Path, out_file: str 
         why = "study.enabled: false" if not s.enabled else f"study.dataset: {s.dataset}"
         log.info("study@%s: off (%s); to run it: %s", dataset, why, STUDY_HOW_TO_RUN)
         return out
-    check_workers_before_start(params.compute)
-    work = units.Work(params, data_ref(dataset, data_dir))
+    work = units.Work(params, data_ref(dataset, data_dir), workers=world_size(params.compute))
     specs = _by_cell(work.study)
     trained = [r.unit for r in units.distinct(work.study)]
     store = UnitStore(storage_path(params.compute), dataset)

@@ -38,7 +38,7 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from pipeline.config import Frozen
-from pipeline.redact import redact, redact_url
+from pipeline.redact import carries_credentials, redact, redact_url
 
 DEFAULT_DB = "mlflow.db"
 log = logging.getLogger(__name__)
@@ -54,7 +54,43 @@ def client(uri: str | None = None):
     # the system metrics monitor at every start and stop
     for name in ("mlflow.store.db.utils", "alembic", "mlflow.system_metrics"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=uri or tracking_uri())
+    uri = uri or tracking_uri()
+    keep_credentials_out_of_mlflow_output(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+class _Redacting(logging.Filter):
+    """MLflow's own log records (and their tracebacks) with credentials hidden (``pipeline.redact``): the URLs
+    it names are built from the tracking URI, userinfo included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # a malformed record: the handler reports it (handleError), a filter must not raise
+            return True
+        if (shown := redact(msg)) != msg:
+            record.msg, record.args = shown, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+# MLflow prints "View run <name> at: <url>" / "View experiment at: <url>" when a run on a tracking server ends,
+# straight to stdout (``TrackingServiceClient._log_url``), the URL built from the tracking URI *with* its userinfo
+# (``http://alice:<pw>@host/#/experiments/...``). Not a log record, so no filter can redact it: with a URI that
+# carries a credential MLflow is told not to print them (the pipeline's own lines name the runs, redacted).
+SUPPRESS_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
+def keep_credentials_out_of_mlflow_output(uri: str) -> None:
+    """MLflow's own output in this process (``client`` sees to it, each time: it is idempotent): its log records
+    redacted; its printed run and experiment links silenced when ``uri`` carries a credential (in the Ray workers
+    this process starts too: they inherit the setting)."""
+    if carries_credentials(uri):
+        os.environ[SUPPRESS_URLS] = "true"
+    for handler in logging.getLogger("mlflow").handlers:  # MLflow's own handler: its loggers do not propagate
+        if not any(isinstance(f, _Redacting) for f in handler.filters):
+            handler.addFilter(_Redacting())
 
 
 def experiment_name(prefix: str, dataset: str) -> str:

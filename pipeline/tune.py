@@ -62,7 +62,7 @@ from pipeline.provenance import git_commit, provenance
 from pipeline.spec import DataRef, data_ref, shared
 from pipeline.stats import binomial_margin, near_chance
 from pipeline.train.job import dataset_input
-from pipeline.train.store import KeyedStore
+from pipeline.train.store import CorruptEntry, KeyedStore
 from pipeline.train.worker import HISTORY
 from pipeline.trials import (
     METRIC,
@@ -386,10 +386,18 @@ class SearchCache(KeyedStore):
         super().__init__(storage_path, "tune-cache", dataset, ".json")
 
     def get(self, key: str) -> dict[str, Any] | None:
-        return json.loads(self.read(key)) if self.has(key) else None
+        """The search kept under ``key``; None when there is none, or when it is cut short or changed since it
+        was written (then set aside, and searched again)."""
+        if not self.has(key):
+            return None
+        try:
+            return self.read_entry(key)
+        except CorruptEntry as e:
+            self.set_aside(key, str(e), "the search runs again", what="search-cache entry")
+            return None
 
     def put(self, key: str, result: dict[str, Any]) -> None:
-        self.write(key, json.dumps(result, indent=2, default=str).encode())
+        self.write_entry(key, json.loads(json.dumps(result, default=str)))  # plain JSON: what is read back
 
 
 def _reusable(hit: dict[str, Any], t: TuneCfg) -> bool:

@@ -80,19 +80,23 @@ def methods_of(rows: Iterable[Row]) -> dict[str, list[str]]:
 # --- the recipe and searched tracks ------------------------------------------------------------------------
 
 
-def recipe_rows(params: Params, data: DataRef) -> tuple[Row, ...]:
-    """Every method of the grid at every seed, at the shared recipe."""
+def recipe_rows(params: Params, data: DataRef, workers: int = 1) -> tuple[Row, ...]:
+    """Every method of the grid at every seed, at the shared recipe, on ``workers`` data-parallel workers."""
     return tuple(
-        Row("recipe", m, s, build_spec(params, m, data, s)) for m in params.grid.methods for s in params.grid.seeds
+        Row("recipe", m, s, build_spec(params, m, data, s, workers=workers))
+        for m in params.grid.methods
+        for s in params.grid.seeds
     )
 
 
-def searched_rows(params: Params, data: DataRef, tuned: Mapping[str, Mapping[str, Any]]) -> tuple[Row, ...]:
+def searched_rows(
+    params: Params, data: DataRef, tuned: Mapping[str, Mapping[str, Any]], workers: int = 1
+) -> tuple[Row, ...]:
     """Every method of the grid at every seed, at what its search adopted (``tuned``: tune.json's ``methods``,
     {method: {"chosen": {dotted key: value}, ...}}); a method not searched, or whose search kept the recipe,
     at the recipe."""
     return tuple(
-        Row("searched", m, s, build_spec(params, m, data, s, tuned[m]["chosen"] if m in tuned else {}))
+        Row("searched", m, s, build_spec(params, m, data, s, tuned[m]["chosen"] if m in tuned else {}, workers=workers))
         for m in params.grid.methods
         for s in params.grid.seeds
     )
@@ -177,14 +181,15 @@ def searches(params: Params, data: DataRef, methods: Iterable[str] | None = None
 # --- the study ----------------------------------------------------------------------------------------------
 
 
-def study_rows(params: Params, data: DataRef) -> tuple[Row, ...]:
+def study_rows(params: Params, data: DataRef, workers: int = 1) -> tuple[Row, ...]:
     """Every cell of ``params.study`` (``StudyCfg.cells``) at every study seed: the study method with the
     cell's model arguments, at its recipe shortened to ``study.epochs`` when that is set."""
     s = params.study
     length = Overrides.parse(shortened(params, s.method, data.name, s.epochs)).train if s.epochs is not None else {}
 
     def cell(args: dict[str, Any], seed: int) -> RunSpec:
-        return build_spec(params, s.method, data, seed, Overrides(args=args, train=length), diagnostics=s.diagnostics)
+        over = Overrides(args=args, train=length)
+        return build_spec(params, s.method, data, seed, over, diagnostics=s.diagnostics, workers=workers)
 
     return tuple(Row("study", name, seed, cell(args, seed)) for name, args in s.cells().items() for seed in s.seeds)
 
@@ -196,20 +201,22 @@ def study_rows(params: Params, data: DataRef) -> tuple[Row, ...]:
 class Work:
     """Everything ``params`` trains on ``data``, each part resolved when first asked for. ``tuned``: the
     searches' outcome (tune.json's ``methods``: ``{}`` when no search ran), or None while it is not known (the
-    plan before a search). The study only on ``study.dataset``, when it is enabled."""
+    plan before a search). The study only on ``study.dataset``, when it is enabled. ``workers``: the
+    data-parallel workers each unit trains on (``compute.world_size``); a search trial trains on one."""
 
     params: Params
     data: DataRef
     tuned: Mapping[str, Mapping[str, Any]] | None = None
+    workers: int = 1
 
     @cached_property
     def recipe(self) -> tuple[Row, ...]:
-        return recipe_rows(self.params, self.data)
+        return recipe_rows(self.params, self.data, self.workers)
 
     @cached_property
     def searched(self) -> tuple[Row, ...]:
         """The searched track's rows once a search ran, else none."""
-        return searched_rows(self.params, self.data, self.tuned) if self.tuned else ()
+        return searched_rows(self.params, self.data, self.tuned, self.workers) if self.tuned else ()
 
     @cached_property
     def searches(self) -> tuple[Search, ...]:
@@ -218,7 +225,7 @@ class Work:
     @cached_property
     def study(self) -> tuple[Row, ...]:
         s = self.params.study
-        return study_rows(self.params, self.data) if s.enabled and s.dataset == self.data.name else ()
+        return study_rows(self.params, self.data, self.workers) if s.enabled and s.dataset == self.data.name else ()
 
     @property
     def adopted(self) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.cli import check_storage, run_stage, usage
 from pipeline.config import Params
+from pipeline.data.sizes import check_batches
 from pipeline.io import atomic_path
 from pipeline.models.checks import check_models
 
@@ -21,4 +22,4 @@ def main(params: Params, argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, checks=[check_models, check_storage])
+    run_stage(main, checks=[check_models, check_batches, check_storage])

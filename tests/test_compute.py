@@ -24,3 +24,21 @@ def test_workers_get_settings_but_never_credentials(monkeypatch) -> None:
     for k in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD"):
         assert k not in env
     assert "MLFLOW_TRACKING_TOKEN" not in env and "HOME_SECRET" not in env
+
+
+def test_names_with_a_password_word_stay_home_and_urls_with_harmless_queries_go(monkeypatch, caplog) -> None:
+    """``*_PASS``, ``*_PASSWD``, ``*_PWD``, ``*_CREDS`` are credentials by name; a URL whose query names only
+    contain a marker (``design``, ``monkey``) is a setting, forwarded without a warning."""
+    design = "https://data.example/render?design=2&monkey=1"
+    for k, v in {
+        "PIPELINE_DEBUG_PASS": "pw-1",
+        "MLFLOW_DB_PASSWD": "pw-2",
+        "AWS_PROXY_PWD": "pw-3",
+        "PIPELINE_GCP_CREDS": "pw-4",
+        "PIPELINE_DATA_URL": design,
+    }.items():
+        monkeypatch.setenv(k, v)
+    env = worker_env()
+    assert env["PIPELINE_DATA_URL"] == design
+    assert not {"PIPELINE_DEBUG_PASS", "MLFLOW_DB_PASSWD", "AWS_PROXY_PWD", "PIPELINE_GCP_CREDS"} & set(env)
+    assert not [r for r in caplog.records if "not forwarded" in r.getMessage()]

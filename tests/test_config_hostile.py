@@ -324,3 +324,68 @@ def test_a_data_set_outside_the_grid_is_validated_like_the_others() -> None:
     assert "datasets.cifar10.train: unknown field(s) ['epoch']" in errors_for(raw)
     raw["datasets"]["cifar10"]["train"] = {"lr": -1.0}
     assert "datasets.cifar10.train = {'lr': -1.0}" in errors_for(raw)
+
+
+# 9. Edges a hostile user found (issue 32): each through the check stage, as `dvc repro` runs it -------------------
+
+SEEDS_BLOCK = re.search(r"^  seeds:\n(?:  - .*\n)+", SHIPPED, re.M)[0]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        # a width the model divides by: was a ZeroDivisionError traceback out of the model check
+        (
+            lambda t: t.replace(
+                "args: {depth: 8, width: 8}\n    label: ResNet", "args: {depth: 8, width: 0}\n    label: ResNet"
+            ),
+            "methods.resnet.args = {'depth': 8, 'width': 0}: width=0 must be >= 1",
+        ),
+        # a NUL byte: was yaml's ReaderError traceback
+        (lambda t: t.replace("label: ResNet", "label: Res\x00Net"), "not readable as YAML: character "),
+        # seeds torch cannot take (epoch_seed * 1000 + rank overflows 64 bits): passed, then crashed in a worker
+        (
+            lambda t: t.replace(SEEDS_BLOCK, "  seeds:\n  - 18446744073709551616\n"),
+            "grid.seeds.0 = 18446744073709551616: Input should be less than or equal to 4294967295",
+        ),
+        # a batch larger than the train split: trained one short batch an epoch, silently
+        (
+            lambda t: re.sub(r"^  batch_size: .*$", "  batch_size: 5000", t, count=1, flags=re.M),
+            "train.batch_size = 5000: larger than the 1,000 images of the train split of embedded (methods ",
+        ),
+        (lambda t: t.replace(EPOCHS, "epochs: 1000000000000", 1), "train.epochs = 1000000000000: Input should be less"),
+        (lambda t: t.replace(LR, "  lr: 1.0e+308", 1), "train.lr = 1e+308: Input should be less than or equal to 10"),
+        # labels are table cells, legend entries and console lines: one printable line, never a credential
+        (
+            lambda t: t.replace("label: ResNet", "label: ''"),
+            "methods.resnet.label = '': '' is not a label; allowed: 1 to",
+        ),
+        (
+            lambda t: t.replace("label: ResNet", 'label: "Res\\nNet"'),
+            "methods.resnet.label = 'Res\\nNet': 'Res\\nNet' is not a label",
+        ),
+        (
+            lambda t: t.replace("label: ResNet", "label: ghp_" + "a1B2" * 9),
+            "methods.resnet.label = '***': '***' holds something shaped as a credential",
+        ),
+    ],
+    ids=[
+        "width-0",
+        "nul-byte",
+        "huge-seed",
+        "batch-over-split",
+        "epochs-1e12",
+        "lr-1e308",
+        "empty-label",
+        "two-line-label",
+        "token-label",
+    ],
+)
+def test_edges_are_one_message_naming_the_setting_before_any_work(tmp_path: Path, edit, expected: str) -> None:
+    text = edit(SHIPPED)
+    assert text != SHIPPED
+    r = run_check_stage(tmp_path, text)
+    assert_one_clean_error(r, tmp_path)
+    assert expected in r.stderr, r.stderr
+    assert "ghp_a1B2" not in r.stderr  # a refused secret is not echoed either
+    assert not (tmp_path / "data").exists()  # nothing fetched

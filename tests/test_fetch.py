@@ -230,3 +230,86 @@ def test_s3_fetch_keeps_to_its_size_cap_and_deadline(tmp_path, s3) -> None:
     with pytest.raises(FetchError, match=r"not finished within the deadline of 0.001 s .*fetch.deadline_s"):
         fetch_dataset("c10", cfg("s3://datasets/c10.tar.gz", md5, deadline_s=0.001), tmp_path / "raw")
     assert leftovers(tmp_path) == ["c10.tar.gz"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A source with a credential: named by an environment variable (env:NAME), never written in params.yaml
+
+SECRET_URL_PARTS = ("s3cr3t-pw", "sig-deadbeef99", "tok-cafe42")
+
+
+def _secret_url(srv) -> str:
+    host = srv.url.removeprefix("http://")
+    return f"http://reader:s3cr3t-pw@{host}/{NAME}?sig=sig-deadbeef99&token=tok-cafe42&v=1"
+
+
+def test_a_credential_in_a_source_is_refused_at_check_and_env_name_is_what_is_allowed(tmp_path) -> None:
+    """params.yaml's values go verbatim into dvc.lock and DVC's run cache (and git): a source carrying a
+    credential is refused by the check stage, rc 2, one message naming the setting, why, and env:NAME."""
+    import yaml
+
+    from tests.test_config_hostile import SHIPPED, assert_one_clean_error, run_check_stage
+
+    raw = yaml.safe_load(SHIPPED)
+    raw["grid"]["datasets"] = ["cifar10"]
+    raw["datasets"]["cifar10"]["fetch"]["source"] = "https://mirror.example/c10.tgz?X-Amz-Signature=sig-deadbeef99"
+    r = run_check_stage(tmp_path, yaml.safe_dump(raw, sort_keys=False))
+    assert_one_clean_error(r, tmp_path)
+    assert "datasets.cifar10.fetch.source" in r.stderr and "carries a credential" in r.stderr, r.stderr
+    assert "dvc.lock" in r.stderr and "allowed: env:NAME" in r.stderr, r.stderr
+    assert "sig-deadbeef99" not in r.stderr, r.stderr
+    raw["datasets"]["cifar10"]["fetch"]["source"] = "env:C10-URL"
+    r = run_check_stage(tmp_path, yaml.safe_dump(raw, sort_keys=False))
+    assert_one_clean_error(r, tmp_path)
+    assert "names no environment variable; allowed: env:NAME" in r.stderr, r.stderr
+
+
+def test_an_env_source_fetches_with_its_credentials_and_records_only_the_name(tmp_path, served, monkeypatch) -> None:
+    """``source: env:C10_URL`` with the variable holding a URL with userinfo, a signature and a token: the
+    fetch stage, run by ``dvc repro``, uses them (the server demands them), and dvc.lock, DVC's run cache,
+    source.json and the console hold ``env:C10_URL`` or the redacted URL, never the credentials."""
+    from tests.project import make_project, run
+
+    srv, md5 = served
+    srv.behaviour.auth = "reader:s3cr3t-pw"
+    monkeypatch.setenv("C10_URL", _secret_url(srv))
+    fetch = {"source": "env:C10_URL", "checksum": md5, "backoff_s": 0.01, "timeout_s": 10}
+    proj = make_project(
+        tmp_path / "proj", {"grid": {"datasets": ["cifar10"]}, "datasets": {"cifar10": {"fetch": fetch}}}
+    )
+    (proj / "results").mkdir(exist_ok=True)
+    (proj / "results" / "settings-checked.txt").write_text("ok\n")  # the check stage's mark, upstream of fetch
+    out = run(["dvc", "repro", "--single-item", "fetch@cifar10"], proj, timeout=600)
+    assert srv.behaviour.requests[-1]["status"] == 200  # fetched with the credentials
+    lock = (proj / "dvc.lock").read_text()
+    assert "source: env:C10_URL" in lock
+    recorded = {"dvc.lock": lock, "console": out.stdout + out.stderr}
+    recorded |= {str(p): p.read_text() for p in (proj / ".dvc" / "cache" / "runs").rglob("*") if p.is_file()}
+    recorded["source.json"] = (proj / "data" / "raw" / "cifar10" / "source.json").read_text()
+    assert any("runs" in k for k in recorded)  # DVC's run cache was searched
+    assert f"http://***@{srv.url.removeprefix('http://')}/{NAME}?sig=***&token=***&v=1" in recorded["source.json"]
+    leaks = [(k, s) for k, v in recorded.items() for s in SECRET_URL_PARTS if s in v]
+    assert not leaks, leaks
+
+
+def test_an_env_source_whose_variable_is_unset_or_unreadable_fails_naming_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("C10_URL", raising=False)
+    with pytest.raises(FetchError) as e:
+        fetch_dataset("c10", cfg("env:C10_URL", None), tmp_path / "raw")
+    assert str(e.value).startswith("datasets.c10.fetch.source = 'env:C10_URL', but the environment variable C10_URL")
+    monkeypatch.setenv("C10_URL", "ftp://u:s3cr3t-pw@mirror.example/c10.tgz")
+    with pytest.raises(FetchError) as e:
+        fetch_dataset("c10", cfg("env:C10_URL", None), tmp_path / "raw")
+    assert "C10_URL holds 'ftp://***@mirror.example/c10.tgz': the ftp:// scheme is not supported" in str(e.value)
+    assert "s3cr3t-pw" not in str(e.value) and not (tmp_path / "raw").exists()
+
+
+def test_an_imagenet_source_may_come_from_an_environment_variable_too(tmp_path, monkeypatch) -> None:
+    from pipeline.config import ImageNetDataCfg
+    from tests.archives import imagenet_folders
+
+    imagenet_folders(tmp_path / "src", num_classes=2, train_per_class=2, val_per_class=1)
+    monkeypatch.setenv("IMAGENET_ROOT", str(tmp_path / "src"))
+    c = ImageNetDataCfg.model_validate({"kind": "imagenet", "fetch": {"source": "env:IMAGENET_ROOT"}})
+    src = fetch_dataset("imagenet", c, tmp_path / "raw")
+    assert src["root"] == str(tmp_path / "src") and src["layout"] == "folders"

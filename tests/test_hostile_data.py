@@ -214,19 +214,20 @@ def test_a_fetch_killed_with_sigkill_is_resumed_by_the_next_run_and_git_never_se
 # Credentials
 
 
-def test_credentials_in_a_url_are_used_but_never_shown(tmp_path, served, capsys) -> None:
+def test_credentials_in_a_url_are_used_but_never_shown(tmp_path, served, capsys, monkeypatch) -> None:
     srv, sum_ = served
     srv.behaviour.auth, srv.behaviour.fail_first = "reader:s3cr3t-pw", 1
     host = srv.url.removeprefix("http://")
     url = f"http://reader:s3cr3t-pw@{host}/{NAME}?X-Amz-Credential=AKIDX&X-Amz-Signature=deadbeef99&v=1"
-    src = fetch_dataset("c10", cfg(url, sum_), tmp_path / "raw")
+    monkeypatch.setenv("C10_URL", url)  # a source with a credential comes from the environment (env:NAME)
+    src = fetch_dataset("c10", cfg("env:C10_URL", sum_), tmp_path / "raw")
     shown = capsys.readouterr().err + json.dumps(src) + (tmp_path / "raw" / SOURCE).read_text()
     assert "attempt 1 failed" in shown and f"http://***@{host}/{NAME}?" in shown  # which file: still said
     for secret in ("s3cr3t-pw", "reader", "deadbeef99", "AKIDX"):
         assert secret not in shown
     srv.behaviour.auth = "reader:other"
     with pytest.raises(FetchError) as e:
-        fetch_dataset("c10", cfg(url, sum_), tmp_path / "raw2")
+        fetch_dataset("c10", cfg("env:C10_URL", sum_), tmp_path / "raw2")
     assert "HTTP 401" in str(e.value) and "s3cr3t" not in str(e.value) and "deadbeef99" not in str(e.value)
 
 

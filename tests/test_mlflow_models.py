@@ -141,6 +141,8 @@ def test_every_net_is_a_logged_model_and_the_lowest_seed_is_registered(evaluated
         {"name": name, "version": version.version}
     ]
     assert "mlflow.modelVersions" not in c.get_logged_model(models[1].model_id).tags  # seed 1: not registered
+    description = c.get_registered_model(name).description  # names the data set where the data set belongs
+    assert description.startswith("attn_resnet (model attn_resnet) trained on the data set embedded;"), description
     for seed, m in models.items():  # named for the unit, with its test metrics on the test data attached
         assert m.name == f"embedded-attn_resnet-seed{seed}"
         logged = {x.key: x for x in c.get_logged_model(m.model_id).metrics}

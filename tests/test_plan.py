@@ -11,17 +11,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from pipeline import devices, profiles
 from pipeline.compute import Workers
-from pipeline.config import FastPathCfg, Params
-from pipeline.plan import Net, Plan, Probe, Rate, data_size, format_plan, make_plan, unit_seconds
+from pipeline.config import FastPathCfg, Params, TrainCfg
+from pipeline.devices import DEVICES
+from pipeline.plan import Net, Plan, Probe, Rate, Resources, data_size, format_plan, make_plan, unit_seconds
 from pipeline.profiles import apply_profile
 from pipeline.profiles import main as profiles_main
 from pipeline.settings import load_params
 from pipeline.spec import data_ref
+from pipeline.train import probe as train_probe
 from pipeline.train.probe import seconds_per_call
 from pipeline.units import Work, distinct
 from tests.project import ROOT
@@ -215,3 +219,115 @@ def test_plan_of_the_paper_profile_writes_nothing(tmp_path) -> None:
     assert lines[1].startswith("plan: cifar100: 18 units") and "resnet " in lines[2]
     assert re.match(r"plan: total 36 units, 7,200 unit-epochs, about [\d,.]+ device-hours; about .+ wall on ", lines[3])
     assert params.read_bytes() == (ROOT / "params.yaml").read_bytes()
+
+
+# --- a plan priced for a GPU that is not here (--device) ---------------------------------------------------
+
+H100 = DEVICES["h100"]
+RECIPE = TrainCfg(epochs=1, batch_size=128, lr=0.1)
+
+
+def no_probe(*args, **kwargs):
+    raise AssertionError("probed on this machine")
+
+
+def test_the_paper_plan_priced_for_an_h100_probes_nothing_here(tmp_path, monkeypatch, capsys) -> None:
+    """``--plan --device h100`` on a CPU machine: H100-hours from the nets' FLOPs, labelled an estimate, and
+    neither the probe nor the Ray cluster is touched."""
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    monkeypatch.setattr(profiles, "probe", no_probe)
+    monkeypatch.setattr(train_probe, "measure", no_probe)
+    monkeypatch.setattr(profiles, "seen_resources", no_probe)
+    monkeypatch.setattr(devices, "RESULTS", tmp_path / "none")  # no measured results: the estimate route
+    argv = ["configs/paper.yaml", str(params), "--plan", "--device", "h100"]
+    assert profiles_main([*argv, "--utilisation=0.35"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all("device-hours" not in x and "measured" not in x for x in lines)
+    # ResNet-110 (width 16): 0.506 GFLOPs forward, 3x that a training step, at 35 % of 989 TFLOP/s
+    train, eval_ = 0.35 * 989e12 / (3 * 506_299_648), 0.35 * 989e12 / 506_299_648
+    assert f"resnet {train:,.0f}/{eval_:,.0f}, densenet_bc " in lines[2]
+    assert lines[2].startswith("plan: rates for H100 SXM, not probed here (estimate: 3x forward FLOPs at 35 % of ")
+    assert re.search(r"cifar10: 18 units .*; about [\d.]+ H100-hours \(estimate\)$", lines[0])
+    assert re.match(r"plan: total 36 units, 7,200 unit-epochs, about [\d.]+ H100-hours \(estimate\); about ", lines[3])
+    assert "wall on 1 H100 GPU (estimate: FLOPs at 35 % of H100 SXM's bf16 peak, +/- " in lines[3]
+    assert params.read_bytes() == (ROOT / "params.yaml").read_bytes()
+    # eight of them: the same hours, an eighth of the wall time (one unit per GPU)
+    assert profiles_main([*argv, "--utilisation=0.35", "--gpus", "8"]) == 0
+    eight = capsys.readouterr().out.splitlines()
+    assert eight[0] == lines[0] and "wall on 8 H100 GPUs" in eight[3]
+
+
+ALLOWED = "h100, h200, a100, v100, l4, a10"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--device", "h1000"], f"--device 'h1000': not a device the plan knows; allowed: {ALLOWED}"),
+        (["--device", "h100", "--utilisation", "35"], "--utilisation 35: a fraction of the peak; allowed: (0, 1]"),
+        (["--device=a100", "--gpus", "0"], "--gpus 0: how many A100 GPUs to plan for; allowed: 1 or more"),
+        (["--gpus", "2"], f"--gpus: prices a plan; allowed only with --plan --device ({ALLOWED})"),
+    ],
+)
+def test_a_bad_pricing_option_is_one_message_before_anything_runs(tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.setattr(profiles, "probe", no_probe)
+    monkeypatch.setattr(profiles, "planned", no_probe)  # not even the profile is applied
+    assert profiles_main(["configs/paper.yaml", str(tmp_path / "params.yaml"), "--plan", *extra]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_the_flops_estimate_is_a_hand_count_over_the_peak() -> None:
+    """ResNet-8 of width 8 on 32x32, in multiply-adds: stem 32*32*8*27; stage 1, two 8->8 convs at 32x32;
+    stage 2, 8->16 at 16x16, 16->16 and a 1x1 8->16 projection; stage 3 the same at 8x8 and twice the width;
+    the classifier 32*10. A multiply-add is 2 FLOPs."""
+    macs = (
+        32 * 32 * 8 * 27
+        + 2 * 32 * 32 * 8 * 8 * 9
+        + 16 * 16 * 16 * (8 * 9 + 16 * 9 + 8)
+        + 8 * 8 * 32 * (16 * 9 + 32 * 9 + 16)
+        + 32 * 10
+    )
+    net = Net("resnet", '{"depth": 8, "width": 8}', 32, 128, 500, RECIPE)
+    assert devices.forward_flops(net) == 2 * macs == 6_472_320
+    rate = devices.estimated_rate(net, 2 * macs, 989.0, 0.35)
+    assert rate.train == pytest.approx(0.35 * 989e12 / (3 * 6_472_320)) and rate.eval == pytest.approx(3 * rate.train)
+    assert devices.peak(H100, devices.switches(FastPathCfg(), H100)) == ("bf16", 989.0)
+    assert devices.peak(H100, devices.switches(FastPathCfg(bf16=False), H100)) == ("tf32", 494.0)  # cuDNN's default
+    assert devices.peak(DEVICES["v100"], devices.switches(FastPathCfg(), DEVICES["v100"])) == ("fp32", 15.7)
+
+
+def test_rates_measured_by_the_fast_path_benchmark_replace_the_estimate(tmp_path) -> None:
+    """A results file as benchmarks/fast_path.py writes it (its own stdout, from a real --smoke run, the
+    CPU's name replaced by an H100's): the net it measured, at the variant training runs, gets the measured
+    images/s and the date of the file's name; a net it did not measure keeps the estimate, and says so."""
+    smoke = [sys.executable, str(ROOT / "benchmarks" / "fast_path.py"), "--smoke"]
+    out = subprocess.run(smoke, capture_output=True, text=True, check=True).stdout
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, gpu in [("h100-2026-12-08", "NVIDIA H100 80GB HBM3"), ("a100-2026-12-09", "NVIDIA A100-SXM4-80GB")]:
+        (results / f"fast_path-{name}.txt").write_text(re.sub(r"CPU \(\d+ threads?\)", gpu, out))
+    measured = float(re.search(r"all but compile\s+([\d,]+) images/s", out).group(1).replace(",", ""))
+    same = Net("resnet", '{"depth": 8, "width": 16}', 32, 128, 500, RECIPE)  # the smoke's net: depth 8
+    other = Net("resnet", '{"depth": 8, "width": 8}', 32, 128, 500, RECIPE)
+    workers = Workers(1, True, 1)
+    got = devices.pricer(H100, utilisation=0.35, results=results)([same, other], workers, FastPathCfg(compile=False))
+    assert (got.rates[same].train, got.rates[same].eval) == (measured, 3 * measured)
+    assert got.rates[same].source == "measured 2026-12-08" and got.rates[same].scaled  # the smoke's batch 16
+    assert got.rates[other] == devices.estimated_rate(other, 6_472_320, 989.0, 0.35)
+    assert got.estimated and got.basis == "estimate: FLOPs at 35 % of H100 SXM's bf16 peak, the rest measured"
+    assert got.notes[0] == "measured on NVIDIA H100 80GB HBM3 2026-12-08 by benchmarks/fast_path.py"
+    # training compiles by default on a GPU: the smoke measured no compiled variant, so nothing is measured
+    auto = devices.pricer(H100, results=results)([same], workers, FastPathCfg())
+    assert auto.rates[same].source == "" and auto.basis.startswith("estimate: ") and len(auto.notes) == 1
+    # every net measured: the hours claim no estimate, and name the measurement
+    a100 = devices.pricer(DEVICES["a100"], results=results)([same], workers, FastPathCfg(compile=False))
+    assert not a100.estimated and a100.rates[same].train == measured and a100.rates[same].source == ""
+    assert a100.basis == "measured on NVIDIA A100-SXM4-80GB 2026-12-09 by benchmarks/fast_path.py"
+    p = load_params(ROOT / "params.yaml")
+    everywhere = lambda nets, w, fast: replace(a100, rates={n: a100.rates[same] for n in nets})  # noqa: E731
+    lines = format_plan(plan_of(p, tmp_path, resources=Resources(1.0, 1.0, "--gpus 1"), prober=everywhere))
+    assert "about" in lines[0] and lines[0].endswith(" A100-hours") and "estimate" not in " ".join(lines)
+    assert lines[1].startswith("plan: rates for A100 SXM, not probed here (measured on NVIDIA A100-SXM4-80GB")
+    assert f"resnet {measured:,.0f}/{3 * measured:,.0f} at batch 16/16" in lines[1]
+    assert f"wall on 1 A100 GPU ({a100.basis}, +/-" in lines[2]

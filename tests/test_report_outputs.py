@@ -193,6 +193,19 @@ def test_one_curves_figure_per_data_set_overlays_every_method(made) -> None:
     assert (made["reports"] / "figures" / "maps" / "attention-embedded.png").is_file()
 
 
+def test_methods_that_are_one_unit_are_one_line_named_for_both(made) -> None:
+    """The ablation trained as the ResNet's very unit: one line, labelled with both, not two lines on top of each
+    other (the default grid's case)."""
+    params, root = made["params"], made["root"]
+    curves = read.read_curves(root / "results", params, "embedded")["recipe"]
+    shared = {**curves, METHODS[-1]: curves[METHODS[0]]}  # the last method's every seed is the first's unit
+    fig = figures.curves_figure(params, "embedded", shared)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    both = f"{params.method(METHODS[0]).label} = {params.method(METHODS[-1]).label}"
+    assert labels == [both] + [params.method(m).label for m in METHODS[1:-1]]
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Tables
 
@@ -330,6 +343,8 @@ def test_the_report_run_names_its_source(made) -> None:
     assert run.data.tags["mlflow.source.name"] == "dvc repro report"
     assert run.data.metrics["recipe.attn_resnet.mean"] == pytest.approx(81.0)
     assert not any(k.startswith("headline.") for k in run.data.metrics)  # the recipe track's figures, once
+    verdicts = {k: v for k, v in run.data.tags.items() if ".verdict" in k or ".claimed" in k}
+    assert verdicts and "None" not in verdicts.values()  # a version without a claim has no tag, not "None"
 
 
 class _Page(html.parser.HTMLParser):

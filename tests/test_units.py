@@ -8,8 +8,9 @@ import pytest
 
 from pipeline import units
 from pipeline.data.manifest import load_manifest
+from pipeline.data.subset import held_out
 from pipeline.settings import validate_params
-from pipeline.spec import data_ref, held_out
+from pipeline.spec import data_ref
 from pipeline.train.loop import load_data
 
 

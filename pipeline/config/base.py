@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from pipeline.redact import carries_credentials, redact
+
 
 class ConfigError(ValueError):
     """Invalid settings; the message lists every bad key, its value and what is allowed."""
@@ -35,7 +37,10 @@ NotBool = BeforeValidator(_not_bool)
 Int = Annotated[int, NotBool]  # an int field that refuses true/false
 Float = Annotated[float, NotBool]  # a float field that refuses true/false
 PosInt = Annotated[Int, Field(gt=0)]
-Seed = Annotated[Int, Field(ge=0)]
+# Seeds are combined before they seed torch (``pipeline.train.engine.epoch_seed(seed, epoch) * 1_000 + rank``
+# must stay below 2**63, where torch's seeding overflows): 32 bits, numpy's range too
+SEED_MAX = 2**32 - 1
+Seed = Annotated[Int, Field(ge=0, le=SEED_MAX)]
 
 # Data set and method names become paths (data/raw/<d>, results/<d>/<m>) through dvc.yaml: no `/`, no `..`
 NAME_PATTERN = r"[A-Za-z0-9_-]+"
@@ -51,6 +56,23 @@ def _name(v: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_name)]
+
+LABEL_MAX = 80
+
+
+def _label(v: str) -> str:
+    """A label is one printable line (it is a table cell, a legend entry, a console headline) and never a
+    credential: labels are printed, plotted and written to report files that are not redacted."""
+    if not v.strip() or len(v) > LABEL_MAX or not v.isprintable():
+        raise ValueError(
+            f"{v!r} is not a label; allowed: 1 to {LABEL_MAX} printable characters on one line, not only spaces"
+        )
+    if carries_credentials(v):
+        raise ValueError(f"{redact(v)!r} holds something shaped as a credential; allowed: a plain name of the method")
+    return v
+
+
+Label = Annotated[str, AfterValidator(_label)]
 
 
 def unique_entries(v: list) -> list:

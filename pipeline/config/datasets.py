@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.checksum import Checksum
 from pipeline.config.base import Float, Frozen, Int, NotBool, PosInt, Seed
+from pipeline.redact import carries_credentials
 
 
 class EmbeddedFetchCfg(Frozen):
@@ -29,7 +30,29 @@ def _check_checksum(v: str | None) -> str | None:
     return v
 
 
+# ``env:NAME``: the source is the value of environment variable NAME, read at fetch time (pipeline.data.sources)
+ENV_SOURCE = "env:"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _check_source(v: str, *, official: bool, what: str) -> str:
+    """A fetch source as params.yaml may hold it: ``env:NAME``, or a location (``check_location``) that carries
+    no credential. DVC records a stage's params verbatim in dvc.lock and its run cache (and git commits
+    params.yaml): a URL's password, token or signature would be kept there for good."""
+    if v.startswith(ENV_SOURCE):
+        if not _ENV_NAME.fullmatch(v.removeprefix(ENV_SOURCE)):
+            raise ValueError(f"{v!r} names no environment variable; allowed: env:NAME, NAME of letters, digits and _")
+        return v
+    if carries_credentials(v):
+        raise ValueError(
+            "carries a credential (a password, token or signature): params.yaml's values are kept verbatim in "
+            "dvc.lock and DVC's run cache, and git would commit it; allowed: env:NAME, the URL in environment "
+            "variable NAME, read at fetch time and never recorded"
+        )
+    return check_location(v, official=official, what=what)
+
+
+def check_location(v: str, *, official: bool, what: str) -> str:
     """A fetch source the fetcher can read, refused here (at ``check``) rather than at fetch: ``official`` (where
     allowed), an http(s):// URL, ``s3://bucket/<what>``, or a local path (no other scheme)."""
     allowed = ("official, " if official else "") + f"an http(s):// URL, s3://bucket/{what}, or a local path"
@@ -53,7 +76,8 @@ def _check_source(v: str, *, official: bool, what: str) -> str:
 class CifarFetchCfg(Frozen):
     """Where the CIFAR binary archive comes from; it is always verified against ``checksum`` before use."""
 
-    source: str = Field(default="official", min_length=1)  # official | http(s):// URL | local path | s3://bucket/key
+    # official | http(s):// URL | local path | s3://bucket/key | env:NAME (a URL with a credential: see _check_source)
+    source: str = Field(default="official", min_length=1)
     checksum: str | None = None  # "md5:<hex>" or "sha256:<hex>"; None: the published checksum pinned in code
     retries: PosInt = 5  # attempts on connection errors, truncation and HTTP 5xx
     backoff_s: Annotated[Float, Field(ge=0)] = 1.0  # wait backoff_s * 2**i before retry i+1
@@ -81,7 +105,7 @@ class CifarFetchCfg(Frozen):
 class ImageNetFetchCfg(Frozen):
     """ILSVRC2012 from a local folder or ``s3://bucket/prefix`` (it has no public download)."""
 
-    source: str = Field(min_length=1)  # folder or s3://bucket/prefix
+    source: str = Field(min_length=1)  # folder or s3://bucket/prefix, or env:NAME naming a variable that holds one
     # official: ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz;
     # folders: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG; auto: official if its files are there
     layout: Literal["auto", "official", "folders"] = "auto"

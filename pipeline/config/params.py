@@ -7,9 +7,11 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config.base import Float, Frozen, Int, Name, NotBool, PosInt, Seed, unique_entries
+from pipeline.config.base import Float, Frozen, Int, Label, Name, NotBool, PosInt, Seed, unique_entries
 from pipeline.config.datasets import DatasetCfg
 
+MAX_EPOCHS = 10_000
+MAX_LR = 10.0
 PAPER_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours", "ablation")
 
 
@@ -29,13 +31,15 @@ class GridCfg(Frozen):
 class TrainCfg(Frozen):
     """The training recipe (paper Sec. 4.1); methods may override any field."""
 
-    epochs: PosInt
+    # Upper bounds refuse typos that would run for ever or overflow (epochs: 1e12, lr: 1e308): far above any
+    # published recipe (the paper's longest run is 300 epochs; large-batch recipes scale lr to a few units)
+    epochs: Annotated[PosInt, Field(le=MAX_EPOCHS)]
     batch_size: PosInt  # global, split evenly over the data-parallel workers
     eval_batch_size: PosInt = 500
-    lr: Annotated[Float, Field(gt=0)]
+    lr: Annotated[Float, Field(gt=0, le=MAX_LR)]
     momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = False
-    weight_decay: Annotated[Float, Field(ge=0)] = 1e-4
+    weight_decay: Annotated[Float, Field(ge=0, le=1)] = 1e-4
     # Paper Sec. 4.1: step (divide by 10 at the milestones); Sec. 3.2: cosine annealing. Both offered.
     schedule: Literal["step", "cosine"] = "step"
     milestones: list[PosInt] = []
@@ -43,7 +47,7 @@ class TrainCfg(Frozen):
     # He et al. 2016 (Sec. 4.2) trained ResNet-110 at lr 0.01 until the training error fell below 80 % ("about
     # 400 iterations", one CIFAR epoch at batch 128), then at the schedule's lr. Not in the paper: 0 = off.
     warmup_epochs: Annotated[Int, Field(ge=0)] = 0
-    warmup_lr: Annotated[Float, Field(gt=0)] = 0.01
+    warmup_lr: Annotated[Float, Field(gt=0, le=MAX_LR)] = 0.01
     crop_padding: Annotated[Int, Field(ge=0, le=16)] = 4
     flip: bool = True
     # Not in the paper: recompute BatchNorm statistics over this many train batches before each evaluation
@@ -86,7 +90,7 @@ class MethodCfg(Frozen):
 
     model: str
     args: dict[str, Any] = {}
-    label: str
+    label: Label
     paper_row: Literal[PAPER_ROWS] | None = None  # type: ignore[valid-type]
     train: dict[str, Any] = {}  # overrides of the shared recipe
     imagenet: MethodVariant | None = None  # the model used on ImageNet-kind data sets (224 px inputs)
@@ -164,7 +168,7 @@ class TuneCfg(Frozen):
     methods: list[Name] | Literal["all"] = []
     allow_unequal: bool = False  # opt in to searching only some compared methods (the report marks those rows)
     num_samples: PosInt = 4
-    epochs: PosInt = 3
+    epochs: Annotated[PosInt, Field(le=MAX_EPOCHS)] = 3
     grace_period: PosInt = 1
     reduction_factor: Annotated[Float, Field(gt=1)] = 2
     # trials side by side; auto: as many as the cluster has room for (compute.cpus_per_worker CPUs or one GPU each)
@@ -283,7 +287,7 @@ class StudyCfg(Frozen):
     dataset: Name = "embedded"
     method: Name = "attn_resnet"
     seeds: list[Seed] = Field(default=[0, 1, 2], min_length=1)
-    epochs: PosInt | None = None  # None: the method's recipe on the data set
+    epochs: Annotated[PosInt, Field(le=MAX_EPOCHS)] | None = None  # None: the method's recipe on the data set
     placements: list[str] = Field(default=["final", "stage", "stage_branch", "block"], min_length=1)
     scalings: list[str] = Field(default=["none", "hw", "residual", "gated"], min_length=1)
     variants: dict[Name, dict[str, Any]] = {}  # name -> model arguments (placement, scaling, temperature, ...)

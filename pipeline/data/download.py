@@ -6,6 +6,7 @@ Guarantees, whatever the source:
   checksum matches, so a partial or wrong file never sits where a finished one is expected;
 - HTTP: connection errors, timeouts, truncated bodies and 5xx answers are retried with exponential backoff;
   a retry resumes from the bytes already received when the server honours ``Range`` (206), else restarts;
+  a resume answered with 416 (the kept bytes reach the file's end or beyond) restarts from byte 0, once;
   4xx answers (404, 403) fail at once;
 - limits (``Limits``): a size cap (the official file's known size, else ``fetch.max_bytes``), checked against
   the announced size before the body is read and against every block received; an overall deadline over
@@ -75,15 +76,33 @@ def _split_userinfo(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(netloc=hostport)), {"Authorization": f"Basic {token}"}
 
 
-def _http_attempt(url: str, part: Path, retry: Retry, meter: Meter, progress_label: str) -> None:
-    """One GET into ``part``, resuming from its current size when the server accepts ranges."""
+def _http_attempt(source: str, part: Path, retry: Retry, meter: Meter, progress_label: str) -> None:
+    """One GET into ``part``, resuming from its current size when the server accepts ranges. A resume the server
+    answers with 416 (nothing past the kept bytes) starts over from byte 0, once: no ``Range`` then."""
     have = part.stat().st_size if part.exists() else 0
-    url, auth = _split_userinfo(url)
+    url, auth = _split_userinfo(source)
     req = urllib.request.Request(url, headers={"User-Agent": "attncnn-pipeline", **auth})
     if have:
         req.add_header("Range", f"bytes={have}-")
     meter.new_attempt()
-    with urllib.request.urlopen(req, timeout=min(retry.timeout_s, meter.remaining())) as r:
+    try:
+        resp = urllib.request.urlopen(req, timeout=min(retry.timeout_s, meter.remaining()))
+    except urllib.error.HTTPError as e:
+        if e.code != 416 or not have:
+            raise
+        e.close()
+        # the kept bytes reach the end of the remote file or beyond: a run killed between its last byte and the
+        # checksum, or a file that changed since; either way the checksum of a fresh copy decides
+        log.warning(
+            "%s: the server has no bytes past the %s kept in %s (HTTP 416 Range Not Satisfiable): the kept file is "
+            "complete or stale; downloading it again from the start",
+            redact_url(source),
+            f"{have:,}",
+            part,
+        )
+        part.unlink()
+        return _http_attempt(source, part, retry, meter, progress_label)
+    with resp as r:
         if have and r.status == 206:
             start = int(r.headers.get("Content-Range", "bytes 0-").split()[1].split("-")[0])
             if start != have:

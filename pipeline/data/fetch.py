@@ -27,11 +27,13 @@ from .embedded import write_embedded_archive
 from .imagenet_index import index_source
 from .limits import Limits, Retry
 from .manifest import SOURCE
+from .sources import resolve_source
 
 
 def fetch_dataset(name: str, cfg: DatasetCfg, out_dir: str | Path) -> dict[str, Any]:
     """Put data set ``name``'s raw data (or, for ImageNet, its index) under ``out_dir`` with ``source.json``."""
     out_dir = Path(out_dir)
+    cfg = _with_source_resolved(name, cfg)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         if cfg.kind == "embedded":
@@ -51,6 +53,17 @@ def fetch_dataset(name: str, cfg: DatasetCfg, out_dir: str | Path) -> dict[str, 
         source["kind"] = cfg.kind
         write_json(tmp / SOURCE, source)
     return source
+
+
+def _with_source_resolved(name: str, cfg: DatasetCfg) -> DatasetCfg:
+    """``cfg`` with an ``env:NAME`` source replaced by the variable's value (``resolve_source``), for this fetch
+    only: what is recorded (source.json, messages, MLflow) is that value redacted, never params.yaml's form."""
+    if cfg.kind == "embedded":
+        return cfg
+    official = cfg.kind in ("cifar10", "cifar100")
+    setting, what = f"datasets.{name}.fetch.source", "key" if official else "prefix"
+    source = resolve_source(cfg.fetch.source, setting=setting, official=official, what=what)
+    return cfg.model_copy(update={"fetch": cfg.fetch.model_copy(update={"source": source})})
 
 
 def _fetch_cifar(name: str, cfg: CifarDataCfg, tmp: Path, *, partial: Path) -> dict[str, Any]:

@@ -1,13 +1,39 @@
-"""Where files come from: the addressing of http(s):// and s3:// sources, the S3 client built from the
-standard AWS settings, and the one error a fetch raises."""
+"""Where files come from: a source named by an environment variable (``env:NAME``), the addressing of http(s)://
+and s3:// sources, the S3 client built from the standard AWS settings, and the one error a fetch raises."""
 
 from __future__ import annotations
+
+import os
+
+from pipeline.config.datasets import ENV_SOURCE, check_location
+from pipeline.redact import redact
 
 from .errors import DataError
 
 
 class FetchError(DataError):
     """A download or copy that could not be completed and verified; nothing was left at the destination."""
+
+
+def resolve_source(source: str, *, setting: str, official: bool, what: str) -> str:
+    """``source`` as params.yaml gives it, or for ``env:NAME`` the value of environment variable NAME, read now.
+
+    A URL with a credential (``https://user:pw@host/...``, a presigned ``?X-Amz-Signature=...``) comes this way:
+    params.yaml then holds ``env:NAME``, which is all that dvc.lock and DVC's run cache record. The value is
+    checked as params.yaml's would be (``check_location``), except that it may carry a credential."""
+    if not source.startswith(ENV_SOURCE):
+        return source
+    name = source.removeprefix(ENV_SOURCE)
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise FetchError(
+            f"{setting} = {source!r}, but the environment variable {name} is not set or empty; set it to the "
+            "source's URL (or path) in the shell that runs the stage"
+        )
+    try:
+        return check_location(value, official=official, what=what)
+    except ValueError as e:
+        raise FetchError(f"{setting} = {source!r}: {name} holds {redact(str(e))}") from None
 
 
 def is_s3(uri: str) -> bool:

@@ -52,8 +52,8 @@ def _build_error(model: str, args: dict[str, Any]) -> str | None:
         return "; ".join(f"{k}={str(args[k]).lower()}: {_bool_message(model, k)}" for k in bools)
     try:
         create_model(model, **args)
-    except (TypeError, ValueError) as e:
-        return str(e)
+    except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:  # torch raises RuntimeError for bad shapes
+        return str(e) or type(e).__name__
     return None
 
 

@@ -19,6 +19,8 @@ class DenseNetBC(nn.Module):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"DenseNet-BC depth={depth} must be 6n+4 with n >= 1 (10, 22, 40, 100, 190, ...)")
+        if growth_rate < 1:
+            raise ValueError(f"growth_rate={growth_rate} must be >= 1 (the paper's DenseNet-BC: 12 or 24)")
         if not 0 < compression <= 1:
             raise ValueError(f"compression={compression} must be in (0, 1]")
         n = (depth - 4) // 6

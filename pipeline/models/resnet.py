@@ -105,6 +105,8 @@ class ResNet(nn.Module):
             raise ValueError(f"shortcut={shortcut!r}; allowed: {list(SHORTCUTS)} (A: zero-padding, B: projection)")
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"ResNet depth={depth} must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, 110, ...)")
+        if width < 1:
+            raise ValueError(f"width={width} must be >= 1 (the first stage's channels; the paper's is 16)")
         if placement not in PLACEMENTS:
             raise ValueError(f"placement={placement!r}; allowed: {list(PLACEMENTS)}")
         if placement == "none":

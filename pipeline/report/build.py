@@ -7,14 +7,13 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.io import write_json
+from pipeline.io import scratch_dir, write_json
 from pipeline.provenance import provenance
 from pipeline.report import figures, markdown, record, search
 from pipeline.report.page import markdown_to_html
@@ -77,8 +76,8 @@ def make_report(params: Params, results_dir: str | Path, data_root: str | Path, 
     summary = {d: s.summary for d, s in sections.items()}
     rows = [r for s in sections.values() for r in s.rows]
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".report.") as tmp_s:  # same file system: renames
-        tmp = Path(tmp_s)
+    # beside the outputs (renames, not copies); a killed stage's is removed by the next run (``scratch_dir``)
+    with scratch_dir(out_dir / "report") as tmp:
         (tmp / "figures" / "confusion").mkdir(parents=True)
         fig_dir = tmp / "figures"
         texts = [

@@ -24,15 +24,25 @@ CELL_VALUES_UP_TO = 12  # and writes each cell's percentage up to this many
 
 
 def curves_figure(params: Params, dataset: str, per_method: dict[str, dict[int, list[dict[str, float]]]]):
-    """Every method's test top-1 after each epoch (recipe track) on one axis: mean over seeds, band min to max."""
+    """Every method's test top-1 after each epoch (recipe track) on one axis: mean over seeds, band min to max.
+    Methods whose every seed is one unit (the ablation *is* the ResNet) are one line, labelled with both names:
+    two lines drawn exactly on top of each other would hide one of them."""
     fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
     n = 0
+    drawn: list[tuple[dict[int, list[dict[str, float]]], list[str]]] = []  # (curves, the methods they are)
     for m, by_seed in per_method.items():
+        same = next((names for curves, names in drawn if curves == by_seed), None)
+        if same is None:
+            drawn.append((by_seed, [m]))
+        else:
+            same.append(m)
+    for by_seed, names in drawn:
         runs = list(by_seed.values())
         n = max(n, len(runs))
         epochs = [r["epoch"] for r in runs[0]]
         vals = [[run[i][VAL_TOP1] for run in runs] for i in range(len(epochs))]
-        line = ax.plot(epochs, [statistics.fmean(v) for v in vals], marker=".", label=params.method(m).label)[0]
+        label = " = ".join(params.method(m).label for m in names)
+        line = ax.plot(epochs, [statistics.fmean(v) for v in vals], marker=".", label=label)[0]
         ax.fill_between(epochs, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.15)
     ax.set(xlabel="epoch", ylabel="test top-1 (%)")
     ax.set_title(f"{dataset}: test top-1 after each epoch (test split)\nmean over {n} seeds; band: min to max", size=10)

@@ -28,7 +28,7 @@ def _report_run_fields(per_track: dict[str, Any]) -> tuple[list[tuple[str, str]]
     seeds; a search's words) and metrics (the numbers; a list of numbers, as a tuning curve, one step per entry
     from 1), named ``<track or search>.<method or ours_vs_x>.<field>[.<version>]``."""
     bench = per_track[BENCHMARK]
-    tags = [(f"{BENCHMARK}.{k}", str(v)) for k, v in bench.items()]
+    tags = [(f"{BENCHMARK}.{k}", str(v)) for k, v in bench.items() if v is not None]
     metrics: list[tuple[str, float, int]] = []
     for track, entries in per_track.items():
         if track in (BENCHMARK, HEADLINE):  # the headline repeats the recipe track's figures
@@ -37,7 +37,8 @@ def _report_run_fields(per_track: dict[str, Any]) -> tuple[list[tuple[str, str]]
             for k, v in fields.items():
                 key = f"{track}.{name}.{k}"
                 if isinstance(v, dict):
-                    tags += [(f"{key}.{version}", str(x)) for version, x in v.items()]
+                    # a version the field does not apply to (no claim, no size tested) has no tag, not "None"
+                    tags += [(f"{key}.{version}", str(x)) for version, x in v.items() if x is not None]
                 elif _number(v):
                     metrics.append((key, float(v), 0))
                 elif isinstance(v, list) and v and all(_number(x) for x in v):

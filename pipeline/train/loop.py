@@ -23,10 +23,11 @@ from torch import nn
 
 from pipeline.config import FastPathCfg, config_hash
 from pipeline.data.manifest import load_split
+from pipeline.data.subset import held_out
 from pipeline.events import Emit, EpochDone, UnitStarted
 from pipeline.models import backbone_digest, create_model
 from pipeline.models.diagnostics import diagnose
-from pipeline.spec import RunSpec, held_out
+from pipeline.spec import RunSpec
 from pipeline.train.checkpoint import TrainState, UnitRecord
 from pipeline.train.engine import (
     Data,
@@ -225,6 +226,8 @@ def train_unit(
 def prepare_unit(spec: RunSpec, job: Job) -> Unit:
     """The unit's net drawn from its seed (the backbone from the seed alone: ``pipeline.models.resnet``), on the
     device in the chosen memory format, with its optimizer and schedule; the digests it pairs up by."""
+    if spec.workers != job.shard.world_size:  # its key promises a split over spec.workers ranks
+        raise ValueError(f"unit {spec.key()} is keyed for {spec.workers} worker(s) but runs on {job.shard.world_size}")
     torch.manual_seed(spec.seed)
     model = build_model(spec)
     pairing = {"init": backbone_digest(model), "data_order": data_order(spec, job.shard.world_size, job.streamed)}

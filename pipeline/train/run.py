@@ -28,9 +28,10 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 from pipeline import tracking, units
-from pipeline.compute import Workers, check_workers_before_start, ray_session, resolve_workers, storage_path
+from pipeline.compute import Workers, check_workers_before_start, ray_session, resolve_workers, storage_path, world_size
 from pipeline.config import Params, config_hash
 from pipeline.data.manifest import load_manifest, ray_dataset, stream_options
+from pipeline.errors import StageError
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.plan import Stage, plan_lines
 from pipeline.plots import plt, training_curves
@@ -206,6 +207,12 @@ def train_on_ray(
     try:
         with ray_session(num_cpus=(os.cpu_count() or 1) + extra if extra else None) as res:
             w = resolve_workers(params.compute, res.get("CPU", 0), res.get("GPU", 0), "the Ray cluster")
+            if w.num_workers != job.units[0].workers:  # the units' keys name the workers they train on
+                raise StageError(
+                    f"compute.num_workers = {params.compute.num_workers!r} resolves to {w.num_workers} worker(s) on "
+                    f"the Ray cluster, but to {job.units[0].workers} when this stage planned its units; the "
+                    "cluster changed meanwhile: run the stage again"
+                )
             seen = {**res, "CPU": res.get("CPU", 0) - extra}  # the decoding CPUs added above train nothing
             lines = plan_lines(
                 params, works=[work], data_dirs={dataset: data_dir}, resources=seen, stages=stages, prober=probe
@@ -253,7 +260,8 @@ class TrainPlan:
 
 def plan_stage(params: Params, dataset: str, data_dir: str | Path, tuned_file: str | Path, c) -> TrainPlan:
     """The train stage's ``TrainPlan``; MLflow runs a dead process left RUNNING are closed FAILED first."""
-    work = units.Work(params, data_ref(dataset, data_dir), read_json(tuned_file)["methods"])
+    tuned = read_json(tuned_file)["methods"]
+    work = units.Work(params, data_ref(dataset, data_dir), tuned, workers=world_size(params.compute))
     rows = tuple(r for track in work.tracks.values() for r in track)
     todo_units = [r.unit for r in units.distinct(rows)]
     store = UnitStore(storage_path(params.compute), dataset)

@@ -1,0 +1,70 @@
+"""A data set's size before it is fetched, from its kind and its preprocess settings: what the plan prices and
+what the batch check compares a recipe's batch with, before any download (``check_batches``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import DatasetCfg, Params
+from pipeline.config_checks import batch_setting
+from pipeline.data.subset import held_out, take_per_class
+
+# Image counts of a data set not preprocessed yet, by kind: (train, test, image side, classes)
+KIND_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "cifar10": (50_000, 10_000, 32, 10),
+    "cifar100": (50_000, 10_000, 32, 100),
+    "imagenet": (1_281_167, 50_000, 224, 1000),
+}
+
+
+@dataclass(frozen=True)
+class ExpectedSize:
+    """Train and test images after preprocessing (``preprocess.classes`` and ``subset`` applied per class),
+    the image side and the class count; ``exact`` is false where per-class counts were assumed even."""
+
+    num_train: int
+    num_test: int
+    image_size: int
+    num_classes: int
+    exact: bool
+
+
+def kind_size(cfg: DatasetCfg) -> tuple[int, int, int, int]:
+    """(train, test, image side, classes) of the data set as fetched, before preprocessing."""
+    if cfg.kind == "embedded":
+        return cfg.fetch.num_train, cfg.fetch.num_test, 32, 10
+    train, test, side, classes = KIND_SIZES[cfg.kind]
+    return train, test, (cfg.preprocess.image_size if cfg.kind == "imagenet" else side), classes
+
+
+def expected_size(cfg: DatasetCfg) -> ExpectedSize:
+    train, test, side, classes = kind_size(cfg)
+    p = cfg.preprocess
+    kept = classes if p.classes is None else min(classes, p.classes if isinstance(p.classes, int) else len(p.classes))
+    n_train = kept * take_per_class(train // classes, p.subset.train)
+    n_test = kept * take_per_class(test // classes, p.subset.test)
+    exact = kept == classes and p.subset.train is None and p.subset.test is None
+    return ExpectedSize(n_train, n_test, side, kept, exact)
+
+
+def check_batches(p: Params) -> list[str]:
+    """Every grid method's batch fits the images it trains on, on every data set of the grid: the train split
+    for the recipe track, the train split less the held-out part for a search (``pipeline.spec.held_out``). A
+    batch larger than that trains one short batch an epoch, silently. Needs only the settings (no data)."""
+    found: dict[tuple[str, int, str, int], list[str]] = {}  # (setting, batch, split, images) -> methods
+    for d in p.grid.datasets:
+        n = expected_size(p.datasets[d]).num_train
+        splits = {"train split": n, "search's train split": n - held_out(n, p.tune.val_fraction)}
+        for m in p.grid.methods:
+            batch = p.recipe(m, d).batch_size
+            for split in list(splits)[: 1 + (m in p.searched)]:
+                if batch > splits[split]:
+                    found.setdefault((batch_setting(p, d, m), batch, f"the {split} of {d}", splits[split]), []).append(
+                        m
+                    )
+                    break
+    return [
+        f"{setting} = {batch}: larger than the {images:,} images of {split} (methods {methods}): every epoch would be "
+        f"one short batch; allowed: at most {images}"
+        for (setting, batch, split, images), methods in found.items()
+    ]
