@@ -89,6 +89,7 @@ def pipeline_run(
             )
         }
     )
+    spec = spec.model_copy(update={"workers": workers})  # a unit is keyed for the workers it trains on
     c = tracking.client()
     exp = tracking.get_experiment(c, "benchmark")
     ref = tracking.UnitRun(experiment_id=exp, name=f"benchmark {workers} worker(s)", tags={"run_key": spec.key()})

@@ -86,11 +86,13 @@ def world_size(cfg: ComputeCfg) -> int:
         return local.num_workers
     if cfg.num_workers != "auto":
         return cfg.num_workers
-    with seen_resources() as res:
-        if res is None:
-            raise StageError(
-                f"compute.num_workers = 'auto': the Ray cluster at {os.environ['RAY_ADDRESS']} is not reachable"
-            )
+    address = os.environ["RAY_ADDRESS"]
+    if not _reachable(address):  # Ray itself would retry for minutes
+        raise StageError(
+            f"compute.num_workers = 'auto' needs the Ray cluster's GPU count, but RAY_ADDRESS={address} takes no "
+            "connection; start the cluster, or set compute.num_workers to a number"
+        )
+    with ray_session() as res:
         return resolve_workers(cfg, res.get("CPU", 0), res.get("GPU", 0), "the Ray cluster").num_workers
 
 
@@ -177,15 +179,13 @@ def ray_session(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
     # Ray's log dedup folds forwarded worker lines that differ only in their numbers ("[repeated 3x across
     # cluster]"): on a cluster, where worker output is forwarded, show each as written.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Ray Train's state tracking (on where a dashboard runs: clusters) builds Ray Data's default options, which set
-    # a field Ray itself deprecates: two lines of RayDeprecationWarning per job that no setting of ours can avoid
+    # Ray Train's state tracking (on where a dashboard runs: clusters) builds Ray Data's default options in this
+    # driver, setting a field Ray itself deprecates: two lines of RayDeprecationWarning per job that no setting of
+    # ours can avoid. Only that message: Ray's other notices, and the workers' warnings, are left as they are
     warnings.filterwarnings("ignore", message=RAY_OWN_DEPRECATION, category=DeprecationWarning)
     import ray
 
     env: dict[str, Any] = {"env_vars": worker_env()}
-    # the same filter in Ray's own processes (the controller may run as an actor): -W syntax, message prefix
-    quiet = f"ignore:{RAY_OWN_DEPRECATION}:DeprecationWarning"
-    env["env_vars"]["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), quiet)))
     address = os.environ.get("RAY_ADDRESS")
     if address:
         # workers on other nodes need this package: ship it (inside a job too, see _leave_job_env)

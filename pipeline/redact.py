@@ -30,9 +30,11 @@ SECRET_MARKERS = (
     "SECRET", "TOKEN", "PASSWORD", "PASSWD", "PASS", "PWD", "PASSPHRASE", "KEY", "SESSION", "CREDENTIAL", "CREDS",
     "AUTH", "AUTHORIZATION", "COOKIE",
 )  # fmt: skip
-# ... and as the end of a word that is a compound (APIKEY, GITLABTOKEN, DBPASSWORD, CLIENTSECRET): only these,
-# which end no harmless word (KEY would take MONKEY, PASS would take BYPASS, PWD the shell's OLDPWD)
-SECRET_SUFFIXES = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "APIKEY", "ACCESSKEY", "PRIVATEKEY", "CREDENTIAL")
+# ... anywhere in the name, for the markers no harmless word holds (SECRETKEY, TOKENVALUE, PASSWORDFILE,
+# CLIENTSECRET: a harmless variable dropped costs less than a secret forwarded) ...
+SECRET_SUBSTRINGS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATEKEY", "SIGNATURE")
+# ... and as the end of a compound word for KEY, whose plain substring would take MONKEY and KEYBOARD
+SECRET_SUFFIXES = ("APIKEY", "ACCESSKEY", "SSHKEY", "MASTERKEY", "SIGNINGKEY", "ENCRYPTIONKEY", "AUTHKEY", "SASKEY")
 # The shell's own variables named like a secret: PWD and OLDPWD are the working directories, not passwords
 # (``*_PWD`` is one).
 NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD"})
@@ -41,6 +43,8 @@ NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD"})
 # api_key, apiKey, Key-Pair-Id, client_secret, sig), ...
 SECRET_QUERY_WORDS = frozenset({"sig", "signature", "token", "key", "apikey", "password", "passwd", "pwd",
                                 "secret", "credential", "credentials", "auth", "session", "sessionid"})  # fmt: skip
+# ... or one of the unambiguous markers anywhere in it (apitoken, sastoken, clientsecret, accesskey, privatekey)
+SECRET_QUERY_SUBSTRINGS = tuple(m.lower() for m in (*SECRET_SUBSTRINGS, *SECRET_SUFFIXES))
 # ... or one of these as the whole name (CloudFront's Policy; a word of other names: privacy_policy, first_pass)
 SECRET_QUERY_NAMES = frozenset({"policy", "pass"})
 # secrets recognisable by their shape wherever they appear
@@ -69,7 +73,11 @@ def _query_words(name: str) -> list[str]:
 def is_secret_query_name(name: str) -> bool:
     """Whether a query parameter called ``name`` holds a credential: the name itself, or one of its words."""
     words = _query_words(name)
-    return (len(words) == 1 and words[0] in SECRET_QUERY_NAMES) or any(w in SECRET_QUERY_WORDS for w in words)
+    return (
+        (len(words) == 1 and words[0] in SECRET_QUERY_NAMES)
+        or any(w in SECRET_QUERY_WORDS for w in words)
+        or any(m in "".join(words) for m in SECRET_QUERY_SUBSTRINGS)
+    )
 
 
 def _redact_query(query: str) -> str:
@@ -112,14 +120,16 @@ def carries_credentials(value: str) -> bool:
 
 def is_secret_name(name: str) -> bool:
     """Whether an environment variable called ``name`` holds a credential by its name: a word of it (split at
-    ``_``) is a marker or its plural, or ends in an unambiguous one (``SECRET_SUFFIXES``); never the shell's
-    ``PWD``/``OLDPWD``."""
+    ``_``) is a marker or its plural, it holds an unambiguous marker anywhere (``SECRET_SUBSTRINGS``), or a word
+    ends in a compound KEY (``SECRET_SUFFIXES``); never the shell's ``PWD``/``OLDPWD``."""
     upper = name.upper()
     if upper in NOT_SECRET_NAMES:
         return False
     words = [w for w in re.split(r"[_\-.]+", upper) if w]
-    return any(w in SECRET_MARKERS or w.removesuffix("S") in SECRET_MARKERS for w in words) or any(
-        w.removesuffix("S").endswith(SECRET_SUFFIXES) for w in words
+    return (
+        any(w in SECRET_MARKERS or w.removesuffix("S") in SECRET_MARKERS for w in words)
+        or any(m in upper for m in SECRET_SUBSTRINGS)
+        or any(w.removesuffix("S").endswith(SECRET_SUFFIXES) for w in words)
     )
 
 

@@ -105,7 +105,7 @@ def _schema_errors(raw: dict, e: ValidationError, said: set[tuple]) -> list[str]
             loc = (*loc, field.group(1))
             msg = msg.split(": ", 1)[-1] if ": " in msg else msg
         shown = "" if x["type"] == "missing" else f" = {redact(repr(_lookup(raw, loc)))}"  # a refused secret too
-        grouped.setdefault((loc, shown), []).append(msg)
+        grouped.setdefault((loc, shown), []).append(redact(msg))  # a rule's message may quote the value
     # a union gives one message per alternative: join them into one line
     return [f"{fmt_loc(loc)}{shown}: {' or '.join(dict.fromkeys(msgs))}" for (loc, shown), msgs in grouped.items()]
 

@@ -397,7 +397,7 @@ class SearchCache(KeyedStore):
             return None
 
     def put(self, key: str, result: dict[str, Any]) -> None:
-        self.write_entry(key, json.loads(json.dumps(result, default=str)))  # plain JSON: what is read back
+        self.write_entry(key, result)
 
 
 def _reusable(hit: dict[str, Any], t: TuneCfg) -> bool:

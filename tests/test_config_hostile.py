@@ -328,6 +328,7 @@ def test_a_data_set_outside_the_grid_is_validated_like_the_others() -> None:
 
 # 9. Edges a hostile user found (issue 32): each through the check stage, as `dvc repro` runs it -------------------
 
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0.SflKxwRJSMeKKF2QT4fwpM"
 SEEDS_BLOCK = re.search(r"^  seeds:\n(?:  - .*\n)+", SHIPPED, re.M)[0]
 
 
@@ -353,6 +354,13 @@ SEEDS_BLOCK = re.search(r"^  seeds:\n(?:  - .*\n)+", SHIPPED, re.M)[0]
             lambda t: re.sub(r"^  batch_size: .*$", "  batch_size: 5000", t, count=1, flags=re.M),
             "train.batch_size = 5000: larger than the 1,000 images of the train split of embedded (methods ",
         ),
+        # ... or than the search's train split, by a batch size the search space may set
+        (
+            lambda t: t.replace("  methods: []", "  methods: all", 1).replace(
+                "    train.lr: {", "    train.batch_size: {type: choice, values: [16, 900]}\n    train.lr: {", 1
+            ),
+            "tune.space.train.batch_size = 900: larger than the 800 images of the search's train split of embedded",
+        ),
         (lambda t: t.replace(EPOCHS, "epochs: 1000000000000", 1), "train.epochs = 1000000000000: Input should be less"),
         (lambda t: t.replace(LR, "  lr: 1.0e+308", 1), "train.lr = 1e+308: Input should be less than or equal to 10"),
         # labels are table cells, legend entries and console lines: one printable line, never a credential
@@ -368,17 +376,30 @@ SEEDS_BLOCK = re.search(r"^  seeds:\n(?:  - .*\n)+", SHIPPED, re.M)[0]
             lambda t: t.replace("label: ResNet", "label: ghp_" + "a1B2" * 9),
             "methods.resnet.label = '***': '***' holds something shaped as a credential",
         ),
+        (  # a key in the run storage's URI: dvc.lock would keep it
+            lambda t: re.sub(
+                r"^  storage_path: \S+", "  storage_path: s3://AKIAIOSFODNN7EXAMPLE:pw@b/p", t, flags=re.M
+            ),
+            "compute.storage_path = 's3://***@b/p': carries a credential; allowed: a URI without one",
+        ),
+        (  # a token longer than a label may be: still never echoed
+            lambda t: t.replace("label: ResNet", f"label: {JWT}"),
+            "methods.resnet.label = '***': '***' holds something shaped as a credential",
+        ),
     ],
     ids=[
         "width-0",
         "nul-byte",
         "huge-seed",
         "batch-over-split",
+        "searched-batch-over-split",
         "epochs-1e12",
         "lr-1e308",
         "empty-label",
         "two-line-label",
         "token-label",
+        "storage-key",
+        "jwt-label",
     ],
 )
 def test_edges_are_one_message_naming_the_setting_before_any_work(tmp_path: Path, edit, expected: str) -> None:
@@ -387,5 +408,6 @@ def test_edges_are_one_message_naming_the_setting_before_any_work(tmp_path: Path
     r = run_check_stage(tmp_path, text)
     assert_one_clean_error(r, tmp_path)
     assert expected in r.stderr, r.stderr
-    assert "ghp_a1B2" not in r.stderr  # a refused secret is not echoed either
+    for secret in ("ghp_a1B2", JWT[:20], "AKIAIOSFODNN7EXAMPLE"):  # a refused secret is not echoed either
+        assert secret not in r.stderr
     assert not (tmp_path / "data").exists()  # nothing fetched

@@ -10,14 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
+from pipeline import tracking
 from pipeline.compute import world_size
 from pipeline.config import ComputeCfg
+from pipeline.device import CPU, FastPath
 from pipeline.io import scratch_dir
 from pipeline.provenance import git_commit
 from pipeline.settings import validate_params
 from pipeline.spec import data_ref
+from pipeline.train.engine import Shard
+from pipeline.train.loop import Job, prepare_unit
+from pipeline.train.run import plan_stage
 from pipeline.units import Work
 from tests.project import ROOT
 
@@ -51,9 +57,23 @@ def test_the_workers_a_unit_trains_on_are_part_of_its_key(processed: Path) -> No
     data = data_ref("embedded", processed)
     one, two = (Work(params, data, workers=n).recipe[0] for n in (1, 2))
     assert one.key != two.key and (one.unit.workers, two.unit.workers) == (1, 2)
-    assert {r.key for r in Work(params, data, workers=1).recipe} == {r.key for r in Work(params, data).recipe}
     assert world_size(ComputeCfg(num_workers=1)) == 1
     assert world_size(ComputeCfg(num_workers="auto", use_gpu=False)) == 2  # this CPU machine's auto
+
+
+def test_the_train_stage_keys_its_units_for_the_workers_they_train_on(tmp_path: Path, processed: Path) -> None:
+    """The train stage's plan (what it looks up in the unit store and trains) keys every unit for
+    ``compute.num_workers``; and a unit keyed for one worker count refuses to train on another."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["compute"] |= {"num_workers": 2, "storage_path": str(tmp_path / "runs")}
+    params = validate_params(raw)
+    (tmp_path / "tune.json").write_text('{"methods": {}}')
+    c = tracking.client(f"sqlite:///{tmp_path / 'm.db'}")
+    plan = plan_stage(params, "embedded", processed, tmp_path / "tune.json", c)
+    assert {u.workers for u in plan.units} == {2}
+    job = Job(Shard(), CPU, FastPath(), report=None, store=None, origin={}, streamed=False)
+    with pytest.raises(ValueError, match="is keyed for 2 worker\\(s\\) but runs on 1"):
+        prepare_unit(plan.units[0], job)
 
 
 def _git(repo: Path, *args: str) -> None:

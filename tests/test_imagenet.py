@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -361,3 +362,19 @@ def test_held_out_train_images_are_evaluated_through_eval_view(tmp_path, cluster
     np.testing.assert_allclose(man.mean, x.mean(0), atol=1e-5)
     np.testing.assert_allclose(man.std, x.std(0), atol=1e-5)
     assert not any(np.array_equal(centre_square(b, 56), w) for b, w in zip(stored, want, strict=True))
+
+
+def test_an_env_source_is_resolved_again_by_preprocess(tmp_path, cluster, monkeypatch) -> None:
+    """``env:NAME``: source.json keeps the name (a URL's credential never lands on disk), and preprocess reads
+    the images from the variable's value; without it, one message naming the variable."""
+    imagenet_folders(tmp_path / "src", num_classes=2, train_per_class=2, val_per_class=1)
+    monkeypatch.setenv("INET_ROOT", str(tmp_path / "src"))
+    c = cfg("env:INET_ROOT")
+    fetch_dataset("inet", c, tmp_path / "raw")
+    monkeypatch.delenv("INET_ROOT")
+    with pytest.raises(FetchError, match="the environment variable INET_ROOT is not set or empty"):
+        preprocess_dataset(tmp_path / "raw", tmp_path / "proc", c.preprocess)
+    monkeypatch.setenv("INET_ROOT", str(tmp_path / "src"))
+    man = preprocess_dataset(tmp_path / "raw", tmp_path / "proc", c.preprocess)
+    assert (man.num_train, man.num_test) == (4, 2)
+    assert json.loads((tmp_path / "raw" / "source.json").read_text())["root"] == "env:INET_ROOT"

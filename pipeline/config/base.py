@@ -47,6 +47,8 @@ NAME_PATTERN = r"[A-Za-z0-9_-]+"
 
 
 def _name(v: str) -> str:
+    if carries_credentials(v):  # a name is printed, plotted and becomes a path: never a token (ghp_...)
+        raise ValueError(f"{redact(v)!r} is shaped as a credential; allowed: a plain name")
     if not re.fullmatch(NAME_PATTERN, v):
         raise ValueError(
             f"{v!r} is not a valid name; allowed: letters, digits, '_' and '-' ({NAME_PATTERN}), "
@@ -63,12 +65,12 @@ LABEL_MAX = 80
 def _label(v: str) -> str:
     """A label is one printable line (it is a table cell, a legend entry, a console headline) and never a
     credential: labels are printed, plotted and written to report files that are not redacted."""
+    if carries_credentials(v):  # first: the other messages quote the value
+        raise ValueError(f"{redact(v)!r} holds something shaped as a credential; allowed: a plain name of the method")
     if not v.strip() or len(v) > LABEL_MAX or not v.isprintable():
         raise ValueError(
             f"{v!r} is not a label; allowed: 1 to {LABEL_MAX} printable characters on one line, not only spaces"
         )
-    if carries_credentials(v):
-        raise ValueError(f"{redact(v)!r} holds something shaped as a credential; allowed: a plain name of the method")
     return v
 
 

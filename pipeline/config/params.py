@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import Float, Frozen, Int, Label, Name, NotBool, PosInt, Seed, unique_entries
 from pipeline.config.datasets import DatasetCfg
+from pipeline.redact import carries_credentials
 
 MAX_EPOCHS = 10_000
 MAX_LR = 10.0
@@ -253,6 +254,17 @@ class ComputeCfg(Frozen):
     # resource limit): bounded whatever the data set's size. Raise it for many training workers.
     stream_memory_mb: PosInt = 1024
     fast_path: FastPathCfg = FastPathCfg()
+
+    @field_validator("storage_path", "shared_data")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        """params.yaml's values are kept verbatim in dvc.lock and DVC's run cache: a key in a URI would be too."""
+        if v is not None and carries_credentials(v):
+            raise ValueError(
+                "carries a credential; allowed: a URI without one (s3://bucket/prefix): every node takes its "
+                "credentials from its environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance profile)"
+            )
+        return v
 
     @field_validator("shared_data")
     @classmethod

@@ -29,10 +29,12 @@ import pyarrow.parquet as pq
 
 from pipeline.config import ImageNetPreprocessCfg
 from pipeline.io import atomic_path, sha256_file, write_json
+from pipeline.redact import redact_url
 
 from .errors import DataError
 from .jpeg import ENCODING, EVAL_PROTOCOL, encode_image
 from .manifest import MANIFEST, SOURCE, Manifest, data_sha, stats_from_histogram
+from .sources import resolve_source
 from .store import Store
 from .subset import take_per_class
 
@@ -228,7 +230,8 @@ def preprocess_imagenet(raw_dir: Path, source: dict[str, Any], out_dir: Path, cf
         shards += [(split, k, rs[i : i + cfg.shard_size]) for k, i in enumerate(range(0, len(rs), cfg.shard_size))]
     with _ray(), atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        done = _write_shards(shards, Store(source["root"]), cfg, tmp, source["root"], len(info["classes"]))
+        root = resolve_source(source["root"], setting=f"{raw_dir / SOURCE} root", official=False, what="prefix")
+        done = _write_shards(shards, Store(root), cfg, tmp, redact_url(root), len(info["classes"]))
         if done.bad:
             log.warning(
                 "skipped %d image(s) that could not be decoded, e.g. %s (see the manifest)", len(done.bad), done.bad[:3]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config import DatasetCfg, Params
-from pipeline.config_checks import batch_setting
+from pipeline.config_checks import batch_setting, search_values
 from pipeline.data.subset import held_out, take_per_class
 
 # Image counts of a data set not preprocessed yet, by kind: (train, test, image side, classes)
@@ -49,20 +49,26 @@ def expected_size(cfg: DatasetCfg) -> ExpectedSize:
 
 def check_batches(p: Params) -> list[str]:
     """Every grid method's batch fits the images it trains on, on every data set of the grid: the train split
-    for the recipe track, the train split less the held-out part for a search (``pipeline.spec.held_out``). A
-    batch larger than that trains one short batch an epoch, silently. Needs only the settings (no data)."""
+    for the recipe track; for a searched method also the search's train split (less the held-out part,
+    ``held_out``, cut to ``tune.train_subset``), with every batch size ``tune.space`` may set. A batch larger than
+    that trains one short batch an epoch, silently. Needs only the settings (no data)."""
     found: dict[tuple[str, int, str, int], list[str]] = {}  # (setting, batch, split, images) -> methods
+    space = p.tune.space.get("train.batch_size")
+    searched_batches = [v for _, v in search_values(space) if isinstance(v, int)] if space else []
     for d in p.grid.datasets:
         n = expected_size(p.datasets[d]).num_train
-        splits = {"train split": n, "search's train split": n - held_out(n, p.tune.val_fraction)}
+        search_n = min(n - held_out(n, p.tune.val_fraction), p.tune.train_subset or n)
         for m in p.grid.methods:
-            batch = p.recipe(m, d).batch_size
-            for split in list(splits)[: 1 + (m in p.searched)]:
-                if batch > splits[split]:
-                    found.setdefault((batch_setting(p, d, m), batch, f"the {split} of {d}", splits[split]), []).append(
-                        m
-                    )
-                    break
+            recipe = (batch_setting(p, d, m), p.recipe(m, d).batch_size)
+            checks = [(recipe, "the train split", n)]
+            if m in p.searched:
+                checks += [(recipe, "the search's train split", search_n)]
+                checks += [
+                    (("tune.space.train.batch_size", b), "the search's train split", search_n) for b in searched_batches
+                ]
+            for (setting, batch), split, images in checks:
+                if batch > images:
+                    found.setdefault((setting, batch, f"{split} of {d}", images), []).append(m)
     return [
         f"{setting} = {batch}: larger than the {images:,} images of {split} (methods {methods}): every epoch would be "
         f"one short batch; allowed: at most {images}"

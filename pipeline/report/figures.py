@@ -23,6 +23,12 @@ CLASS_NAMES_UP_TO = 20  # a confusion matrix names each class on its axes up to 
 CELL_VALUES_UP_TO = 12  # and writes each cell's percentage up to this many
 
 
+def _one_unit(a: dict[int, list[dict[str, float]]], b: dict[int, list[dict[str, float]]]) -> bool:
+    """Whether two methods' curves are one unit's at every seed: the very history read once per unit
+    (``read.read_curves``), or equal ones (a NaN of a diverged run is not equal to itself, the object is)."""
+    return a.keys() == b.keys() and all(a[s] is b[s] or a[s] == b[s] for s in a)
+
+
 def curves_figure(params: Params, dataset: str, per_method: dict[str, dict[int, list[dict[str, float]]]]):
     """Every method's test top-1 after each epoch (recipe track) on one axis: mean over seeds, band min to max.
     Methods whose every seed is one unit (the ablation *is* the ResNet) are one line, labelled with both names:
@@ -31,7 +37,7 @@ def curves_figure(params: Params, dataset: str, per_method: dict[str, dict[int, 
     n = 0
     drawn: list[tuple[dict[int, list[dict[str, float]]], list[str]]] = []  # (curves, the methods they are)
     for m, by_seed in per_method.items():
-        same = next((names for curves, names in drawn if curves == by_seed), None)
+        same = next((names for curves, names in drawn if _one_unit(curves, by_seed)), None)
         if same is None:
             drawn.append((by_seed, [m]))
         else:

@@ -67,7 +67,9 @@ class KeyedStore:
             return f.read()
 
     def write_entry(self, key: str, entry: dict[str, Any]) -> None:
-        """``entry`` as JSON, with its checksum (``entry_checksum``) in the field ``checksum``."""
+        """``entry`` as JSON, with its checksum (``entry_checksum``) in the field ``checksum``: of the entry as it
+        will be read back (keys as strings, values as JSON types), so the read matches it."""
+        entry = json.loads(json.dumps(entry, default=str))
         self.write(key, json.dumps({**entry, CHECKSUM: entry_checksum(entry)}).encode())
 
     def read_entry(self, key: str) -> dict[str, Any]:
