@@ -12,9 +12,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 # What `dvc repro` itself writes into tracked files while it runs (the lock file, the .gitignore entries of its
-# outputs, the committed headline: docs/report.md, "What the committed dvc.lock promises"): not a change of the
-# code or settings a result came from
-RUN_WRITES = (":(exclude)dvc.lock", ":(exclude,glob)**/.gitignore", ":(exclude)reports/metrics.json")
+# outputs; `core.autostage` stages them): not a change of the code or settings a result came from
+RUN_WRITES = (":(exclude)dvc.lock", ":(exclude,glob)**/.gitignore")
 
 
 @cache

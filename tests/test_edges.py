@@ -30,7 +30,7 @@ from tests.project import ROOT
 STAGE_ENV = {"PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def test_ray_failing_to_start_is_one_message_and_no_run_left_running(tmp_path: Path, processed: Path) -> None:
+def test_ray_failing_to_start_is_one_message_and_nothing_written(tmp_path: Path, processed: Path) -> None:
     """A local Ray that cannot start (here: its temporary directory is a file; on a loaded machine, "GCS has
     become overloaded") stops the train stage with rc 1 and one message saying what to try, no traceback, and
     nothing written."""
@@ -82,17 +82,17 @@ def _git(repo: Path, *args: str) -> None:
 
 
 def test_what_a_run_writes_itself_is_no_uncommitted_change(tmp_path: Path, monkeypatch) -> None:
-    """dvc.lock, the .gitignore files DVC keeps and the committed headline change (and `core.autostage` stages
-    them) during every `dvc repro`: the report does not call that "(uncommitted changes)". A changed code file,
+    """dvc.lock and the .gitignore files DVC keeps change (and `core.autostage` stages them) during every
+    `dvc repro`: the report does not call that "(uncommitted changes)". A changed code file,
     staged or not, still is."""
-    for f in ("dvc.lock", "data/.gitignore", "reports/metrics.json", "pipeline.py"):
+    for f in ("dvc.lock", "data/.gitignore", "pipeline.py"):
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_text("1\n")
     _git(tmp_path, "init", "-q")
     _git(tmp_path, "add", "-A")
     _git(tmp_path, "commit", "-qm", "reference")
     monkeypatch.chdir(tmp_path)
-    for f in ("dvc.lock", "data/.gitignore", "reports/metrics.json"):
+    for f in ("dvc.lock", "data/.gitignore"):
         (tmp_path / f).write_text("2\n")
     _git(tmp_path, "add", "dvc.lock")  # as core.autostage does
     assert git_commit.__wrapped__()["dirty"] is False

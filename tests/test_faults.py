@@ -153,39 +153,3 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_unit_resumes_to_the_same_
     assert [h["epoch"] for h in again["history"]] == [1, 2, 3]
     for k, v in clean["model"].items():
         assert torch.equal(v, again["model"][k]), k
-
-
-def test_a_truncated_or_edited_eval_store_entry_is_set_aside_and_its_unit_evaluated_again(tmp_path) -> None:
-    """The evaluate stage as a user reruns it, after one unit's stored evaluation was cut short (a crash, a partial
-    copy) and another's edited to ``test_top1: 99.99``: one warning each naming the file, why, and that the unit
-    is evaluated again; both evaluated again, to the clean run's results; no traceback."""
-    settings = {
-        "grid": {"datasets": ["embedded"], "methods": ["resnet"], "seeds": [0, 1]},
-        "datasets": {"embedded": {"fetch": {"seed": 0, "num_train": 300, "num_test": 100}}},
-        "train": {"epochs": 1, "bn_recalibration": 0},
-        "tune": {"methods": []},
-        "compute": {"num_workers": 1},
-    }
-    proj = make_project(tmp_path / "proj", settings)
-    run(["dvc", "repro", "evaluate@embedded"], proj)
-    metrics = proj / "results/embedded/metrics/resnet.json"
-    clean = json.loads(metrics.read_text())["recipe"]
-    truncated, edited = sorted((proj / ".ray_results/eval/embedded").glob("*.json"))
-    truncated.write_bytes(truncated.read_bytes()[:100])
-    text, n = re.subn(r'"test_top1": [\d.]+', '"test_top1": 99.99', edited.read_text())
-    assert n == 1
-    edited.write_text(text)
-
-    out = run(["dvc", "repro", "-f", "-s", "evaluate@embedded"], proj)
-    said = out.stdout + out.stderr
-    assert "Traceback" not in said, said[-3000:]
-    for p, why in ((truncated, "not valid JSON"), (edited, "its checksum does not match its content")):
-        warning = f"set aside the unreadable eval-store entry {p}: {why}"
-        assert said.count(warning) == 1 and said.count(str(p)) == 1, said[-3000:]
-        assert (p.with_name(p.name + ".unreadable")).is_file() and p.is_file()  # set aside, then written anew
-    assert said.count("; the unit is evaluated again") == 2
-    assert re.search(r"evaluate@embedded: 2 rows, 2 units, 2 evaluated now, 0 from the eval store", said), said
-    again = json.loads(metrics.read_text())["recipe"]
-    for seed in ("seed0", "seed1"):
-        for m in ("test_top1", "test_top5", "test_loss"):
-            assert again[seed][m] == clean[seed][m], (seed, m)

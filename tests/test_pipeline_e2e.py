@@ -299,8 +299,9 @@ def test_mlflow_records(project) -> None:
         summary["ours_vs_no_attention"]["diff"]
     )
     for field in ("verdict", "claimed_gain", "size_tested", "direction"):
-        assert report.data.tags[f"recipe.ours_vs_no_attention.{field}.gain"] == str(
-            summary["ours_vs_no_attention"][field]["gain"]
+        value = summary["ours_vs_no_attention"][field]["gain"]  # a field that does not apply has no tag
+        assert report.data.tags.get(f"recipe.ours_vs_no_attention.{field}.gain") == (
+            None if value is None else str(value)
         )
     assert summary["ours_vs_no_attention"]["size_tested"] == {"gain": False}  # the embedded set: direction only
     assert {a.path for a in c.list_artifacts(report.info.run_id)} >= {"tables.md", "tables.csv", "summary.json"}
@@ -389,3 +390,31 @@ def test_dvc_repro_ends_with_the_headline(project) -> None:
     after = lines[lines.index(own[-1]) + 1 :]
     assert all(ln.startswith(("Updating lock file", "Use `dvc push`")) for ln in after), after
     assert "To track the changes with git" not in first.stdout + first.stderr
+
+
+def test_a_truncated_or_edited_eval_store_entry_is_set_aside_and_its_unit_evaluated_again(project) -> None:
+    """The evaluate stage as a user reruns it (last in this module: it rewrites the evaluation), after one unit's
+    stored evaluation was cut short (a crash, a partial copy) and another's edited to ``test_top1: 99.99``: one
+    warning each naming the file, why, and that the unit is evaluated again; both evaluated again, to the same
+    results as before; no traceback."""
+    proj, _ = project
+    metrics = {p.name: json.loads(p.read_text()) for p in (proj / "results/embedded/metrics").glob("*.json")}
+    # the two written last: units of the current rows (the store also keeps those of settings changed since)
+    truncated, edited = sorted((proj / ".ray_results/eval/embedded").glob("*.json"), key=lambda p: p.stat().st_mtime)[
+        -2:
+    ]
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    text, n = re.subn(r'"test_top1": [\d.]+', '"test_top1": 99.99', edited.read_text())
+    assert n == 1
+    edited.write_text(text)
+    out = run(["dvc", "repro", "-f", "-s", "evaluate@embedded"], proj)
+    said = out.stdout + out.stderr
+    assert "Traceback" not in said, said[-3000:]
+    for p, why in ((truncated, "not valid JSON"), (edited, "its checksum does not match its content")):
+        warning = f"set aside the unreadable eval-store entry {p}: {why}"
+        assert said.count(warning) == 1 and said.count(str(p)) == 1, said[-3000:]
+        assert (p.with_name(p.name + ".unreadable")).is_file() and p.is_file()  # set aside, then written anew
+    assert said.count("; the unit is evaluated again") == 2
+    assert re.search(r"evaluate@embedded: \d+ rows, \d+ units, 2 evaluated now, \d+ from the eval store", said), said
+    for name, before in metrics.items():
+        assert json.loads((proj / "results/embedded/metrics" / name).read_text()) == before, name
