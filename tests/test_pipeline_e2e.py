@@ -392,6 +392,9 @@ def test_dvc_repro_ends_with_the_headline(project) -> None:
     assert "To track the changes with git" not in first.stdout + first.stderr
 
 
+ACCURACY = ("test_top1", "test_top5", "test_loss")
+
+
 def test_a_truncated_or_edited_eval_store_entry_is_set_aside_and_its_unit_evaluated_again(project) -> None:
     """The evaluate stage as a user reruns it (last in this module: it rewrites the evaluation), after one unit's
     stored evaluation was cut short (a crash, a partial copy) and another's edited to ``test_top1: 99.99``: one
@@ -416,5 +419,9 @@ def test_a_truncated_or_edited_eval_store_entry_is_set_aside_and_its_unit_evalua
         assert (p.with_name(p.name + ".unreadable")).is_file() and p.is_file()  # set aside, then written anew
     assert said.count("; the unit is evaluated again") == 2
     assert re.search(r"evaluate@embedded: \d+ rows, \d+ units, 2 evaluated now, \d+ from the eval store", said), said
-    for name, before in metrics.items():
-        assert json.loads((proj / "results/embedded/metrics" / name).read_text()) == before, name
+    for name, before in metrics.items():  # the same accuracy (inference speed is measured anew)
+        after = json.loads((proj / "results/embedded/metrics" / name).read_text())
+        for track, seeds in before.items():
+            for seed, m in seeds.items():
+                got = after[track][seed]
+                assert [got[k] for k in ACCURACY] == [m[k] for k in ACCURACY], (name, track, seed)
