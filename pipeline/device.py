@@ -32,12 +32,13 @@ class FastPath:
     @classmethod
     def resolve(cls, cfg: FastPathCfg, device: torch.device) -> FastPath:
         cuda = device.type == "cuda"
-        auto = {
-            "bf16": cuda and torch.cuda.is_bf16_supported(),
-            "channels_last": cuda,
-            "compile": cuda,
-            "data_on_device": cuda,
-        }
+        return cls.of(cfg, cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported())
+
+    @classmethod
+    def of(cls, cfg: FastPathCfg, *, cuda: bool, bf16: bool) -> FastPath:
+        """The one rule for ``auto``: every switch on with a CUDA GPU (bf16 where it has it), off otherwise; the
+        planner applies it to a GPU it only names (``pipeline.devices``)."""
+        auto = {"bf16": cuda and bf16, "channels_last": cuda, "compile": cuda, "data_on_device": cuda}
         return cls(**{k: auto[k] if v == "auto" else bool(v) for k, v in cfg.model_dump().items()})
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:

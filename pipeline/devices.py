@@ -93,9 +93,8 @@ def resources(d: Device, gpus: int, compute: ComputeCfg) -> Resources:
 
 
 def switches(cfg: FastPathCfg, d: Device) -> FastPath:
-    """The fast path as training resolves it on ``d`` (``auto``: on with a CUDA GPU; bf16 where it has it)."""
-    auto = {"bf16": d.bf16 is not None, "channels_last": True, "compile": True, "data_on_device": True}
-    return FastPath(**{k: auto[k] if v == "auto" else bool(v) for k, v in cfg.model_dump().items()})
+    """The fast path as training resolves it on ``d`` (``FastPath.of``: ``auto`` on with a CUDA GPU)."""
+    return FastPath.of(cfg, cuda=True, bf16=d.bf16 is not None)
 
 
 def peak(d: Device, fp: FastPath) -> tuple[str, float]:

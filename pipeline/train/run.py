@@ -28,7 +28,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 from pipeline import tracking, units
-from pipeline.compute import Workers, check_workers_before_start, ray_session, resolve_workers, storage_path, world_size
+from pipeline.compute import Workers, ray_session, resolve_workers, storage_path, world_size
 from pipeline.config import Params, config_hash
 from pipeline.data.manifest import load_manifest, ray_dataset, stream_options
 from pipeline.errors import StageError
@@ -292,8 +292,7 @@ def train_dataset(
     """Train (or reuse) every unit of the grid for ``dataset``. Writes ``out_dir`` (``rows.json``: every row,
     pointing at its unit; ``units/<key>/``: each unit's model.pt and history.csv, once) and what this stage did
     to ``metrics_file``; then the new units' files into their MLflow runs."""
-    t0 = time.time()
-    check_workers_before_start(params.compute)
+    t0 = time.time()  # plan_stage checks the workers against the resources first (``world_size``)
     c = tracking.client()
     plan = plan_stage(params, dataset, data_dir, tuned_file, c)
     n, todo = len(plan.units), plan.todo
