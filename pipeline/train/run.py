@@ -260,8 +260,9 @@ class TrainPlan:
 
 def plan_stage(params: Params, dataset: str, data_dir: str | Path, tuned_file: str | Path, c) -> TrainPlan:
     """The train stage's ``TrainPlan``; MLflow runs a dead process left RUNNING are closed FAILED first."""
+    workers = world_size(params.compute)  # first: too many workers is a settings error, before any file is read
     tuned = read_json(tuned_file)["methods"]
-    work = units.Work(params, data_ref(dataset, data_dir), tuned, workers=world_size(params.compute))
+    work = units.Work(params, data_ref(dataset, data_dir), tuned, workers=workers)
     rows = tuple(r for track in work.tracks.values() for r in track)
     todo_units = [r.unit for r in units.distinct(rows)]
     store = UnitStore(storage_path(params.compute), dataset)
@@ -292,7 +293,7 @@ def train_dataset(
     """Train (or reuse) every unit of the grid for ``dataset``. Writes ``out_dir`` (``rows.json``: every row,
     pointing at its unit; ``units/<key>/``: each unit's model.pt and history.csv, once) and what this stage did
     to ``metrics_file``; then the new units' files into their MLflow runs."""
-    t0 = time.time()  # plan_stage checks the workers against the resources first (``world_size``)
+    t0 = time.time()  # plan_stage checks the workers against the resources before anything else
     c = tracking.client()
     plan = plan_stage(params, dataset, data_dir, tuned_file, c)
     n, todo = len(plan.units), plan.todo
