@@ -191,6 +191,7 @@ def pricer(d: Device, *, utilisation: float = UTILISATION, results: Path | None 
         prec, tflops = peak(d, fp)
         rates: dict[Net, Rate] = {}
         seen: set[tuple[str, str]] = set()
+        flops: dict[tuple[str, str, int], int] = {}  # nets of one network differ only in their batches: count once
         for net in dict.fromkeys(nets):
             if hit := measured_rate(net, runs, d, fp):
                 m, ips = hit
@@ -198,7 +199,10 @@ def pricer(d: Device, *, utilisation: float = UTILISATION, results: Path | None 
                 rates[net] = Rate(ips, TRAIN_PER_FORWARD * ips, m.batch, m.batch, scaled, f"measured {m.date}")
                 seen.add((m.gpu, m.date))
             else:
-                rates[net] = estimated_rate(net, forward_flops(net), tflops, utilisation)
+                shape = (net.model, net.args_json, net.image_size)
+                if shape not in flops:
+                    flops[shape] = forward_flops(net)
+                rates[net] = estimated_rate(net, flops[shape], tflops, utilisation)
         pct = f"{utilisation * 100:g} %"
         basis = f"FLOPs at {pct} of {d.name}'s {prec} peak"
         how = f"{TRAIN_PER_FORWARD}x forward FLOPs at {pct} of {tflops:g} TFLOP/s, {d.name}'s dense {prec} peak"

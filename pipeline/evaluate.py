@@ -251,13 +251,7 @@ class EvalStore(KeyedStore):
 
     def get(self, key: str) -> UnitEval | None:
         """The evaluation stored under ``key``; None if there is none, or none that can be trusted."""
-        if not self.has(key):
-            return None
-        try:
-            return UnitEval.load(self.read_entry(key))
-        except CorruptEntry as e:
-            self.set_aside(key, str(e), "the unit is evaluated again", what="eval-store entry")
-            return None
+        return self.get_entry(key, UnitEval.load, what="eval-store entry", then="the unit is evaluated again")
 
     def put(self, key: str, ev: UnitEval) -> None:
         self.write_entry(key, ev.dump())

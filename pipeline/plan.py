@@ -24,24 +24,12 @@ from typing import Any, Literal
 from pipeline.compute import Workers, local_resources, resolve_workers
 from pipeline.config import DatasetCfg, FastPathCfg, Params, TrainCfg
 from pipeline.data.manifest import MANIFEST, load_manifest
-from pipeline.data.sizes import expected_size, kind_size
+from pipeline.data.sizes import DataSize, expected_size, kind_size
 from pipeline.spec import DataRef, RunSpec
 from pipeline.units import Row, Work, group
 
 NOT_SEEN = "data loading, checkpoints, start-up"
 Stage = Literal["train", "search", "searched", "study"]
-
-
-@dataclass(frozen=True)
-class DataSize:
-    """A data set's size as training sees it, known before it is fetched."""
-
-    name: str
-    num_train: int
-    num_test: int
-    image_size: int
-    num_classes: int
-    source: str  # "manifest", or how it was estimated
 
 
 @dataclass(frozen=True)
@@ -151,9 +139,7 @@ def data_size(name: str, cfg: DatasetCfg, data_dir: str | Path | None = None) ->
         if man.preprocess == cfg.preprocess.model_dump():
             side = man.image_shape[0] if man.image_shape else kind_size(cfg)[2]
             return DataSize(name, man.num_train, man.num_test, side, man.num_classes, "manifest")
-    e = expected_size(cfg)
-    how = f"{cfg.kind}'s size" + ("" if e.exact else ", approximate")
-    return DataSize(name, e.num_train, e.num_test, e.image_size, e.num_classes, how)
+    return expected_size(name, cfg)
 
 
 def unfetched(d: DataSize) -> DataRef:

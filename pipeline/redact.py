@@ -14,7 +14,7 @@ A value carries a credential when it holds one of three things, and only then:
 re-assembling a URL, which rewrites harmless values (``sqlite:////abs/mlflow.db`` came back as
 ``sqlite:/abs/mlflow.db``) and made them look like credentials. Text without a secret comes back byte for
 byte, so ``carries_credentials(v)`` is ``redact(v) != v``. An environment variable is a credential by its name
-(a word in ``SECRET_MARKERS``: ``is_secret_name``) or by its value.
+(``is_secret_name``) or by its value.
 """
 
 from __future__ import annotations
@@ -23,27 +23,23 @@ import re
 from collections.abc import Mapping
 from urllib.parse import unquote
 
-# Words of variable names that hold credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, MLFLOW_TRACKING_PASSWORD,
-# DB_PASS, LDAP_PASSWD, SMTP_PWD, GCP_CREDS, ...), matched as whole ``_``-separated words (a plural too), never as
-# substrings: PATH, MONKEY_MODE, PIPELINE_BYPASS_CACHE are settings.
-SECRET_MARKERS = (
-    "SECRET", "TOKEN", "PASSWORD", "PASSWD", "PASS", "PWD", "PASSPHRASE", "KEY", "SESSION", "CREDENTIAL", "CREDS",
-    "AUTH", "AUTHORIZATION", "COOKIE",
-)  # fmt: skip
-# ... anywhere in the name, for the markers no harmless word holds (SECRETKEY, TOKENVALUE, PASSWORDFILE,
+# Markers of variable names that hold credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, DB_PASS, SMTP_PWD,
+# GCP_CREDS, ...): anywhere in the name, the markers no harmless word holds (SECRETKEY, TOKENVALUE, PASSWORDFILE,
 # CLIENTSECRET: a harmless variable dropped costs less than a secret forwarded) ...
 SECRET_SUBSTRINGS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATEKEY", "SIGNATURE")
+# ... as whole ``_``-separated words (a plural too), the ones harmless words hold: PATH, MONKEY_MODE,
+# PIPELINE_BYPASS_CACHE are settings ...
+SECRET_MARKERS = ("PASS", "PWD", "PASSPHRASE", "KEY", "SESSION", "CREDS", "AUTH", "AUTHORIZATION", "COOKIE")
 # ... and as the end of a compound word for KEY, whose plain substring would take MONKEY and KEYBOARD
 SECRET_SUFFIXES = ("APIKEY", "ACCESSKEY", "SSHKEY", "MASTERKEY", "SIGNINGKEY", "ENCRYPTIONKEY", "AUTHKEY", "SASKEY")
 # The shell's own variables named like a secret: PWD and OLDPWD are the working directories, not passwords
 # (``*_PWD`` is one).
 NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD"})
 # Query parameter names (decoded, lower-case) that hold credentials: a name with one of these among its words
-# (split at ``_``, ``-``, ``.`` and camelCase: access_token, X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token,
-# api_key, apiKey, Key-Pair-Id, client_secret, sig), ...
-SECRET_QUERY_WORDS = frozenset({"sig", "signature", "token", "key", "apikey", "password", "passwd", "pwd",
-                                "secret", "credential", "credentials", "auth", "session", "sessionid"})  # fmt: skip
-# ... or one of the unambiguous markers anywhere in it (apitoken, sastoken, clientsecret, accesskey, privatekey)
+# (split at ``_``, ``-``, ``.`` and camelCase: sig, api_key, apiKey, Key-Pair-Id, session_id), ...
+SECRET_QUERY_WORDS = frozenset({"sig", "key", "pwd", "auth", "session", "sessionid"})
+# ... or one of the unambiguous markers anywhere in it (access_token, X-Amz-Signature, X-Amz-Credential,
+# X-Amz-Security-Token, client_secret, apitoken, sastoken, accesskey, privatekey)
 SECRET_QUERY_SUBSTRINGS = tuple(m.lower() for m in (*SECRET_SUBSTRINGS, *SECRET_SUFFIXES))
 # ... or one of these as the whole name (CloudFront's Policy; a word of other names: privacy_policy, first_pass)
 SECRET_QUERY_NAMES = frozenset({"policy", "pass"})

@@ -105,9 +105,11 @@ def _schema_errors(raw: dict, e: ValidationError, said: set[tuple]) -> list[str]
             loc = (*loc, field.group(1))
             msg = msg.split(": ", 1)[-1] if ": " in msg else msg
         shown = "" if x["type"] == "missing" else f" = {redact(repr(_lookup(raw, loc)))}"  # a refused secret too
-        grouped.setdefault((loc, shown), []).append(redact(msg))  # a rule's message may quote the value
-    # a union gives one message per alternative: join them into one line
-    return [f"{fmt_loc(loc)}{shown}: {' or '.join(dict.fromkeys(msgs))}" for (loc, shown), msgs in grouped.items()]
+        grouped.setdefault((loc, shown), []).append(msg)
+    # a union gives one message per alternative: join them into one line; a rule's message may quote the value
+    return [
+        f"{fmt_loc(loc)}{shown}: {redact(' or '.join(dict.fromkeys(msgs)))}" for (loc, shown), msgs in grouped.items()
+    ]
 
 
 # stand-ins for a required setting taken out: the first the schema takes is used (cross-section rules need a
@@ -233,7 +235,7 @@ def read_yaml(path: str | Path) -> Any:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     try:
-        loader = yaml.SafeLoader(text)  # reads the first bytes already: a NUL or a control byte fails here
+        loader = yaml.SafeLoader(text)  # decodes and checks every byte: a NUL or a control byte fails here
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not readable as YAML: {_reader_problem(e)}") from None
     try:
@@ -244,8 +246,8 @@ def read_yaml(path: str | Path) -> Any:
         return loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as e:
         raise ConfigError(f"{path}: {_yaml_problem(e)}") from None
-    except yaml.YAMLError as e:  # e.g. a byte that is not UTF-8 text
-        raise ConfigError(f"{path}: not readable as YAML: {e}") from None
+    except yaml.YAMLError as e:  # one with no place in the text (the reader checked every byte above)
+        raise ConfigError(f"{path}: not readable as YAML: {_reader_problem(e)}") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be settings") from None
     finally:

@@ -18,7 +18,7 @@ from pipeline import codebase
 from pipeline.config import Frozen, Overrides, Params, TrainCfg, config_hash
 from pipeline.data.manifest import load_manifest
 from pipeline.data.shared import publish
-from pipeline.data.subset import held_out
+from pipeline.data.subset import split_sizes
 from pipeline.models import create_model
 from pipeline.models.digest import network_digest
 
@@ -70,14 +70,8 @@ class RunSpec(Frozen):
         return config_hash(self.identity(), code_digest())
 
     def images(self, num_train: int, num_test: int) -> tuple[int, int]:
-        """(train, evaluation) images of one epoch on a data set of that size: the test split, or the held-out part
-        of train (``held_out``), and the train split less it, cut to ``train_subset``."""
-        if self.val_fraction is None:
-            train, val = num_train, num_test
-        else:
-            val = held_out(num_train, self.val_fraction)
-            train = num_train - val
-        return (min(train, self.train_subset) if self.train_subset else train), val
+        """(train, evaluation) images of one epoch on a data set of that size (``split_sizes``)."""
+        return split_sizes(num_train, num_test, self.val_fraction, self.train_subset)
 
 
 @functools.cache

@@ -51,9 +51,9 @@ from pipeline.train.store import UnitStore
 log = logging.getLogger(__name__)
 
 
-def study_specs(params: Params, data: DataRef, workers: int = 1) -> dict[str, dict[int, RunSpec]]:
-    """cell -> seed -> the unit it trains on ``workers`` data-parallel workers (``pipeline.units.study_rows``)."""
-    return _by_cell(units.study_rows(params, data, workers))
+def study_specs(params: Params, data: DataRef) -> dict[str, dict[int, RunSpec]]:
+    """cell -> seed -> the unit it trains on one worker (``pipeline.units.study_rows``)."""
+    return _by_cell(units.study_rows(params, data))
 
 
 def _by_cell(rows: Sequence[units.Row]) -> dict[str, dict[int, RunSpec]]:

@@ -62,7 +62,7 @@ from pipeline.provenance import git_commit, provenance
 from pipeline.spec import DataRef, data_ref, shared
 from pipeline.stats import binomial_margin, near_chance
 from pipeline.train.job import dataset_input
-from pipeline.train.store import CorruptEntry, KeyedStore
+from pipeline.train.store import KeyedStore
 from pipeline.train.worker import HISTORY
 from pipeline.trials import (
     METRIC,
@@ -388,13 +388,7 @@ class SearchCache(KeyedStore):
     def get(self, key: str) -> dict[str, Any] | None:
         """The search kept under ``key``; None when there is none, or when it is cut short or changed since it
         was written (then set aside, and searched again)."""
-        if not self.has(key):
-            return None
-        try:
-            return self.read_entry(key)
-        except CorruptEntry as e:
-            self.set_aside(key, str(e), "the search runs again", what="search-cache entry")
-            return None
+        return self.get_entry(key, dict, what="search-cache entry", then="the search runs again")
 
     def put(self, key: str, result: dict[str, Any]) -> None:
         self.write_entry(key, result)

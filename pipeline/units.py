@@ -18,7 +18,7 @@ base unit, budget and space) search once (``searches``).
 Every stage asks here, and nobody else derives units: the train stage (``pipeline.train.run``), the search
 (``pipeline.tune``), the study, the plan (``pipeline.plan``), and evaluation and the report through what the
 train stage wrote (``pipeline.records``: each row pointing at its unit, each unit written once). The shortened
-recipe of a trial or a study cell is ``shortened``; the held-out split is ``pipeline.spec.held_out`` (the
+recipe of a trial or a study cell is ``shortened``; the held-out split is ``pipeline.data.subset.held_out`` (the
 training loop splits by it, and what the loop imports is part of every unit's key).
 """
 

@@ -13,6 +13,8 @@ from pipeline.redact import carries_credentials
 
 MAX_EPOCHS = 10_000
 MAX_LR = 10.0
+Epochs = Annotated[PosInt, Field(le=MAX_EPOCHS)]  # far above any recipe: a typo, not a run of years
+LearningRate = Annotated[Float, Field(gt=0, le=MAX_LR)]
 PAPER_ROWS = ("resnet", "densenet_bc", "se_resnet", "cbam_resnet", "ours", "ablation")
 
 
@@ -34,10 +36,10 @@ class TrainCfg(Frozen):
 
     # Upper bounds refuse typos that would run for ever or overflow (epochs: 1e12, lr: 1e308): far above any
     # published recipe (the paper's longest run is 300 epochs; large-batch recipes scale lr to a few units)
-    epochs: Annotated[PosInt, Field(le=MAX_EPOCHS)]
+    epochs: Epochs
     batch_size: PosInt  # global, split evenly over the data-parallel workers
     eval_batch_size: PosInt = 500
-    lr: Annotated[Float, Field(gt=0, le=MAX_LR)]
+    lr: LearningRate
     momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = False
     weight_decay: Annotated[Float, Field(ge=0, le=1)] = 1e-4
@@ -48,7 +50,7 @@ class TrainCfg(Frozen):
     # He et al. 2016 (Sec. 4.2) trained ResNet-110 at lr 0.01 until the training error fell below 80 % ("about
     # 400 iterations", one CIFAR epoch at batch 128), then at the schedule's lr. Not in the paper: 0 = off.
     warmup_epochs: Annotated[Int, Field(ge=0)] = 0
-    warmup_lr: Annotated[Float, Field(gt=0, le=MAX_LR)] = 0.01
+    warmup_lr: LearningRate = 0.01
     crop_padding: Annotated[Int, Field(ge=0, le=16)] = 4
     flip: bool = True
     # Not in the paper: recompute BatchNorm statistics over this many train batches before each evaluation
@@ -169,7 +171,7 @@ class TuneCfg(Frozen):
     methods: list[Name] | Literal["all"] = []
     allow_unequal: bool = False  # opt in to searching only some compared methods (the report marks those rows)
     num_samples: PosInt = 4
-    epochs: Annotated[PosInt, Field(le=MAX_EPOCHS)] = 3
+    epochs: Epochs = 3
     grace_period: PosInt = 1
     reduction_factor: Annotated[Float, Field(gt=1)] = 2
     # trials side by side; auto: as many as the cluster has room for (compute.cpus_per_worker CPUs or one GPU each)
@@ -299,7 +301,7 @@ class StudyCfg(Frozen):
     dataset: Name = "embedded"
     method: Name = "attn_resnet"
     seeds: list[Seed] = Field(default=[0, 1, 2], min_length=1)
-    epochs: Annotated[PosInt, Field(le=MAX_EPOCHS)] | None = None  # None: the method's recipe on the data set
+    epochs: Epochs | None = None  # None: the method's recipe on the data set
     placements: list[str] = Field(default=["final", "stage", "stage_branch", "block"], min_length=1)
     scalings: list[str] = Field(default=["none", "hw", "residual", "gated"], min_length=1)
     variants: dict[Name, dict[str, Any]] = {}  # name -> model arguments (placement, scaling, temperature, ...)

@@ -18,7 +18,6 @@ from typing import Any
 
 from pipeline.checksum import Checksum
 from pipeline.config import CifarDataCfg, DatasetCfg
-from pipeline.config.datasets import ENV_SOURCE
 from pipeline.io import atomic_path, sha256_file, write_json
 from pipeline.redact import redact_url
 
@@ -33,7 +32,7 @@ from .sources import resolve_source
 
 def fetch_dataset(name: str, cfg: DatasetCfg, out_dir: str | Path) -> dict[str, Any]:
     """Put data set ``name``'s raw data (or, for ImageNet, its index) under ``out_dir`` with ``source.json``."""
-    out_dir, given = Path(out_dir), (cfg.fetch.source if cfg.kind == "imagenet" else None)
+    out_dir, as_set = Path(out_dir), cfg
     cfg = _with_source_resolved(name, cfg)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -52,7 +51,7 @@ def fetch_dataset(name: str, cfg: DatasetCfg, out_dir: str | Path) -> dict[str, 
             source = index_source(cfg.fetch, tmp)
             # preprocess reads the images from the root: an env:NAME source stays the name (resolved there), so
             # source.json never holds the URL's credential
-            source["root"] = given if given.startswith(ENV_SOURCE) else source["root"]
+            source["root"] = as_set.fetch.source
         source["dataset"] = name
         source["kind"] = cfg.kind
         write_json(tmp / SOURCE, source)

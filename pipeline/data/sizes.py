@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pipeline.config import DatasetCfg, Params
 from pipeline.config_checks import batch_setting, search_values
-from pipeline.data.subset import held_out, take_per_class
+from pipeline.data.subset import split_sizes, take_per_class
 
 # Image counts of a data set not preprocessed yet, by kind: (train, test, image side, classes)
 KIND_SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -18,15 +18,16 @@ KIND_SIZES: dict[str, tuple[int, int, int, int]] = {
 
 
 @dataclass(frozen=True)
-class ExpectedSize:
-    """Train and test images after preprocessing (``preprocess.classes`` and ``subset`` applied per class),
-    the image side and the class count; ``exact`` is false where per-class counts were assumed even."""
+class DataSize:
+    """A data set's size as training sees it, known before it is fetched: train and test images after
+    preprocessing, the image side and the class count."""
 
+    name: str
     num_train: int
     num_test: int
     image_size: int
     num_classes: int
-    exact: bool
+    source: str  # "manifest", or how it was estimated
 
 
 def kind_size(cfg: DatasetCfg) -> tuple[int, int, int, int]:
@@ -37,27 +38,29 @@ def kind_size(cfg: DatasetCfg) -> tuple[int, int, int, int]:
     return train, test, (cfg.preprocess.image_size if cfg.kind == "imagenet" else side), classes
 
 
-def expected_size(cfg: DatasetCfg) -> ExpectedSize:
+def expected_size(name: str, cfg: DatasetCfg) -> DataSize:
+    """From the data set's kind, ``preprocess.classes`` and ``subset`` applied per class: exact for the whole
+    data set, approximate where a subset assumes even per-class counts."""
     train, test, side, classes = kind_size(cfg)
     p = cfg.preprocess
     kept = classes if p.classes is None else min(classes, p.classes if isinstance(p.classes, int) else len(p.classes))
     n_train = kept * take_per_class(train // classes, p.subset.train)
     n_test = kept * take_per_class(test // classes, p.subset.test)
     exact = kept == classes and p.subset.train is None and p.subset.test is None
-    return ExpectedSize(n_train, n_test, side, kept, exact)
+    return DataSize(name, n_train, n_test, side, kept, f"{cfg.kind}'s size" + ("" if exact else ", approximate"))
 
 
 def check_batches(p: Params) -> list[str]:
     """Every grid method's batch fits the images it trains on, on every data set of the grid: the train split
     for the recipe track; for a searched method also the search's train split (less the held-out part,
-    ``held_out``, cut to ``tune.train_subset``), with every batch size ``tune.space`` may set. A batch larger than
+    ``split_sizes``), with every batch size ``tune.space`` may set. A batch larger than
     that trains one short batch an epoch, silently. Needs only the settings (no data)."""
     found: dict[tuple[str, int, str, int], list[str]] = {}  # (setting, batch, split, images) -> methods
     space = p.tune.space.get("train.batch_size")
     searched_batches = [v for _, v in search_values(space) if isinstance(v, int)] if space else []
     for d in p.grid.datasets:
-        n = expected_size(p.datasets[d]).num_train
-        search_n = min(n - held_out(n, p.tune.val_fraction), p.tune.train_subset or n)
+        n = expected_size(d, p.datasets[d]).num_train
+        search_n, _ = split_sizes(n, 0, p.tune.val_fraction, p.tune.train_subset)
         for m in p.grid.methods:
             recipe = (batch_setting(p, d, m), p.recipe(m, d).batch_size)
             checks = [(recipe, "the train split", n)]

@@ -65,14 +65,14 @@ def build_model(spec: RunSpec) -> torch.nn.Module:
     return create_model(spec.model, **spec.model_args)
 
 
-def data_order(spec: RunSpec, world_size: int, streamed: bool) -> str | None:
+def data_order(spec: RunSpec, streamed: bool) -> str | None:
     """Key of the sample order and augmentation draws a unit sees: equal for units of one seed on the same
     data and batch plan (``pipeline.train.engine.epoch_order``), None when Ray Data streams the data in an
-    order of its own."""
+    order of its own. The ranks it is split over are ``spec.workers`` (``prepare_unit`` checks the job's)."""
     if streamed:
         return None
     t = spec.train
-    plan = (t.epochs, t.batch_size, t.crop_padding, t.flip, world_size, spec.val_fraction, spec.train_subset)
+    plan = (t.epochs, t.batch_size, t.crop_padding, t.flip, spec.workers, spec.val_fraction, spec.train_subset)
     return config_hash(spec.dataset.sha256, spec.seed, plan)
 
 
@@ -230,7 +230,7 @@ def prepare_unit(spec: RunSpec, job: Job) -> Unit:
         raise ValueError(f"unit {spec.key()} is keyed for {spec.workers} worker(s) but runs on {job.shard.world_size}")
     torch.manual_seed(spec.seed)
     model = build_model(spec)
-    pairing = {"init": backbone_digest(model), "data_order": data_order(spec, job.shard.world_size, job.streamed)}
+    pairing = {"init": backbone_digest(model), "data_order": data_order(spec, job.streamed)}
     model = job.fast.prepare(model.to(job.device))
     optimizer = build_optimizer(model, spec.train)
     return Unit(

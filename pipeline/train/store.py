@@ -18,7 +18,8 @@ import io
 import json
 import logging
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 import torch
@@ -27,6 +28,7 @@ from pipeline.io import filesystem
 from pipeline.train.checkpoint import UnitRecord, read_checkpoint
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHECKSUM = "checksum"  # the field of a JSON entry that holds "sha256:<hex>" of the rest
 
@@ -90,7 +92,18 @@ class KeyedStore:
             raise CorruptEntry("its checksum does not match its content (changed after it was written)")
         return d
 
-    def set_aside(self, key: str, why: str, then: str, what: str = "entry") -> None:
+    def get_entry(self, key: str, load: Callable[[dict[str, Any]], T], *, what: str, then: str) -> T | None:
+        """``load`` of the entry of ``key``; None when there is none, or when it cannot be trusted (``read_entry``
+        or ``load`` raising ``CorruptEntry``): then it is set aside (``set_aside``) with what happens ``then``."""
+        if not self.has(key):
+            return None
+        try:
+            return load(self.read_entry(key))
+        except CorruptEntry as e:
+            self.set_aside(key, str(e), then, what=what)
+            return None
+
+    def set_aside(self, key: str, why: str, then: str, *, what: str) -> None:
         """Take the entry of ``key`` out of use, keeping it for a post-mortem as ``<key><suffix>.unreadable``
         (a move, which S3 can do), with one warning naming it, ``why`` and what happens ``then``."""
         log.warning("set aside the unreadable %s %s/%s%s: %s; %s", what, self.where, key, self.suffix, why, then)
