@@ -86,12 +86,6 @@ def world_size(cfg: ComputeCfg) -> int:
         return local.num_workers
     if cfg.num_workers != "auto":
         return cfg.num_workers
-    address = os.environ["RAY_ADDRESS"]
-    if not _reachable(address):  # Ray itself would retry for minutes
-        raise StageError(
-            f"compute.num_workers = 'auto' needs the Ray cluster's GPU count, but RAY_ADDRESS={address} takes no "
-            "connection; start the cluster, or set compute.num_workers to a number"
-        )
     with ray_session() as res:
         return resolve_workers(cfg, res.get("CPU", 0), res.get("GPU", 0), "the Ray cluster").num_workers
 
@@ -191,6 +185,11 @@ def ray_session(num_cpus: int | None = None) -> Iterator[dict[str, float]]:
         # workers on other nodes need this package: ship it (inside a job too, see _leave_job_env)
         env["py_modules"] = [str(Path(pipeline.__file__).parent)]
         _leave_job_env()
+        if not _reachable(address):  # Ray itself would retry for minutes
+            raise StageError(
+                f"could not connect to the Ray cluster at RAY_ADDRESS={address}: it takes no connection. Nothing of "
+                "this stage ran; start the cluster, or correct or unset RAY_ADDRESS"
+            )
         with _ray_start(f"could not connect to the Ray cluster at RAY_ADDRESS={address}"):
             ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
     else:
@@ -237,11 +236,11 @@ def seen_resources() -> Iterator[dict[str, float] | None]:
     its GPUs); None (this machine) without it, or when the cluster cannot be reached."""
     address = os.environ.get("RAY_ADDRESS")
     with contextlib.ExitStack() as stack:
-        res, why = None, "" if not address or _reachable(address) else "no connection"
-        if address and not why:
+        res, why = None, ""
+        if address:
             try:
                 res = dict(stack.enter_context(ray_session()))
-            except Exception as e:  # ray missing, the cluster refusing: plan for this machine
+            except Exception as e:  # ray missing, no connection, the cluster refusing: plan for this machine
                 why = str(e)
         if why:
             log.warning("plan: the Ray cluster at %s is not reachable (%s): planning for this machine", address, why)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pipeline.compute import worker_env
+import time
+
+import pytest
+
+from pipeline.compute import ray_session, worker_env, world_size
+from pipeline.config.params import ComputeCfg
+from pipeline.errors import StageError
+from tests.servers import free_port
 
 
 def test_workers_get_settings_but_never_credentials(monkeypatch) -> None:
@@ -42,3 +49,15 @@ def test_names_with_a_password_word_stay_home_and_urls_with_harmless_queries_go(
     assert env["PIPELINE_DATA_URL"] == design
     assert not {"PIPELINE_DEBUG_PASS", "MLFLOW_DB_PASSWD", "AWS_PROXY_PWD", "PIPELINE_GCP_CREDS"} & set(env)
     assert not [r for r in caplog.records if "not forwarded" in r.getMessage()]
+
+
+def test_an_unreachable_cluster_is_one_message_at_once(monkeypatch) -> None:
+    """RAY_ADDRESS that takes no connection: every connection (a stage's session, ``auto`` asking for the GPUs)
+    fails at once with one message naming it, not after Ray's minutes of retries."""
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    t0 = time.monotonic()
+    for connect in (lambda: world_size(ComputeCfg(num_workers="auto")), lambda: ray_session().__enter__()):
+        with pytest.raises(StageError, match=f"RAY_ADDRESS={address}: it takes no connection"):
+            connect()
+    assert time.monotonic() - t0 < 30
