@@ -21,7 +21,7 @@ class Behaviour:
     fail_first: int = 0  # answer this many requests with HTTP 500 first
     truncate_at: int | None = None  # send the full Content-Length but close after this many body bytes
     truncate_times: int = 1 << 30  # ... for this many requests (then serve normally)
-    ranges: bool = True  # honour Range requests (206) or ignore them (200, whole file)
+    ranges: bool = True  # honour Range requests (206; 416 past the end) or ignore them (200, whole file)
     throttle: tuple[int, float] | None = None  # send the body in blocks of this many bytes, sleeping between
     endless: bool = False  # 200 with no Content-Length and zeros for ever
     announce: int | None = None  # claim this Content-Length (then send the file as it is)
@@ -71,6 +71,13 @@ class FileServer:
                 start = 0
                 if rng and b.ranges:
                     start = int(rng.removeprefix("bytes=").split("-")[0])
+                    if start >= len(data):  # as real servers answer a range with no bytes in it
+                        rec["status"] = 416
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 else:

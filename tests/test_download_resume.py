@@ -1,6 +1,7 @@
 """Resuming a killed fetch whose ``.part`` is as long as the remote file, or longer: the server (as nginx, Apache
 and S3 do, RFC 9110 15.5.17) answers the ``Range`` request with 416 Range Not Satisfiable, and the fetch starts
-over from byte 0 instead of failing. A real HTTP server on 127.0.0.1 and the real fetch path."""
+over from byte 0 instead of failing. A real HTTP server on 127.0.0.1 (``tests.servers``, which answers so too)
+and the real fetch path."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pipeline.config import CifarDataCfg
 from pipeline.data.download import _resumable
 from pipeline.data.fetch import fetch_dataset
 from tests.archives import cifar10_archive, md5
-from tests.servers import FileServer, file_server
+from tests.servers import file_server
 
 NAME = "cifar-10-binary.tar.gz"
 
@@ -23,34 +24,11 @@ def cfg(source: str, checksum: str) -> CifarDataCfg:
     return CifarDataCfg.model_validate({"kind": "cifar10", "fetch": f})
 
 
-def _strict_ranges(srv: FileServer) -> None:
-    """Make the test server answer a range starting at or past the end with 416 and ``bytes */<size>``, as real
-    servers do (``tests/servers.py`` answers it with an empty 206)."""
-    base = srv.httpd.RequestHandlerClass
-
-    class Strict(base):  # type: ignore[misc, valid-type]
-        def do_GET(self) -> None:
-            rng = self.headers.get("Range")
-            path = srv.root / self.path.lstrip("/")
-            size = path.stat().st_size if path.is_file() else None
-            if rng and size is not None and int(rng.removeprefix("bytes=").split("-")[0]) >= size:
-                srv.behaviour.requests.append({"path": self.path, "range": rng, "status": 416})
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            super().do_GET()
-
-    srv.httpd.RequestHandlerClass = Strict
-
-
 @pytest.fixture
 def served(tmp_path):
     (tmp_path / "srv").mkdir()
     sum_ = cifar10_archive(tmp_path / "srv" / NAME, per_class=10)
     with file_server(tmp_path / "srv") as srv:
-        _strict_ranges(srv)
         yield srv, sum_
 
 

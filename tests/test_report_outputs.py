@@ -128,6 +128,7 @@ def made(tmp_path_factory):
     _fake_results(root, params.train.model_dump())
     stub = {"git": {"commit": "0" * 40, "dirty": False}, "hardware": {"host": "h", "cpu_count": 2, "gpus": []}}
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    killed = _killed_report_stage(root / "reports")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)  # MLflow's default artifact root, ./mlruns, in the temporary directory
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -139,7 +140,28 @@ def made(tmp_path_factory):
     (run,) = c.search_runs([rexp.experiment_id], "tags.dataset = 'embedded'")
     logged = sorted(_artifacts(c, run.info.run_id))
     return {"root": root, "reports": root / "reports", "out": out, "logged": logged, "run": run, "params": params,
-            "c": c, "exp": exp, "rexp": rexp}  # fmt: skip
+            "c": c, "exp": exp, "rexp": rexp, "killed": killed}  # fmt: skip
+
+
+def _killed_report_stage(reports: Path) -> Path:
+    """The scratch directory a report stage killed outright (SIGKILL: no cleanup runs) leaves in ``reports``."""
+    code = (
+        "import sys, time; from pipeline.io import scratch_dir\n"
+        f"with scratch_dir({str(reports / 'report')!r}) as d:\n"
+        "    print(d, flush=True); time.sleep(600)\n"
+    )
+    reports.mkdir(parents=True)
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    left = Path(p.stdout.readline().strip())
+    p.kill()
+    p.wait(timeout=30)
+    assert left.is_dir()
+    return left
+
+
+def test_a_killed_report_stages_scratch_directory_is_removed_by_the_next_report(made) -> None:
+    assert not made["killed"].exists()
+    assert not [p for p in made["reports"].iterdir() if p.name.startswith(".")]
 
 
 def _artifacts(c, run_id: str, path: str | None = None) -> list[str]:
