@@ -212,6 +212,7 @@ def _browse(uri: str, exp_id: str, run, test_top1: str, report_exp_id: str) -> N
     """The runs table shows each training run's Dataset (name and digest), Source (the DVC stage) and Models (a
     link to its logged model), and no report run; the run page its metrics, logged model, data set and commit;
     the logged model's page its registered version and test metrics; the report experiment its report run."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     run_id, run_name, commit = run.info.run_id, run.info.run_name, run.data.tags["mlflow.source.git.commit"]
@@ -239,6 +240,9 @@ def _browse(uri: str, exp_id: str, run, test_top1: str, report_exp_id: str) -> N
         page.goto(f"{uri}/#/experiments/{exp_id}/runs/{run_id}")
         page.get_by_text("val_top1").first.wait_for(timeout=90_000)  # the run's metrics
         page.get_by_text("test_top1").first.wait_for(timeout=30_000)
+        # the logged-models panel renders after the metrics: wait for it (its assertion is below, on what is shown)
+        with contextlib.suppress(PlaywrightTimeout):
+            page.wait_for_function("document.body.innerText.includes('Logged models (')", timeout=30_000)
         body = page.inner_text("body")
         assert test_top1[:4] in body  # with its value
         assert commit[:7] in body and "dvc repro train@embedded" in body and f"embedded ({digest})" in body
